@@ -1,0 +1,197 @@
+//! An audit sink that writes JSON lines (to a file or stdout) from its own thread.
+//!
+//! `record` only queues the event; the writer thread serialises and writes, flushing
+//! whenever the queue runs empty. The queue is unbounded so no event is ever dropped:
+//! if the disk stalls it grows, and [`JsonLinesAudit::pending`] shows by how much.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use super::{AuditEvent, AuditSink};
+
+enum Message {
+    Event(Box<AuditEvent>),
+    Close(mpsc::Sender<()>),
+}
+
+#[derive(Default)]
+struct Counters {
+    queued: AtomicU64,
+    written: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Writes events as JSON lines on a dedicated thread.
+pub struct JsonLinesAudit {
+    tx: mpsc::Sender<Message>,
+    counters: Arc<Counters>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for JsonLinesAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JsonLinesAudit(pending {})", self.pending())
+    }
+}
+
+impl JsonLinesAudit {
+    /// Starts the writer thread over `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
+        let writer = std::thread::Builder::new()
+            .name("ridegate-audit".into())
+            .spawn(move || write_loop(rx, std::io::BufWriter::with_capacity(1 << 16, out), &thread_counters))?;
+        Ok(Self { tx, counters, writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Events queued but not yet written.
+    pub fn pending(&self) -> u64 {
+        let done = self.counters.written.load(Ordering::Relaxed) + self.counters.failed.load(Ordering::Relaxed);
+        self.counters.queued.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// Events that could not be written (I/O errors).
+    pub fn failed(&self) -> u64 {
+        self.counters.failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything queued so far, flushes, and stops the writer. Later events are
+    /// not written. Safe to call more than once.
+    pub fn close(&self) {
+        let Some(writer) = self.writer.lock().take() else { return };
+        let (ack_tx, ack_rx) = mpsc::channel();
+        if self.tx.send(Message::Close(ack_tx)).is_ok() {
+            let _ = ack_rx.recv();
+        }
+        let _ = writer.join();
+    }
+}
+
+impl AuditSink for JsonLinesAudit {
+    fn record(&self, event: AuditEvent) {
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Message::Event(Box::new(event))).is_err() {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for JsonLinesAudit {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_loop(rx: mpsc::Receiver<Message>, mut out: impl Write, counters: &Counters) {
+    let mut line = Vec::with_capacity(512);
+    loop {
+        let message = match rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::TryRecvError::Empty) => {
+                if let Err(e) = out.flush() {
+                    tracing::error!(error = %e, "audit flush failed");
+                }
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return,
+        };
+        match message {
+            Message::Event(event) => {
+                line.clear();
+                let result = serde_json::to_writer(&mut line, &event)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| {
+                        line.push(b'\n');
+                        out.write_all(&line)
+                    });
+                match result {
+                    Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit write failed");
+                        counters.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            Message::Close(ack) => {
+                if let Err(e) = out.flush() {
+                    tracing::error!(error = %e, "audit flush failed");
+                }
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::CredentialKind;
+    use crate::model::{Answer, DecisionId, Direction, Mode, Reason, UnixMillis, Verdict};
+
+    fn event(n: u64) -> AuditEvent {
+        AuditEvent {
+            at: UnixMillis(1),
+            gate_id: "g".into(),
+            station_id: "s".into(),
+            line_id: "l".into(),
+            direction: Direction::Entry,
+            tapped_at: UnixMillis(0),
+            credential_kind: CredentialKind::RideCode,
+            issuer: None,
+            credential: None,
+            identity: None,
+            answer: Answer {
+                verdict: Verdict::Deny,
+                reason: Reason::HealthRed,
+                decision_id: DecisionId(n),
+                degraded: false,
+                status_age_ms: Some(5),
+                mode: Mode::Shadow,
+                shadow: Some((Verdict::Deny, Reason::HealthRed)),
+            },
+            retry: false,
+            latency_us: 9,
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn close_writes_every_queued_event_as_one_json_line() {
+        let out = Shared::default();
+        let audit = JsonLinesAudit::new(Box::new(out.clone())).unwrap();
+        for n in 0..1_000 {
+            audit.record(event(n));
+        }
+        audit.close();
+        assert_eq!(audit.pending(), 0);
+        let text = String::from_utf8(out.0.lock().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1_000);
+        assert_eq!(lines[7]["decision_id"], "0000000000000007");
+        assert_eq!(lines[7]["reason"], "health_red");
+        assert_eq!(lines[7]["credential_kind"], "ride_code");
+    }
+}

@@ -1,0 +1,57 @@
+//! Audit: one event per decision, written off the hot path. Events name riders only by
+//! pseudonym and credentials only by kind and keyed hash.
+
+mod json_lines;
+mod memory;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use json_lines::JsonLinesAudit;
+pub use memory::MemoryAudit;
+
+use crate::credential::CredentialKind;
+use crate::ids::{CredentialId, IdentityId};
+use crate::model::{Answer, Direction, UnixMillis};
+
+/// What was decided for one tap, and on what grounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// When ridegate answered.
+    pub at: UnixMillis,
+    /// The gate.
+    pub gate_id: String,
+    /// Its station.
+    pub station_id: String,
+    /// Its line.
+    pub line_id: String,
+    /// Entry or exit.
+    pub direction: Direction,
+    /// When the rider tapped, by the gate's clock.
+    pub tapped_at: UnixMillis,
+    /// What was presented.
+    pub credential_kind: CredentialKind,
+    /// The ride code's issuer, for ride codes that verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Arc<str>>,
+    /// The credential's keyed hash, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialId>,
+    /// The rider's pseudonym, once resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityId>,
+    /// The answer.
+    #[serde(flatten)]
+    pub answer: Answer,
+    /// The answer was a stored one, given again to a retry.
+    pub retry: bool,
+    /// Time from receiving the request to having the answer, in microseconds.
+    pub latency_us: u64,
+}
+
+/// Receives audit events. `record` must not block: the caller is answering a gate.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Takes one event.
+    fn record(&self, event: AuditEvent);
+}

@@ -1,0 +1,35 @@
+//! The embedded idempotency store: one process's memory.
+
+use super::{IdempotencyError, IdempotencyStore};
+use crate::expiring::ExpiringMap;
+use crate::ids::RequestKey;
+use crate::model::{Answer, UnixMillis};
+
+/// Answers kept in this process until they expire.
+pub struct MemoryIdempotency {
+    answers: ExpiringMap<Answer>,
+}
+
+impl Default for MemoryIdempotency {
+    fn default() -> Self {
+        Self { answers: ExpiringMap::new() }
+    }
+}
+
+impl std::fmt::Debug for MemoryIdempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryIdempotency({} answers)", self.answers.len())
+    }
+}
+
+impl IdempotencyStore for MemoryIdempotency {
+    async fn get(&self, request: RequestKey, now: UnixMillis) -> Result<Option<Answer>, IdempotencyError> {
+        Ok(self.answers.get(&request.0, now))
+    }
+
+    async fn put(&self, request: RequestKey, answer: Answer, until: UnixMillis, now: UnixMillis) -> Result<(), IdempotencyError> {
+        // The first answer wins: a concurrent retry must not overwrite the original.
+        self.answers.insert_if_absent(request.0, answer, until, now);
+        Ok(())
+    }
+}

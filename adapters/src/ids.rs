@@ -1,0 +1,439 @@
+//! Identifiers that stand in for personal data: identity pseudonyms, credential ids and
+//! the keyed hashes behind single-use and idempotency records, plus validation of the
+//! resident ID numbers they are derived from.
+//!
+//! Every id is a 128-bit HMAC-SHA-256 (truncated) under the operator's secret with a
+//! per-purpose domain, so the same ID number always maps to the same pseudonym on every
+//! instance that shares the secret, while the number itself cannot be recovered or
+//! guessed without it. No raw ID number is kept past [`Pseudonymizer::identity`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use aws_lc_rs::hmac;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::credential::LinkKey;
+
+/// A 128-bit keyed hash, rendered as 32 lowercase hex characters.
+macro_rules! hash_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 16]);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                for b in self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidHexId;
+
+            fn from_str(s: &str) -> Result<Self, InvalidHexId> {
+                parse_hex16(s).map(Self)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hash_id! {
+    /// A rider's identity pseudonym: the keyed hash of their ID number.
+    IdentityId
+}
+hash_id! {
+    /// A credential's id: the keyed hash of its link key (issuer and ride account, card
+    /// number, or ticket kind and number).
+    CredentialId
+}
+hash_id! {
+    /// The keyed hash of a ride code's issuer, certificate and `jti`: what the
+    /// single-use guard remembers.
+    CodeKey
+}
+hash_id! {
+    /// The keyed hash of a gate id and request id: what idempotency records are kept by.
+    RequestKey
+}
+
+/// A hex id that is not 32 hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected 32 hex characters")]
+pub struct InvalidHexId;
+
+fn parse_hex16(s: &str) -> Result<[u8; 16], InvalidHexId> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 32 {
+        return Err(InvalidHexId);
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let hi = hex_value(pair[0]).ok_or(InvalidHexId)?;
+        let lo = hex_value(pair[1]).ok_or(InvalidHexId)?;
+        out[i] = hi << 4 | lo;
+    }
+    Ok(out)
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A `BuildHasher` for maps keyed by the ids above. The ids are HMAC outputs: their
+/// bytes are already uniform and unpredictable without the secret, so hashing them
+/// again (SipHash) would be wasted work on the hot path; the first eight bytes serve.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher;
+
+impl std::hash::BuildHasher for IdHasher {
+    type Hasher = IdHasherState;
+
+    fn build_hasher(&self) -> IdHasherState {
+        IdHasherState(0)
+    }
+}
+
+/// The state of [`IdHasher`]: folds written bytes into a `u64`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasherState(u64);
+
+impl std::hash::Hasher for IdHasherState {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    // Arrays hash their length first; it is the same for every id, so skip it.
+    fn write_usize(&mut self, _: usize) {}
+}
+
+/// The shortest secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Turns personal data into keyed hashes. One per process, built from the operator's
+/// secret; instances that share state must share the secret.
+#[derive(Clone)]
+pub struct Pseudonymizer {
+    key: hmac::Key,
+}
+
+impl fmt::Debug for Pseudonymizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pseudonymizer(..)")
+    }
+}
+
+/// A secret shorter than [`MIN_SECRET_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the pseudonym secret must be at least {MIN_SECRET_BYTES} bytes, got {0}")]
+pub struct SecretTooShort(pub usize);
+
+impl Pseudonymizer {
+    /// A pseudonymizer keyed by `secret`.
+    pub fn new(secret: &[u8]) -> Result<Self, SecretTooShort> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(SecretTooShort(secret.len()));
+        }
+        Ok(Self { key: hmac::Key::new(hmac::HMAC_SHA256, secret) })
+    }
+
+    /// A pseudonymizer with a fresh random secret: pseudonyms are stable only within
+    /// this process.
+    pub fn random() -> Self {
+        let mut secret = [0u8; 32];
+        // The system RNG failing is not recoverable; fall back to a time-derived key
+        // rather than panic, since pseudonyms then only need to be stable in-process.
+        if aws_lc_rs::rand::fill(&mut secret).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            secret[..16].copy_from_slice(&nanos.to_le_bytes());
+        }
+        Self { key: hmac::Key::new(hmac::HMAC_SHA256, &secret) }
+    }
+
+    /// The pseudonym of a validated resident ID.
+    pub fn identity(&self, id: &ResidentId) -> IdentityId {
+        IdentityId(self.mac(b"identity", &[&id.0]))
+    }
+
+    /// The id of a credential.
+    pub fn credential(&self, key: &LinkKey<'_>) -> CredentialId {
+        let id = match key {
+            LinkKey::RideAccount { issuer, account } => {
+                self.mac(b"ride-account", &[issuer.as_bytes(), account.as_bytes()])
+            }
+            LinkKey::Card { number } => self.mac(b"card", &[number.as_bytes()]),
+            LinkKey::Ticket { kind, number } => {
+                self.mac(b"ticket", &[kind.label().as_bytes(), number.as_bytes()])
+            }
+        };
+        CredentialId(id)
+    }
+
+    /// The single-use key of a ride code.
+    pub fn code(&self, issuer: &str, certificate: &str, jti: &str) -> CodeKey {
+        CodeKey(self.mac(b"code", &[issuer.as_bytes(), certificate.as_bytes(), jti.as_bytes()]))
+    }
+
+    /// The idempotency key of a gate's request.
+    pub fn request(&self, gate_id: &str, request_id: &str) -> RequestKey {
+        RequestKey(self.mac(b"request", &[gate_id.as_bytes(), request_id.as_bytes()]))
+    }
+
+    /// HMAC over a domain and length-prefixed parts, so no two inputs collide by
+    /// concatenation.
+    fn mac(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(domain);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        out
+    }
+}
+
+/// Who a record is about, as given by a file or a caller: the ID number or the
+/// pseudonym itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// The ID number is not valid.
+    #[error(transparent)]
+    BadIdNumber(#[from] ResidentIdError),
+    /// Neither or both were given.
+    #[error("exactly one of id_number and identity is required")]
+    NeedExactlyOne,
+}
+
+impl Pseudonymizer {
+    /// The pseudonym for a record that names its subject by ID number or by pseudonym.
+    pub fn subject(&self, id_number: Option<&str>, identity: Option<IdentityId>) -> Result<IdentityId, SubjectError> {
+        match (id_number, identity) {
+            (Some(number), None) => Ok(self.identity(&ResidentId::parse(number)?)),
+            (None, Some(identity)) => Ok(identity),
+            _ => Err(SubjectError::NeedExactlyOne),
+        }
+    }
+}
+
+/// An 18-character PRC resident ID number that passed validation. Its contents are
+/// never printed: `Debug` shows a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResidentId([u8; 18]);
+
+impl fmt::Debug for ResidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResidentId(<redacted>)")
+    }
+}
+
+/// Why an ID number was rejected. Messages name the part that is wrong, never the
+/// number itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResidentIdError {
+    /// Not 18 characters.
+    #[error("ID number must be 18 characters, got {0}")]
+    WrongLength(usize),
+    /// A non-digit among the first 17 characters, or a last character other than a
+    /// digit or X.
+    #[error("ID number has an invalid character at position {0} (digits only, last may be X)")]
+    BadCharacter(usize),
+    /// The first two digits are not a province code.
+    #[error("ID number's region code (characters 1-6) is not a valid province")]
+    BadRegion,
+    /// Characters 7–14 are not a real date.
+    #[error("ID number's birth date (characters 7-14) is not a real date")]
+    BadBirthDate,
+    /// The check digit does not match.
+    #[error("ID number's check digit (character 18) does not match the first 17")]
+    BadCheckDigit,
+}
+
+const CHECK_WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+const CHECK_CHARS: &[u8; 11] = b"10X98765432";
+const PROVINCES: [u8; 34] = [
+    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50,
+    51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
+];
+
+impl ResidentId {
+    /// Validates format, region, birth date and check digit (GB 11643-1999).
+    pub fn parse(s: &str) -> Result<Self, ResidentIdError> {
+        let raw = s.as_bytes();
+        if raw.len() != 18 {
+            return Err(ResidentIdError::WrongLength(s.chars().count()));
+        }
+        let mut id = [0u8; 18];
+        for (i, &c) in raw.iter().enumerate() {
+            id[i] = match c {
+                b'0'..=b'9' => c,
+                b'x' | b'X' if i == 17 => b'X',
+                _ => return Err(ResidentIdError::BadCharacter(i + 1)),
+            };
+        }
+        let digit = |i: usize| u32::from(id[i] - b'0');
+        let province = (digit(0) * 10 + digit(1)) as u8;
+        if !PROVINCES.contains(&province) {
+            return Err(ResidentIdError::BadRegion);
+        }
+        let year = (6..10).fold(0, |acc, i| acc * 10 + digit(i));
+        let month = digit(10) * 10 + digit(11);
+        let day = digit(12) * 10 + digit(13);
+        if !(1900..=2099).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+            return Err(ResidentIdError::BadBirthDate);
+        }
+        if id[17] != check_char(&id) {
+            return Err(ResidentIdError::BadCheckDigit);
+        }
+        Ok(Self(id))
+    }
+}
+
+fn check_char(id: &[u8]) -> u8 {
+    let sum: u32 = CHECK_WEIGHTS.iter().zip(id).map(|(w, c)| w * u32::from(c - b'0')).sum();
+    CHECK_CHARS[(sum % 11) as usize]
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// A valid but made-up resident ID number, distinct for every `n` below 10^9: for
+/// demos, load tests and fixtures. Region 110101 (Beijing Dongcheng); the birth date and
+/// sequence encode `n`.
+pub fn synthetic_resident_id(n: u64) -> String {
+    let day_index = n / 1000;
+    let seq = n % 1000;
+    let year = 1940 + (day_index / 336) % 80;
+    let month = 1 + (day_index / 28) % 12;
+    let day = 1 + day_index % 28;
+    let mut id = format!("110101{year:04}{month:02}{day:02}{seq:03}").into_bytes();
+    let check = check_char(&id);
+    id.push(check);
+    // Only ASCII was written above.
+    String::from_utf8(id).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "11010519491231002X";
+
+    #[test]
+    fn accepts_a_known_valid_number_and_lowercase_x() {
+        assert!(ResidentId::parse(VALID).is_ok());
+        assert!(ResidentId::parse(&VALID.to_lowercase()).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_number_with_its_own_error() {
+        assert_eq!(ResidentId::parse("1101051949123100"), Err(ResidentIdError::WrongLength(16)));
+        assert_eq!(ResidentId::parse("11010519491231002XX"), Err(ResidentIdError::WrongLength(19)));
+        assert_eq!(ResidentId::parse("1101A519491231002X"), Err(ResidentIdError::BadCharacter(5)));
+        assert_eq!(ResidentId::parse("X10105194912310020"), Err(ResidentIdError::BadCharacter(1)));
+        assert_eq!(ResidentId::parse("99010519491231002X"), Err(ResidentIdError::BadRegion));
+        assert_eq!(ResidentId::parse("110105194902300021"), Err(ResidentIdError::BadBirthDate));
+        assert_eq!(ResidentId::parse("110105194913010021"), Err(ResidentIdError::BadBirthDate));
+        assert_eq!(ResidentId::parse("110105194912310021"), Err(ResidentIdError::BadCheckDigit));
+    }
+
+    #[test]
+    fn leap_days_follow_the_gregorian_rule() {
+        let with_check = |body: &str| {
+            let mut id = body.as_bytes().to_vec();
+            id.push(check_char(&id));
+            String::from_utf8(id).unwrap()
+        };
+        assert!(ResidentId::parse(&with_check("11010520000229001")).is_ok());
+        assert_eq!(ResidentId::parse(&with_check("11010519000229001")), Err(ResidentIdError::BadBirthDate));
+    }
+
+    #[test]
+    fn errors_never_contain_the_number() {
+        for bad in ["110105194912310021", "99010519491231002X", "1101051949123100"] {
+            let msg = ResidentId::parse(bad).unwrap_err().to_string();
+            assert!(!msg.contains("1949"), "{msg}");
+        }
+        assert!(!format!("{:?}", ResidentId::parse(VALID).unwrap()).contains("1949"));
+    }
+
+    #[test]
+    fn synthetic_ids_are_valid_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..20_000).map(synthetic_resident_id).collect();
+        assert_eq!(ids.len(), 20_000);
+        for id in ids.iter().take(2_000) {
+            ResidentId::parse(id).unwrap();
+        }
+    }
+
+    #[test]
+    fn pseudonyms_are_keyed_and_stable() {
+        let a = Pseudonymizer::new(b"0123456789abcdef").unwrap();
+        let b = Pseudonymizer::new(b"fedcba9876543210").unwrap();
+        let id = ResidentId::parse(VALID).unwrap();
+        assert_eq!(a.identity(&id), a.identity(&id));
+        assert_ne!(a.identity(&id), b.identity(&id));
+        assert_eq!(Pseudonymizer::new(b"short").unwrap_err(), SecretTooShort(5));
+    }
+
+    #[test]
+    fn domains_and_parts_do_not_collide() {
+        let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
+        assert_ne!(p.request("ab", "c"), p.request("a", "bc"));
+        assert_ne!(p.code("a", "", "b").0, p.request("a", "b").0);
+    }
+
+    #[test]
+    fn hex_ids_round_trip_and_reject_garbage() {
+        let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
+        let id = p.identity(&ResidentId::parse(VALID).unwrap());
+        assert_eq!(id.to_string().parse::<IdentityId>(), Ok(id));
+        assert_eq!("xyz".parse::<IdentityId>(), Err(InvalidHexId));
+        assert_eq!("g".repeat(32).parse::<IdentityId>(), Err(InvalidHexId));
+    }
+}

@@ -1,0 +1,40 @@
+//! The single-use guard: a ride code is accepted once, and remembered as used until it
+//! expires. A gate's retry of the same request (same gate id and request id) is not a
+//! replay.
+
+mod memory;
+
+use std::future::Future;
+
+pub use memory::MemoryReplayGuard;
+
+use crate::ids::{CodeKey, RequestKey};
+use crate::model::UnixMillis;
+
+/// What claiming a code found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: the code is now marked used by this request.
+    First,
+    /// Already used, by this same request: a retry.
+    Retry,
+    /// Already used by another request.
+    Replayed,
+}
+
+/// The guard's store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("single-use store unavailable: {0}")]
+pub struct ReplayError(pub String);
+
+/// Remembers used ride codes.
+pub trait ReplayGuard: Send + Sync + 'static {
+    /// Marks `code` as used by `request` until `valid_until`, unless it already is.
+    fn claim(
+        &self,
+        code: CodeKey,
+        request: RequestKey,
+        valid_until: UnixMillis,
+        now: UnixMillis,
+    ) -> impl Future<Output = Result<Claim, ReplayError>> + Send;
+}
