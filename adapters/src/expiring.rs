@@ -25,7 +25,12 @@ pub(crate) struct ExpiringMap<V> {
 impl<V: Clone> ExpiringMap<V> {
     pub(crate) fn new() -> Self {
         let shards = (0..SHARDS)
-            .map(|_| Mutex::new(Shard { entries: HashMap::with_hasher(IdHasher), next_sweep: UnixMillis(0) }))
+            .map(|_| {
+                Mutex::new(Shard {
+                    entries: HashMap::with_hasher(IdHasher),
+                    next_sweep: UnixMillis(0),
+                })
+            })
             .collect();
         Self { shards }
     }
@@ -37,11 +42,21 @@ impl<V: Clone> ExpiringMap<V> {
     /// The live value for `key`.
     pub(crate) fn get(&self, key: &[u8; 16], now: UnixMillis) -> Option<V> {
         let shard = self.shard(key).lock();
-        shard.entries.get(key).filter(|(_, until)| *until > now).map(|(v, _)| v.clone())
+        shard
+            .entries
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v.clone())
     }
 
     /// Stores `value` unless a live value is already there; returns that value if so.
-    pub(crate) fn insert_if_absent(&self, key: [u8; 16], value: V, until: UnixMillis, now: UnixMillis) -> Option<V> {
+    pub(crate) fn insert_if_absent(
+        &self,
+        key: [u8; 16],
+        value: V,
+        until: UnixMillis,
+        now: UnixMillis,
+    ) -> Option<V> {
         let mut shard = self.shard(&key).lock();
         shard.sweep(now);
         match shard.entries.get(&key) {
@@ -76,14 +91,34 @@ mod tests {
     fn entries_vanish_at_expiry_and_are_swept_on_later_writes() {
         let map = ExpiringMap::new();
         let key = [7u8; 16];
-        assert_eq!(map.insert_if_absent(key, 1, UnixMillis(100), UnixMillis(0)), None);
-        assert_eq!(map.insert_if_absent(key, 2, UnixMillis(100), UnixMillis(50)), Some(1));
+        assert_eq!(
+            map.insert_if_absent(key, 1, UnixMillis(100), UnixMillis(0)),
+            None
+        );
+        assert_eq!(
+            map.insert_if_absent(key, 2, UnixMillis(100), UnixMillis(50)),
+            Some(1)
+        );
         assert_eq!(map.get(&key, UnixMillis(99)), Some(1));
         assert_eq!(map.get(&key, UnixMillis(100)), None);
-        assert_eq!(map.insert_if_absent(key, 3, UnixMillis(300), UnixMillis(100)), None, "expired slot is free");
-        assert_eq!(map.insert_if_absent([9u8; 16], 4, UnixMillis(150), UnixMillis(0)), None);
-        assert_eq!(map.insert_if_absent([9u8; 16], 5, UnixMillis(5_000), UnixMillis(2_000)), None);
-        assert_eq!(map.len(), 2, "the expired entry was replaced, not kept beside");
+        assert_eq!(
+            map.insert_if_absent(key, 3, UnixMillis(300), UnixMillis(100)),
+            None,
+            "expired slot is free"
+        );
+        assert_eq!(
+            map.insert_if_absent([9u8; 16], 4, UnixMillis(150), UnixMillis(0)),
+            None
+        );
+        assert_eq!(
+            map.insert_if_absent([9u8; 16], 5, UnixMillis(5_000), UnixMillis(2_000)),
+            None
+        );
+        assert_eq!(
+            map.len(),
+            2,
+            "the expired entry was replaced, not kept beside"
+        );
         assert_eq!(map.get(&[9u8; 16], UnixMillis(2_000)), Some(5));
     }
 
@@ -99,6 +134,10 @@ mod tests {
         let mut fresh = [0u8; 16];
         fresh[0] = 200;
         map.insert_if_absent(fresh, 0, UnixMillis(5_000), UnixMillis(2_000));
-        assert_eq!(map.len(), 1, "the sweep on the write removed the 100 expired entries in shard 0");
+        assert_eq!(
+            map.len(),
+            1,
+            "the sweep on the write removed the 100 expired entries in shard 0"
+        );
     }
 }

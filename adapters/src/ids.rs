@@ -142,6 +142,23 @@ impl std::hash::Hasher for IdHasherState {
     fn write_usize(&mut self, _: usize) {}
 }
 
+/// `N` bytes from the system's secure random generator. Should the generator fail (it
+/// does not on Linux once booted), the bytes come from the clock and process id instead:
+/// callers use them for uniqueness, and a panic would be worse.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            ^ u128::from(std::process::id()) << 64;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = nanos.to_le_bytes()[i % 16];
+        }
+    }
+    bytes
+}
+
 /// The shortest secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -169,22 +186,17 @@ impl Pseudonymizer {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(SecretTooShort(secret.len()));
         }
-        Ok(Self { key: hmac::Key::new(hmac::HMAC_SHA256, secret) })
+        Ok(Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        })
     }
 
     /// A pseudonymizer with a fresh random secret: pseudonyms are stable only within
     /// this process.
     pub fn random() -> Self {
-        let mut secret = [0u8; 32];
-        // The system RNG failing is not recoverable; fall back to a time-derived key
-        // rather than panic, since pseudonyms then only need to be stable in-process.
-        if aws_lc_rs::rand::fill(&mut secret).is_err() {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            secret[..16].copy_from_slice(&nanos.to_le_bytes());
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &random_bytes::<32>()),
         }
-        Self { key: hmac::Key::new(hmac::HMAC_SHA256, &secret) }
     }
 
     /// The pseudonym of a validated resident ID.
@@ -208,7 +220,10 @@ impl Pseudonymizer {
 
     /// The single-use key of a ride code.
     pub fn code(&self, issuer: &str, certificate: &str, jti: &str) -> CodeKey {
-        CodeKey(self.mac(b"code", &[issuer.as_bytes(), certificate.as_bytes(), jti.as_bytes()]))
+        CodeKey(self.mac(
+            b"code",
+            &[issuer.as_bytes(), certificate.as_bytes(), jti.as_bytes()],
+        ))
     }
 
     /// The idempotency key of a gate's request.
@@ -246,7 +261,11 @@ pub enum SubjectError {
 
 impl Pseudonymizer {
     /// The pseudonym for a record that names its subject by ID number or by pseudonym.
-    pub fn subject(&self, id_number: Option<&str>, identity: Option<IdentityId>) -> Result<IdentityId, SubjectError> {
+    pub fn subject(
+        &self,
+        id_number: Option<&str>,
+        identity: Option<IdentityId>,
+    ) -> Result<IdentityId, SubjectError> {
         match (id_number, identity) {
             (Some(number), None) => Ok(self.identity(&ResidentId::parse(number)?)),
             (None, Some(identity)) => Ok(identity),
@@ -291,8 +310,8 @@ pub enum ResidentIdError {
 const CHECK_WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const CHECK_CHARS: &[u8; 11] = b"10X98765432";
 const PROVINCES: [u8; 34] = [
-    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50,
-    51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
+    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
+    53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
 ];
 
 impl ResidentId {
@@ -318,7 +337,11 @@ impl ResidentId {
         let year = (6..10).fold(0, |acc, i| acc * 10 + digit(i));
         let month = digit(10) * 10 + digit(11);
         let day = digit(12) * 10 + digit(13);
-        if !(1900..=2099).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        if !(1900..=2099).contains(&year)
+            || !(1..=12).contains(&month)
+            || day == 0
+            || day > days_in_month(year, month)
+        {
             return Err(ResidentIdError::BadBirthDate);
         }
         if id[17] != check_char(&id) {
@@ -329,7 +352,11 @@ impl ResidentId {
 }
 
 fn check_char(id: &[u8]) -> u8 {
-    let sum: u32 = CHECK_WEIGHTS.iter().zip(id).map(|(w, c)| w * u32::from(c - b'0')).sum();
+    let sum: u32 = CHECK_WEIGHTS
+        .iter()
+        .zip(id)
+        .map(|(w, c)| w * u32::from(c - b'0'))
+        .sum();
     CHECK_CHARS[(sum % 11) as usize]
 }
 
@@ -372,14 +399,38 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_number_with_its_own_error() {
-        assert_eq!(ResidentId::parse("1101051949123100"), Err(ResidentIdError::WrongLength(16)));
-        assert_eq!(ResidentId::parse("11010519491231002XX"), Err(ResidentIdError::WrongLength(19)));
-        assert_eq!(ResidentId::parse("1101A519491231002X"), Err(ResidentIdError::BadCharacter(5)));
-        assert_eq!(ResidentId::parse("X10105194912310020"), Err(ResidentIdError::BadCharacter(1)));
-        assert_eq!(ResidentId::parse("99010519491231002X"), Err(ResidentIdError::BadRegion));
-        assert_eq!(ResidentId::parse("110105194902300021"), Err(ResidentIdError::BadBirthDate));
-        assert_eq!(ResidentId::parse("110105194913010021"), Err(ResidentIdError::BadBirthDate));
-        assert_eq!(ResidentId::parse("110105194912310021"), Err(ResidentIdError::BadCheckDigit));
+        assert_eq!(
+            ResidentId::parse("1101051949123100"),
+            Err(ResidentIdError::WrongLength(16))
+        );
+        assert_eq!(
+            ResidentId::parse("11010519491231002XX"),
+            Err(ResidentIdError::WrongLength(19))
+        );
+        assert_eq!(
+            ResidentId::parse("1101A519491231002X"),
+            Err(ResidentIdError::BadCharacter(5))
+        );
+        assert_eq!(
+            ResidentId::parse("X10105194912310020"),
+            Err(ResidentIdError::BadCharacter(1))
+        );
+        assert_eq!(
+            ResidentId::parse("99010519491231002X"),
+            Err(ResidentIdError::BadRegion)
+        );
+        assert_eq!(
+            ResidentId::parse("110105194902300021"),
+            Err(ResidentIdError::BadBirthDate)
+        );
+        assert_eq!(
+            ResidentId::parse("110105194913010021"),
+            Err(ResidentIdError::BadBirthDate)
+        );
+        assert_eq!(
+            ResidentId::parse("110105194912310021"),
+            Err(ResidentIdError::BadCheckDigit)
+        );
     }
 
     #[test]
@@ -390,12 +441,19 @@ mod tests {
             String::from_utf8(id).unwrap()
         };
         assert!(ResidentId::parse(&with_check("11010520000229001")).is_ok());
-        assert_eq!(ResidentId::parse(&with_check("11010519000229001")), Err(ResidentIdError::BadBirthDate));
+        assert_eq!(
+            ResidentId::parse(&with_check("11010519000229001")),
+            Err(ResidentIdError::BadBirthDate)
+        );
     }
 
     #[test]
     fn errors_never_contain_the_number() {
-        for bad in ["110105194912310021", "99010519491231002X", "1101051949123100"] {
+        for bad in [
+            "110105194912310021",
+            "99010519491231002X",
+            "1101051949123100",
+        ] {
             let msg = ResidentId::parse(bad).unwrap_err().to_string();
             assert!(!msg.contains("1949"), "{msg}");
         }
@@ -404,7 +462,8 @@ mod tests {
 
     #[test]
     fn synthetic_ids_are_valid_and_distinct() {
-        let ids: std::collections::HashSet<String> = (0..20_000).map(synthetic_resident_id).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..20_000).map(synthetic_resident_id).collect();
         assert_eq!(ids.len(), 20_000);
         for id in ids.iter().take(2_000) {
             ResidentId::parse(id).unwrap();

@@ -78,4 +78,3 @@ pub(crate) fn json_error(e: &serde_json::Error) -> String {
         Category::Io => "read error".into(),
     }
 }
-

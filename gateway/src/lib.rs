@@ -1,1 +1,35 @@
-//! x
+//! ridegate: a low-latency gRPC gateway between fare gates and ride-code, card and
+//! health-code back ends. A gate presents what a rider showed it; ridegate resolves it
+//! to a linked identity, checks the identity's cached health-code status, and answers
+//! allow / deny / assist within the gate's timing budget.
+//!
+//! The binary is thin: [`cli::main`] parses arguments and calls [`run`], which tests and
+//! the demo call too.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod authorize;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod metrics;
+pub mod serve;
+pub mod telemetry;
+
+use std::future::Future;
+
+pub use app::App;
+use ridegate_adapters::clock::Clock;
+pub use serve::serve;
+use tokio::net::TcpListener;
+
+/// Builds ridegate from `config` and serves it on `listener` until `shutdown`.
+pub async fn run(
+    config: config::Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve(App::build(config, Clock::System)?, listener, shutdown).await
+}

@@ -1,2 +1,5 @@
-//! x
-fn main() {}
+//! The `ridegate` binary: see `ridegate --help`.
+
+fn main() -> std::process::ExitCode {
+    ridegate::cli::main()
+}

@@ -19,7 +19,9 @@ pub struct StrictProstCodec<T, U> {
 
 impl<T, U> Default for StrictProstCodec<T, U> {
     fn default() -> Self {
-        Self { inner: ProstCodec::default() }
+        Self {
+            inner: ProstCodec::default(),
+        }
     }
 }
 
@@ -38,7 +40,10 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        StrictDecoder { inner: self.inner.decoder(), _pd: PhantomData }
+        StrictDecoder {
+            inner: self.inner.decoder(),
+            _pd: PhantomData,
+        }
     }
 }
 
@@ -56,7 +61,10 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.inner.decode(buf).map_err(|status| {
             if status.code() == Code::Internal {
-                Status::invalid_argument(format!("malformed protobuf message: {}", status.message()))
+                Status::invalid_argument(format!(
+                    "malformed protobuf message: {}",
+                    status.message()
+                ))
             } else {
                 status
             }

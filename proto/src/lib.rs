@@ -33,7 +33,10 @@ mod tests {
             .flat_map(|f| f.service.iter().map(|s| s.name().to_owned()))
             .collect();
         for wanted in ["Gate", "HealthFeed"] {
-            assert!(services.iter().any(|s| s == wanted), "{wanted} missing from {services:?}");
+            assert!(
+                services.iter().any(|s| s == wanted),
+                "{wanted} missing from {services:?}"
+            );
         }
     }
 }

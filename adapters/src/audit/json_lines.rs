@@ -47,14 +47,28 @@ impl JsonLinesAudit {
         let thread_counters = counters.clone();
         let writer = std::thread::Builder::new()
             .name("ridegate-audit".into())
-            .spawn(move || write_loop(rx, std::io::BufWriter::with_capacity(1 << 16, out), &thread_counters))?;
-        Ok(Self { tx, counters, writer: Mutex::new(Some(writer)) })
+            .spawn(move || {
+                write_loop(
+                    rx,
+                    std::io::BufWriter::with_capacity(1 << 16, out),
+                    &thread_counters,
+                )
+            })?;
+        Ok(Self {
+            tx,
+            counters,
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
     /// Events queued but not yet written.
     pub fn pending(&self) -> u64 {
-        let done = self.counters.written.load(Ordering::Relaxed) + self.counters.failed.load(Ordering::Relaxed);
-        self.counters.queued.load(Ordering::Relaxed).saturating_sub(done)
+        let done = self.counters.written.load(Ordering::Relaxed)
+            + self.counters.failed.load(Ordering::Relaxed);
+        self.counters
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(done)
     }
 
     /// Events that could not be written (I/O errors).
@@ -65,7 +79,9 @@ impl JsonLinesAudit {
     /// Writes everything queued so far, flushes, and stops the writer. Later events are
     /// not written. Safe to call more than once.
     pub fn close(&self) {
-        let Some(writer) = self.writer.lock().take() else { return };
+        let Some(writer) = self.writer.lock().take() else {
+            return;
+        };
         let (ack_tx, ack_rx) = mpsc::channel();
         if self.tx.send(Message::Close(ack_tx)).is_ok() {
             let _ = ack_rx.recv();
@@ -188,7 +204,10 @@ mod tests {
         audit.close();
         assert_eq!(audit.pending(), 0);
         let text = String::from_utf8(out.0.lock().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 1_000);
         assert_eq!(lines[7]["decision_id"], "0000000000000007");
         assert_eq!(lines[7]["reason"], "health_red");

@@ -141,7 +141,12 @@ pub enum NumberError {
     Character(usize),
 }
 
-fn check_number(s: &str, min: usize, max: usize, ok: impl Fn(u8) -> bool) -> Result<(), NumberError> {
+fn check_number(
+    s: &str,
+    min: usize,
+    max: usize,
+    ok: impl Fn(u8) -> bool,
+) -> Result<(), NumberError> {
     if s.is_empty() {
         return Err(NumberError::Empty);
     }
@@ -149,7 +154,11 @@ fn check_number(s: &str, min: usize, max: usize, ok: impl Fn(u8) -> bool) -> Res
         return Err(NumberError::Character(i + 1));
     }
     if !(min..=max).contains(&s.len()) {
-        return Err(NumberError::Length { min, max, got: s.len() });
+        return Err(NumberError::Length {
+            min,
+            max,
+            got: s.len(),
+        });
     }
     Ok(())
 }
@@ -217,15 +226,42 @@ mod tests {
     fn card_numbers_must_be_full_digit_strings() {
         assert!(CardNumber::parse("1000754312345678").is_ok());
         assert_eq!(CardNumber::parse(""), Err(NumberError::Empty));
-        assert_eq!(CardNumber::parse("1234"), Err(NumberError::Length { min: 8, max: 20, got: 4 }));
-        assert_eq!(CardNumber::parse("1000 7543"), Err(NumberError::Character(5)));
-        assert_eq!(CardNumber::parse("1".repeat(21).as_str()), Err(NumberError::Length { min: 8, max: 20, got: 21 }));
+        assert_eq!(
+            CardNumber::parse("1234"),
+            Err(NumberError::Length {
+                min: 8,
+                max: 20,
+                got: 4
+            })
+        );
+        assert_eq!(
+            CardNumber::parse("1000 7543"),
+            Err(NumberError::Character(5))
+        );
+        assert_eq!(
+            CardNumber::parse("1".repeat(21).as_str()),
+            Err(NumberError::Length {
+                min: 8,
+                max: 20,
+                got: 21
+            })
+        );
     }
 
     #[test]
     fn ticket_numbers_allow_letters_digits_and_dashes() {
         assert!(TicketNumber::parse("SJ-2022-0609-0001").is_ok());
-        assert_eq!(TicketNumber::parse("a b c d"), Err(NumberError::Character(2)));
-        assert_eq!(TicketNumber::parse("abc"), Err(NumberError::Length { min: 4, max: 32, got: 3 }));
+        assert_eq!(
+            TicketNumber::parse("a b c d"),
+            Err(NumberError::Character(2))
+        );
+        assert_eq!(
+            TicketNumber::parse("abc"),
+            Err(NumberError::Length {
+                min: 4,
+                max: 32,
+                got: 3
+            })
+        );
     }
 }

@@ -29,7 +29,10 @@ pub struct StatusLine {
 
 impl StatusLine {
     /// The identity and status this line sets, or why it cannot be used.
-    pub fn resolve(&self, pseudonymizer: &Pseudonymizer) -> Result<(IdentityId, HealthStatus), String> {
+    pub fn resolve(
+        &self,
+        pseudonymizer: &Pseudonymizer,
+    ) -> Result<(IdentityId, HealthStatus), String> {
         let identity = pseudonymizer
             .subject(self.id_number.as_deref(), self.identity)
             .map_err(|e| e.to_string())?;
@@ -39,7 +42,10 @@ impl StatusLine {
         let status = HealthStatus {
             colour: self.colour,
             set_at: UnixMillis(self.set_at_unix_ms),
-            negative_test_at: self.negative_test_at_unix_ms.filter(|t| *t > 0).map(UnixMillis),
+            negative_test_at: self
+                .negative_test_at_unix_ms
+                .filter(|t| *t > 0)
+                .map(UnixMillis),
         };
         Ok((identity, status))
     }
@@ -51,15 +57,17 @@ pub fn read_statuses(
     pseudonymizer: &Pseudonymizer,
     mut store: impl FnMut(IdentityId, HealthStatus),
 ) -> std::io::Result<ImportReport> {
-    for_each_line(reader, |line_no, text, report| match serde_json::from_str::<StatusLine>(text) {
-        Ok(line) => match line.resolve(pseudonymizer) {
-            Ok((identity, status)) => {
-                store(identity, status);
-                report.imported += 1;
-            }
-            Err(reason) => report.reject(line_no, reason),
-        },
-        Err(e) => report.reject(line_no, json_error(&e)),
+    for_each_line(reader, |line_no, text, report| {
+        match serde_json::from_str::<StatusLine>(text) {
+            Ok(line) => match line.resolve(pseudonymizer) {
+                Ok((identity, status)) => {
+                    store(identity, status);
+                    report.imported += 1;
+                }
+                Err(reason) => report.reject(line_no, reason),
+            },
+            Err(e) => report.reject(line_no, json_error(&e)),
+        }
     })
 }
 
@@ -83,7 +91,13 @@ mod tests {
         let mut got = Vec::new();
         let report = read_statuses(file.as_bytes(), &p, |i, s| got.push((i, s))).unwrap();
         assert_eq!((report.imported, report.rejected), (2, 2));
-        assert!(report.first_rejections[0].reason.contains("unknown variant"), "{:?}", report.first_rejections);
+        assert!(
+            report.first_rejections[0]
+                .reason
+                .contains("unknown variant"),
+            "{:?}",
+            report.first_rejections
+        );
         assert_eq!(got[1].1.negative_test_at, Some(UnixMillis(3)));
         assert_eq!(got[0].1.colour, Colour::Red);
     }

@@ -26,7 +26,11 @@ pub struct MemoryHealth {
 
 impl Default for MemoryHealth {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::with_hasher(IdHasher))).collect() }
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::with_hasher(IdHasher)))
+                .collect(),
+        }
     }
 }
 
@@ -81,7 +85,11 @@ mod tests {
     use crate::model::{Colour, UnixMillis};
 
     fn status(colour: Colour, at: i64) -> HealthStatus {
-        HealthStatus { colour, set_at: UnixMillis(at), negative_test_at: None }
+        HealthStatus {
+            colour,
+            set_at: UnixMillis(at),
+            negative_test_at: None,
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub struct MemoryIdempotency {
 
 impl Default for MemoryIdempotency {
     fn default() -> Self {
-        Self { answers: ExpiringMap::new() }
+        Self {
+            answers: ExpiringMap::new(),
+        }
     }
 }
 
@@ -23,11 +25,21 @@ impl std::fmt::Debug for MemoryIdempotency {
 }
 
 impl IdempotencyStore for MemoryIdempotency {
-    async fn get(&self, request: RequestKey, now: UnixMillis) -> Result<Option<Answer>, IdempotencyError> {
+    async fn get(
+        &self,
+        request: RequestKey,
+        now: UnixMillis,
+    ) -> Result<Option<Answer>, IdempotencyError> {
         Ok(self.answers.get(&request.0, now))
     }
 
-    async fn put(&self, request: RequestKey, answer: Answer, until: UnixMillis, now: UnixMillis) -> Result<(), IdempotencyError> {
+    async fn put(
+        &self,
+        request: RequestKey,
+        answer: Answer,
+        until: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<(), IdempotencyError> {
         // The first answer wins: a concurrent retry must not overwrite the original.
         self.answers.insert_if_absent(request.0, answer, until, now);
         Ok(())

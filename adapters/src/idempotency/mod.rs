@@ -18,7 +18,11 @@ pub struct IdempotencyError(pub String);
 /// Keeps answers by request.
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// The answer given to `request`, if it is still kept.
-    fn get(&self, request: RequestKey, now: UnixMillis) -> impl Future<Output = Result<Option<Answer>, IdempotencyError>> + Send;
+    fn get(
+        &self,
+        request: RequestKey,
+        now: UnixMillis,
+    ) -> impl Future<Output = Result<Option<Answer>, IdempotencyError>> + Send;
 
     /// Keeps `answer` for `request` until `until`.
     fn put(

@@ -61,7 +61,8 @@ fn sign(key: &SigningKey, typ: &str, claims: &impl Serialize) -> Result<String, 
     let mut header = Header::new(key.alg().jose());
     header.typ = Some(typ.to_owned());
     header.kid = Some(key.kid().to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding()).map_err(|e| MintError::Sign(e.to_string()))
+    jsonwebtoken::encode(&header, claims, key.encoding())
+        .map_err(|e| MintError::Sign(e.to_string()))
 }
 
 /// Signs codes and device certificates as one issuer.
@@ -74,11 +75,20 @@ pub struct CodeMinter {
 impl CodeMinter {
     /// A minter for `issuer` signing with `key` (whose public JWK the verifier has).
     pub fn new(issuer: impl Into<String>, key: SigningKey) -> Self {
-        Self { issuer: issuer.into(), key }
+        Self {
+            issuer: issuer.into(),
+            key,
+        }
     }
 
     /// An issuer-signed code for `account`, valid from `issued_at` for `lifetime`.
-    pub fn code(&self, account: &str, jti: &str, issued_at: UnixMillis, lifetime: Duration) -> Result<String, MintError> {
+    pub fn code(
+        &self,
+        account: &str,
+        jti: &str,
+        issued_at: UnixMillis,
+        lifetime: Duration,
+    ) -> Result<String, MintError> {
         let iat = secs(issued_at);
         let claims = CodeClaims {
             iss: Some(&self.issuer),
@@ -130,9 +140,20 @@ impl DeviceCodeMinter {
     }
 
     /// The QR text of a fresh code: `<certificate>~<code>`.
-    pub fn code(&self, jti: &str, issued_at: UnixMillis, lifetime: Duration) -> Result<String, MintError> {
+    pub fn code(
+        &self,
+        jti: &str,
+        issued_at: UnixMillis,
+        lifetime: Duration,
+    ) -> Result<String, MintError> {
         let iat = secs(issued_at);
-        let claims = CodeClaims { iss: None, sub: None, jti, iat, exp: iat.saturating_add(lifetime_secs(lifetime)) };
+        let claims = CodeClaims {
+            iss: None,
+            sub: None,
+            jti,
+            iat,
+            exp: iat.saturating_add(lifetime_secs(lifetime)),
+        };
         let code = sign(&self.key, CODE_TYP, &claims)?;
         Ok(format!("{}~{code}", self.certificate))
     }

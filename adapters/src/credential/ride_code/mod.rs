@@ -73,7 +73,10 @@ pub struct VerifierLimits {
 
 impl Default for VerifierLimits {
     fn default() -> Self {
-        Self { max_code_bytes: 4096, certificate_cache_capacity: 100_000 }
+        Self {
+            max_code_bytes: 4096,
+            certificate_cache_capacity: 100_000,
+        }
     }
 }
 
@@ -204,7 +207,11 @@ pub struct VerifiedCode {
 impl VerifiedCode {
     /// The key the single-use guard remembers this code by.
     pub fn code_key(&self, pseudonymizer: &Pseudonymizer) -> CodeKey {
-        pseudonymizer.code(&self.issuer, self.certificate.as_deref().unwrap_or(""), &self.jti)
+        pseudonymizer.code(
+            &self.issuer,
+            self.certificate.as_deref().unwrap_or(""),
+            &self.jti,
+        )
     }
 }
 
@@ -240,7 +247,10 @@ pub struct RideCodeVerifier {
 impl std::fmt::Debug for RideCodeVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RideCodeVerifier")
-            .field("issuers", &self.issuers.iter().map(|i| &*i.id).collect::<Vec<_>>())
+            .field(
+                "issuers",
+                &self.issuers.iter().map(|i| &*i.id).collect::<Vec<_>>(),
+            )
             .field("keys", &self.keys.len())
             .finish()
     }
@@ -291,7 +301,9 @@ impl RideCodeVerifier {
         for (index, spec) in specs.iter().enumerate() {
             let id_ok = !spec.id.is_empty()
                 && spec.id.len() <= 32
-                && spec.id.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
+                && spec.id.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_'
+                });
             if !id_ok {
                 return Err(IssuerSetError::BadIssuerId(spec.id.clone()));
             }
@@ -299,8 +311,16 @@ impl RideCodeVerifier {
                 return Err(IssuerSetError::DuplicateIssuer(spec.id.clone()));
             }
             for (key_index, jwk) in spec.keys.iter().enumerate() {
-                let bad_key = |error| IssuerSetError::BadKey { issuer: spec.id.clone(), index: key_index, error };
-                let kid = jwk.common.key_id.clone().ok_or_else(|| bad_key(KeyError::MissingKid))?;
+                let bad_key = |error| IssuerSetError::BadKey {
+                    issuer: spec.id.clone(),
+                    index: key_index,
+                    error,
+                };
+                let kid = jwk
+                    .common
+                    .key_id
+                    .clone()
+                    .ok_or_else(|| bad_key(KeyError::MissingKid))?;
                 let key = VerifyingKey::from_jwk(jwk).map_err(bad_key)?;
                 if !spec.algorithms.contains(&key.alg()) {
                     return Err(IssuerSetError::KeyAlgNotAllowed {
@@ -333,7 +353,13 @@ impl RideCodeVerifier {
             .max_capacity(limits.certificate_cache_capacity)
             .time_to_idle(Duration::from_secs(3600))
             .build();
-        Ok(Self { issuers, issuer_by_id, keys, certificates, max_code_bytes: limits.max_code_bytes })
+        Ok(Self {
+            issuers,
+            issuer_by_id,
+            keys,
+            certificates,
+            max_code_bytes: limits.max_code_bytes,
+        })
     }
 
     /// The configured issuer ids, in configuration order.
@@ -352,7 +378,11 @@ impl RideCodeVerifier {
         }
     }
 
-    fn verify_issuer_signed(&self, token: &str, now: UnixMillis) -> Result<VerifiedCode, CodeError> {
+    fn verify_issuer_signed(
+        &self,
+        token: &str,
+        now: UnixMillis,
+    ) -> Result<VerifiedCode, CodeError> {
         let jws = parse_jws(token)?;
         expect_typ(&jws.header, CODE_TYP)?;
         let (issuer_index, key) = self.issuer_key(&jws)?;
@@ -363,7 +393,10 @@ impl RideCodeVerifier {
             // Signed by one issuer's key but naming another (or none).
             return Err(CodeError::UnknownIssuer);
         }
-        let account = claims.sub.filter(|s| valid_account(s)).ok_or(CodeError::Malformed)?;
+        let account = claims
+            .sub
+            .filter(|s| valid_account(s))
+            .ok_or(CodeError::Malformed)?;
         let valid_until = check_times(issuer, claims.iat, claims.exp, claims.nbf, now)?;
         check_jti(&claims.jti)?;
         Ok(VerifiedCode {
@@ -375,7 +408,12 @@ impl RideCodeVerifier {
         })
     }
 
-    fn verify_device_signed(&self, certificate: &str, code: &str, now: UnixMillis) -> Result<VerifiedCode, CodeError> {
+    fn verify_device_signed(
+        &self,
+        certificate: &str,
+        code: &str,
+        now: UnixMillis,
+    ) -> Result<VerifiedCode, CodeError> {
         let cert = self.certificate(certificate)?;
         let issuer = &self.issuers[cert.issuer];
         if issuer.revoked.contains(&*cert.id) {
@@ -430,14 +468,19 @@ impl RideCodeVerifier {
         if claims.iss != *issuer.id {
             return Err(CodeError::UnknownIssuer);
         }
-        if !issuer.device_certificates || !valid_account(&claims.sub) || claims.jti.is_empty() || claims.jti.len() > 128 {
+        if !issuer.device_certificates
+            || !valid_account(&claims.sub)
+            || claims.jti.is_empty()
+            || claims.jti.len() > 128
+        {
             return Err(CodeError::CertInvalid);
         }
         let lifetime_ms = claims.exp.saturating_sub(claims.iat).saturating_mul(1_000);
         if lifetime_ms <= 0 || lifetime_ms > issuer.max_certificate_lifetime_ms {
             return Err(CodeError::CertInvalid);
         }
-        let device_key = VerifyingKey::from_jwk(&claims.cnf.jwk).map_err(|_| CodeError::CertInvalid)?;
+        let device_key =
+            VerifyingKey::from_jwk(&claims.cnf.jwk).map_err(|_| CodeError::CertInvalid)?;
         if !issuer.algorithms.contains(&device_key.alg()) {
             return Err(CodeError::CertInvalid);
         }
@@ -457,7 +500,8 @@ impl RideCodeVerifier {
         let Some(alg) = SigningAlg::from_jose(jws.header.alg) else {
             return Err(CodeError::AlgNotAllowed);
         };
-        let Some((issuer, key)) = jws.header.kid.as_deref().and_then(|kid| self.keys.get(kid)) else {
+        let Some((issuer, key)) = jws.header.kid.as_deref().and_then(|kid| self.keys.get(kid))
+        else {
             return Err(self.unknown_key_or_issuer(jws.payload));
         };
         if key.alg() != alg || !self.issuers[*issuer].algorithms.contains(&alg) {
@@ -509,7 +553,12 @@ fn parse_jws(token: &str) -> Result<Jws<'_>, CodeError> {
     if header.crit.is_some() {
         return Err(CodeError::Malformed);
     }
-    Ok(Jws { header, message, payload, signature })
+    Ok(Jws {
+        header,
+        message,
+        payload,
+        signature,
+    })
 }
 
 fn classify_bad_header(header_b64: &str) -> CodeError {
@@ -518,7 +567,11 @@ fn classify_bad_header(header_b64: &str) -> CodeError {
         .ok()
         .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
         .is_some_and(|v| v.get("alg").is_some_and(serde_json::Value::is_string));
-    if alg_named { CodeError::AlgNotAllowed } else { CodeError::Malformed }
+    if alg_named {
+        CodeError::AlgNotAllowed
+    } else {
+        CodeError::Malformed
+    }
 }
 
 fn expect_typ(header: &jsonwebtoken::Header, want: &str) -> Result<(), CodeError> {
@@ -533,7 +586,11 @@ fn verify_signature(jws: &Jws<'_>, key: &VerifyingKey, bad: CodeError) -> Result
     match key.verify(jws.message.as_bytes(), jws.signature) {
         Ok(true) => Ok(()),
         Ok(false) => Err(bad),
-        Err(()) => Err(if bad == CodeError::BadSignature { CodeError::Malformed } else { bad }),
+        Err(()) => Err(if bad == CodeError::BadSignature {
+            CodeError::Malformed
+        } else {
+            bad
+        }),
     }
 }
 
@@ -547,12 +604,22 @@ fn valid_account(account: &str) -> bool {
 }
 
 fn check_jti(jti: &str) -> Result<(), CodeError> {
-    if jti.is_empty() || jti.len() > 128 { Err(CodeError::Malformed) } else { Ok(()) }
+    if jti.is_empty() || jti.len() > 128 {
+        Err(CodeError::Malformed)
+    } else {
+        Ok(())
+    }
 }
 
 /// Lifetime, expiry and not-before, in that order; returns when the code stops being
 /// acceptable.
-fn check_times(issuer: &Issuer, iat: i64, exp: i64, nbf: Option<i64>, now: UnixMillis) -> Result<UnixMillis, CodeError> {
+fn check_times(
+    issuer: &Issuer,
+    iat: i64,
+    exp: i64,
+    nbf: Option<i64>,
+    now: UnixMillis,
+) -> Result<UnixMillis, CodeError> {
     let (iat, exp) = (UnixMillis::from_secs(iat), UnixMillis::from_secs(exp));
     let lifetime = exp.since(iat);
     if lifetime < 0 {

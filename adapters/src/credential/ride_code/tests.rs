@@ -40,19 +40,37 @@ fn fixture() -> Fixture {
     let verifier = RideCodeVerifier::new(
         &[
             spec("alipay", vec![SigningAlg::EdDsa], &[&alipay_key], false),
-            spec("yitongxing", vec![SigningAlg::Es256, SigningAlg::EdDsa], &[&yitongxing_key], true),
+            spec(
+                "yitongxing",
+                vec![SigningAlg::Es256, SigningAlg::EdDsa],
+                &[&yitongxing_key],
+                true,
+            ),
         ],
         VerifierLimits::default(),
     )
     .unwrap();
     let yitongxing = CodeMinter::new("yitongxing", yitongxing_key);
     let phone = device(&yitongxing, "cert-1", NOW, Duration::from_secs(86_400));
-    Fixture { verifier, alipay: CodeMinter::new("alipay", alipay_key.clone()), alipay_key, yitongxing, phone }
+    Fixture {
+        verifier,
+        alipay: CodeMinter::new("alipay", alipay_key.clone()),
+        alipay_key,
+        yitongxing,
+        phone,
+    }
 }
 
-fn device(issuer: &CodeMinter, cert_id: &str, issued_at: UnixMillis, lifetime: Duration) -> DeviceCodeMinter {
+fn device(
+    issuer: &CodeMinter,
+    cert_id: &str,
+    issued_at: UnixMillis,
+    lifetime: Duration,
+) -> DeviceCodeMinter {
     let key = SigningKey::generate(SigningAlg::EdDsa, "device").unwrap();
-    let cert = issuer.device_certificate("ytx-account-9", cert_id, &key, issued_at, lifetime).unwrap();
+    let cert = issuer
+        .device_certificate("ytx-account-9", cert_id, &key, issued_at, lifetime)
+        .unwrap();
     DeviceCodeMinter::new(cert, key)
 }
 
@@ -61,7 +79,12 @@ fn b64(v: &serde_json::Value) -> String {
 }
 
 /// A token with an arbitrary header and claims, signed by `key` as `alg`.
-fn forge(header: serde_json::Value, claims: serde_json::Value, key: &EncodingKey, alg: Algorithm) -> String {
+fn forge(
+    header: serde_json::Value,
+    claims: serde_json::Value,
+    key: &EncodingKey,
+    alg: Algorithm,
+) -> String {
     let message = format!("{}.{}", b64(&header), b64(&claims));
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
     format!("{message}.{signature}")
@@ -80,7 +103,10 @@ fn issuer_signed_codes_verify_with_both_algorithms() {
     let f = fixture();
     let code = f.alipay.code("acct-1", "j-1", NOW, LIFETIME).unwrap();
     let v = verify(&f, &code).unwrap();
-    assert_eq!((&*v.issuer, &*v.account, v.jti.as_str(), v.certificate), ("alipay", "acct-1", "j-1", None));
+    assert_eq!(
+        (&*v.issuer, &*v.account, v.jti.as_str(), v.certificate),
+        ("alipay", "acct-1", "j-1", None)
+    );
     assert_eq!(v.valid_until, NOW.plus_ms(35_000));
     let code = f.yitongxing.code("acct-2", "j-2", NOW, LIFETIME).unwrap();
     assert_eq!(&*verify(&f, &code).unwrap().issuer, "yitongxing");
@@ -91,7 +117,10 @@ fn device_signed_codes_verify_and_carry_the_certified_account() {
     let f = fixture();
     let code = f.phone.code("d-1", NOW, LIFETIME).unwrap();
     let v = verify(&f, &code).unwrap();
-    assert_eq!((&*v.issuer, &*v.account, v.certificate.as_deref()), ("yitongxing", "ytx-account-9", Some("cert-1")));
+    assert_eq!(
+        (&*v.issuer, &*v.account, v.certificate.as_deref()),
+        ("yitongxing", "ytx-account-9", Some("cert-1"))
+    );
     // A second code from the same phone reuses the cached certificate.
     let again = f.phone.code("d-2", NOW, LIFETIME).unwrap();
     assert!(verify(&f, &again).is_ok());
@@ -115,9 +144,22 @@ fn oversize_and_empty_and_garbage_are_refused() {
     let f = fixture();
     assert_eq!(verify(&f, &"a".repeat(4097)), Err(CodeError::Oversize));
     assert_eq!(verify(&f, &"a".repeat(1 << 20)), Err(CodeError::Oversize));
-    for garbage in ["", "abc", "a.b", "a.b.c.d", "..", "!!.!!.!!", "eyJhbGciOiJFZERTQSJ9..sig", "~", "a~b"] {
+    for garbage in [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "..",
+        "!!.!!.!!",
+        "eyJhbGciOiJFZERTQSJ9..sig",
+        "~",
+        "a~b",
+    ] {
         let err = verify(&f, garbage).unwrap_err();
-        assert!(matches!(err, CodeError::Malformed | CodeError::CertInvalid), "{garbage:?} gave {err:?}");
+        assert!(
+            matches!(err, CodeError::Malformed | CodeError::CertInvalid),
+            "{garbage:?} gave {err:?}"
+        );
     }
 }
 
@@ -126,7 +168,9 @@ fn a_tampered_payload_fails_the_signature() {
     let f = fixture();
     let code = f.alipay.code("acct-1", "j-1", NOW, LIFETIME).unwrap();
     let mut parts: Vec<&str> = code.split('.').collect();
-    let forged_payload = b64(&json!({"iss": "alipay", "sub": "someone-else", "jti": "j-1", "iat": NOW.0 / 1000, "exp": NOW.0 / 1000 + 30}));
+    let forged_payload = b64(
+        &json!({"iss": "alipay", "sub": "someone-else", "jti": "j-1", "iat": NOW.0 / 1000, "exp": NOW.0 / 1000 + 30}),
+    );
     parts[1] = &forged_payload;
     assert_eq!(verify(&f, &parts.join(".")), Err(CodeError::BadSignature));
 }
@@ -135,7 +179,9 @@ fn a_tampered_payload_fails_the_signature() {
 fn a_code_signed_by_another_key_under_a_known_kid_fails_the_signature() {
     let f = fixture();
     let impostor = SigningKey::generate(SigningAlg::EdDsa, "alipay-1").unwrap();
-    let code = CodeMinter::new("alipay", impostor).code("acct-1", "j-1", NOW, LIFETIME).unwrap();
+    let code = CodeMinter::new("alipay", impostor)
+        .code("acct-1", "j-1", NOW, LIFETIME)
+        .unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::BadSignature));
 }
 
@@ -143,16 +189,22 @@ fn a_code_signed_by_another_key_under_a_known_kid_fails_the_signature() {
 fn unknown_kid_is_unknown_key_for_a_known_issuer_and_unknown_issuer_otherwise() {
     let f = fixture();
     let stranger = SigningKey::generate(SigningAlg::EdDsa, "nobody-1").unwrap();
-    let known = CodeMinter::new("alipay", stranger.clone()).code("a", "j", NOW, LIFETIME).unwrap();
+    let known = CodeMinter::new("alipay", stranger.clone())
+        .code("a", "j", NOW, LIFETIME)
+        .unwrap();
     assert_eq!(verify(&f, &known), Err(CodeError::UnknownKey));
-    let unknown = CodeMinter::new("hangzhou-metro", stranger).code("a", "j", NOW, LIFETIME).unwrap();
+    let unknown = CodeMinter::new("hangzhou-metro", stranger)
+        .code("a", "j", NOW, LIFETIME)
+        .unwrap();
     assert_eq!(verify(&f, &unknown), Err(CodeError::UnknownIssuer));
 }
 
 #[test]
 fn a_code_naming_another_issuer_than_its_key_is_refused() {
     let f = fixture();
-    let code = CodeMinter::new("yitongxing", f.alipay_key.clone()).code("a", "j", NOW, LIFETIME).unwrap();
+    let code = CodeMinter::new("yitongxing", f.alipay_key.clone())
+        .code("a", "j", NOW, LIFETIME)
+        .unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::UnknownIssuer));
 }
 
@@ -160,31 +212,56 @@ fn a_code_naming_another_issuer_than_its_key_is_refused() {
 fn expiry_honours_the_clock_skew() {
     let f = fixture();
     let code = f.alipay.code("a", "j", NOW, LIFETIME).unwrap();
-    assert!(f.verifier.verify(&code, NOW.plus_ms(34_999)).is_ok(), "inside exp + skew");
-    assert_eq!(f.verifier.verify(&code, NOW.plus_ms(35_000)), Err(CodeError::Expired));
+    assert!(
+        f.verifier.verify(&code, NOW.plus_ms(34_999)).is_ok(),
+        "inside exp + skew"
+    );
+    assert_eq!(
+        f.verifier.verify(&code, NOW.plus_ms(35_000)),
+        Err(CodeError::Expired)
+    );
 }
 
 #[test]
 fn codes_from_the_future_are_not_yet_valid() {
     let f = fixture();
-    let code = f.alipay.code("a", "j", NOW.plus_ms(10_000), LIFETIME).unwrap();
+    let code = f
+        .alipay
+        .code("a", "j", NOW.plus_ms(10_000), LIFETIME)
+        .unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::NotYetValid));
-    let within_skew = f.alipay.code("a", "j", NOW.plus_ms(4_000), LIFETIME).unwrap();
+    let within_skew = f
+        .alipay
+        .code("a", "j", NOW.plus_ms(4_000), LIFETIME)
+        .unwrap();
     assert!(verify(&f, &within_skew).is_ok());
     let key = f.alipay_key.encoding();
     let mut c = claims("alipay", NOW, 30);
     c["nbf"] = json!(NOW.0 / 1000 + 20);
-    let nbf = forge(json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}), c, key, Algorithm::EdDSA);
+    let nbf = forge(
+        json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}),
+        c,
+        key,
+        Algorithm::EdDSA,
+    );
     assert_eq!(verify(&f, &nbf), Err(CodeError::NotYetValid));
 }
 
 #[test]
 fn lifetimes_beyond_the_issuers_maximum_are_refused() {
     let f = fixture();
-    let code = f.alipay.code("a", "j", NOW, Duration::from_secs(61)).unwrap();
+    let code = f
+        .alipay
+        .code("a", "j", NOW, Duration::from_secs(61))
+        .unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::LifetimeTooLong));
     let key = f.alipay_key.encoding();
-    let backwards = forge(json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}), claims("alipay", NOW, -5), key, Algorithm::EdDSA);
+    let backwards = forge(
+        json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}),
+        claims("alipay", NOW, -5),
+        key,
+        Algorithm::EdDSA,
+    );
     assert_eq!(verify(&f, &backwards), Err(CodeError::Malformed));
 }
 
@@ -193,7 +270,11 @@ fn alg_none_is_refused() {
     let f = fixture();
     let header = b64(&json!({"alg": "none", "typ": CODE_TYP, "kid": "alipay-1"}));
     let token = format!("{header}.{}.", b64(&claims("alipay", NOW, 30)));
-    assert_eq!(verify(&f, &token), Err(CodeError::Malformed), "empty signature part");
+    assert_eq!(
+        verify(&f, &token),
+        Err(CodeError::Malformed),
+        "empty signature part"
+    );
     let token = format!("{header}.{}.AAAA", b64(&claims("alipay", NOW, 30)));
     assert_eq!(verify(&f, &token), Err(CodeError::AlgNotAllowed));
 }
@@ -202,7 +283,9 @@ fn alg_none_is_refused() {
 fn hmac_signed_with_the_public_key_is_refused() {
     let f = fixture();
     let public = f.alipay_key.public_jwk().unwrap();
-    let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(p) = &public.algorithm else { panic!() };
+    let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(p) = &public.algorithm else {
+        panic!()
+    };
     let secret = URL_SAFE_NO_PAD.decode(&p.x).unwrap();
     let token = forge(
         json!({"alg": "HS256", "typ": CODE_TYP, "kid": "alipay-1"}),
@@ -234,19 +317,38 @@ fn missing_claims_and_unknown_crit_are_malformed() {
     for drop in ["jti", "sub", "iat", "exp"] {
         let mut c = claims("alipay", NOW, 30);
         c.as_object_mut().unwrap().remove(drop);
-        assert_eq!(verify(&f, &forge(header.clone(), c, key, Algorithm::EdDSA)), Err(CodeError::Malformed), "without {drop}");
+        assert_eq!(
+            verify(&f, &forge(header.clone(), c, key, Algorithm::EdDSA)),
+            Err(CodeError::Malformed),
+            "without {drop}"
+        );
     }
     let crit = json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1", "crit": ["exp"]});
-    assert_eq!(verify(&f, &forge(crit, claims("alipay", NOW, 30), key, Algorithm::EdDSA)), Err(CodeError::Malformed));
+    assert_eq!(
+        verify(
+            &f,
+            &forge(crit, claims("alipay", NOW, 30), key, Algorithm::EdDSA)
+        ),
+        Err(CodeError::Malformed)
+    );
     let untyped = json!({"alg": "EdDSA", "kid": "alipay-1"});
-    assert_eq!(verify(&f, &forge(untyped, claims("alipay", NOW, 30), key, Algorithm::EdDSA)), Err(CodeError::Malformed));
+    assert_eq!(
+        verify(
+            &f,
+            &forge(untyped, claims("alipay", NOW, 30), key, Algorithm::EdDSA)
+        ),
+        Err(CodeError::Malformed)
+    );
 }
 
 #[test]
 fn a_bare_device_certificate_is_the_wrong_type() {
     let f = fixture();
     let key = SigningKey::generate(SigningAlg::EdDsa, "d").unwrap();
-    let cert = f.yitongxing.device_certificate("acct", "c", &key, NOW, Duration::from_secs(3600)).unwrap();
+    let cert = f
+        .yitongxing
+        .device_certificate("acct", "c", &key, NOW, Duration::from_secs(3600))
+        .unwrap();
     assert_eq!(verify(&f, &cert), Err(CodeError::WrongType));
 }
 
@@ -257,26 +359,56 @@ fn expired_and_revoked_certificates_are_refused_on_every_use() {
     assert!(verify(&f, &phone.code("a", NOW, LIFETIME).unwrap()).is_ok());
     let later = NOW.plus_ms(3_600_000 + 5_000);
     let code = phone.code("b", later, LIFETIME).unwrap();
-    assert_eq!(f.verifier.verify(&code, later), Err(CodeError::CertExpired), "cached, but expired since");
-    let revoked = device(&f.yitongxing, "revoked-cert", NOW, Duration::from_secs(3600));
-    assert_eq!(verify(&f, &revoked.code("a", NOW, LIFETIME).unwrap()), Err(CodeError::CertRevoked));
+    assert_eq!(
+        f.verifier.verify(&code, later),
+        Err(CodeError::CertExpired),
+        "cached, but expired since"
+    );
+    let revoked = device(
+        &f.yitongxing,
+        "revoked-cert",
+        NOW,
+        Duration::from_secs(3600),
+    );
+    assert_eq!(
+        verify(&f, &revoked.code("a", NOW, LIFETIME).unwrap()),
+        Err(CodeError::CertRevoked)
+    );
 }
 
 #[test]
 fn bad_certificates_are_invalid() {
     let f = fixture();
     // Signed by a key the issuer does not have under its kid.
-    let impostor = CodeMinter::new("yitongxing", SigningKey::generate(SigningAlg::Es256, "ytx-1").unwrap());
+    let impostor = CodeMinter::new(
+        "yitongxing",
+        SigningKey::generate(SigningAlg::Es256, "ytx-1").unwrap(),
+    );
     let forged = device(&impostor, "c", NOW, Duration::from_secs(3600));
-    assert_eq!(verify(&f, &forged.code("a", NOW, LIFETIME).unwrap()), Err(CodeError::CertInvalid));
+    assert_eq!(
+        verify(&f, &forged.code("a", NOW, LIFETIME).unwrap()),
+        Err(CodeError::CertInvalid)
+    );
     // From an issuer that does not certify devices.
     let alipay_phone = device(&f.alipay, "c", NOW, Duration::from_secs(3600));
-    assert_eq!(verify(&f, &alipay_phone.code("a", NOW, LIFETIME).unwrap()), Err(CodeError::CertInvalid));
+    assert_eq!(
+        verify(&f, &alipay_phone.code("a", NOW, LIFETIME).unwrap()),
+        Err(CodeError::CertInvalid)
+    );
     // A certificate lifetime beyond the maximum.
     let long = device(&f.yitongxing, "c", NOW, Duration::from_secs(31 * 86_400));
-    assert_eq!(verify(&f, &long.code("a", NOW, LIFETIME).unwrap()), Err(CodeError::CertInvalid));
+    assert_eq!(
+        verify(&f, &long.code("a", NOW, LIFETIME).unwrap()),
+        Err(CodeError::CertInvalid)
+    );
     // Garbage in place of the certificate.
-    assert_eq!(verify(&f, &format!("x.y.z~{}", f.alipay.code("a", "j", NOW, LIFETIME).unwrap())), Err(CodeError::CertInvalid));
+    assert_eq!(
+        verify(
+            &f,
+            &format!("x.y.z~{}", f.alipay.code("a", "j", NOW, LIFETIME).unwrap())
+        ),
+        Err(CodeError::CertInvalid)
+    );
 }
 
 #[test]
@@ -285,8 +417,17 @@ fn a_device_code_signed_by_another_phone_fails_the_signature() {
     let other = device(&f.yitongxing, "cert-2", NOW, Duration::from_secs(3600));
     let stolen_cert_code = other.code("a", NOW, LIFETIME).unwrap();
     let (_, code) = stolen_cert_code.split_once('~').unwrap();
-    let (mine, _) = f.phone.code("x", NOW, LIFETIME).unwrap().split_once('~').map(|(c, s)| (c.to_owned(), s.to_owned())).unwrap();
-    assert_eq!(verify(&f, &format!("{mine}~{code}")), Err(CodeError::BadSignature));
+    let (mine, _) = f
+        .phone
+        .code("x", NOW, LIFETIME)
+        .unwrap()
+        .split_once('~')
+        .map(|(c, s)| (c.to_owned(), s.to_owned()))
+        .unwrap();
+    assert_eq!(
+        verify(&f, &format!("{mine}~{code}")),
+        Err(CodeError::BadSignature)
+    );
 }
 
 #[test]
@@ -302,17 +443,34 @@ fn device_codes_obey_code_time_rules() {
 fn issuer_sets_that_would_be_ambiguous_are_refused() {
     let k = SigningKey::generate(SigningAlg::EdDsa, "shared").unwrap();
     let err = RideCodeVerifier::new(
-        &[spec("a", vec![SigningAlg::EdDsa], &[&k], false), spec("b", vec![SigningAlg::EdDsa], &[&k], false)],
+        &[
+            spec("a", vec![SigningAlg::EdDsa], &[&k], false),
+            spec("b", vec![SigningAlg::EdDsa], &[&k], false),
+        ],
         VerifierLimits::default(),
     )
     .unwrap_err();
     assert!(matches!(err, IssuerSetError::DuplicateKid { .. }), "{err}");
-    let err = RideCodeVerifier::new(&[spec("a", vec![SigningAlg::Es256], &[&k], false)], VerifierLimits::default()).unwrap_err();
-    assert!(matches!(err, IssuerSetError::KeyAlgNotAllowed { .. }), "{err}");
-    let err = RideCodeVerifier::new(&[spec("Bad Id", vec![], &[], false)], VerifierLimits::default()).unwrap_err();
+    let err = RideCodeVerifier::new(
+        &[spec("a", vec![SigningAlg::Es256], &[&k], false)],
+        VerifierLimits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, IssuerSetError::KeyAlgNotAllowed { .. }),
+        "{err}"
+    );
+    let err = RideCodeVerifier::new(
+        &[spec("Bad Id", vec![], &[], false)],
+        VerifierLimits::default(),
+    )
+    .unwrap_err();
     assert_eq!(err, IssuerSetError::BadIssuerId("Bad Id".into()));
-    let err = RideCodeVerifier::new(&[spec("a", vec![], &[], false), spec("a", vec![], &[], false)], VerifierLimits::default())
-        .unwrap_err();
+    let err = RideCodeVerifier::new(
+        &[spec("a", vec![], &[], false), spec("a", vec![], &[], false)],
+        VerifierLimits::default(),
+    )
+    .unwrap_err();
     assert_eq!(err, IssuerSetError::DuplicateIssuer("a".into()));
 }
 

@@ -1,0 +1,299 @@
+//! The decision path: from a validated tap to an answer, recorded.
+//!
+//! 1. A retry (same gate id and request id) gets its stored answer.
+//! 2. The credential's own checks — ride-code signature, times, single use; suspended
+//!    tickets — refuse in every mode and direction.
+//! 3. Exits and stations with the check off need nothing more.
+//! 4. The credential resolves to an identity; its health status comes from the cache
+//!    within the deadline; the policy decides; the station's mode is applied.
+//! 5. The answer is stored for retries, counted, and audited off the hot path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ridegate_adapters::audit::{AuditEvent, AuditSink};
+use ridegate_adapters::clock::{Clock, millis};
+use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
+use ridegate_adapters::credential::{Credential, LinkKey, TicketKind};
+use ridegate_adapters::health::MemoryHealth;
+use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency};
+use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, random_bytes};
+use ridegate_adapters::link::{LinkStore, MemoryLinks};
+use ridegate_adapters::model::{Answer, DecisionId, Mode, Reason, UnixMillis, Verdict};
+use ridegate_adapters::replay::{Claim, MemoryReplayGuard, ReplayGuard};
+use tokio::time::Instant;
+
+use crate::cache::HealthCache;
+use crate::decision::{GateRequest, HealthView, Judgement, Outcome, Policy, Subject};
+use crate::metrics::Metrics;
+
+/// An answer and whether it was a stored one given again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// The answer.
+    pub answer: Answer,
+    /// True when it was stored for an earlier request with the same id.
+    pub retry: bool,
+}
+
+/// Hands out decision ids: a random 16-bit process prefix and a 48-bit counter.
+#[derive(Debug)]
+struct DecisionIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl DecisionIds {
+    fn new() -> Self {
+        let prefix = u64::from(u16::from_le_bytes(random_bytes::<2>())) << 48;
+        Self {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> DecisionId {
+        DecisionId(self.prefix | (self.next.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1)))
+    }
+}
+
+/// What the decision learned along the way, for the audit record.
+#[derive(Debug, Default)]
+struct Trace {
+    issuer: Option<Arc<str>>,
+    credential: Option<CredentialId>,
+    identity: Option<IdentityId>,
+}
+
+/// The parts the decision needs, built once at start-up.
+pub struct Authorizer {
+    clock: Clock,
+    pseudonymizer: Pseudonymizer,
+    verifier: RideCodeVerifier,
+    replay: MemoryReplayGuard,
+    idempotency: MemoryIdempotency,
+    links: Arc<MemoryLinks>,
+    health: HealthCache<MemoryHealth>,
+    policy: Policy,
+    suspend_electronic_tickets: bool,
+    retry_window: Duration,
+    audit: Arc<dyn AuditSink>,
+    metrics: Arc<Metrics>,
+    ids: DecisionIds,
+}
+
+/// Everything [`Authorizer::new`] takes.
+pub struct Parts {
+    /// See [`Clock`].
+    pub clock: Clock,
+    /// Keyed hashing.
+    pub pseudonymizer: Pseudonymizer,
+    /// Ride-code verification.
+    pub verifier: RideCodeVerifier,
+    /// The link store.
+    pub links: Arc<MemoryLinks>,
+    /// The health cache.
+    pub health: HealthCache<MemoryHealth>,
+    /// The rules.
+    pub policy: Policy,
+    /// Refuse electronic single-journey tickets.
+    pub suspend_electronic_tickets: bool,
+    /// How long retries get the stored answer.
+    pub retry_window: Duration,
+    /// Where decisions are recorded.
+    pub audit: Arc<dyn AuditSink>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Authorizer {
+    /// Assembles the decision path.
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            clock: parts.clock,
+            pseudonymizer: parts.pseudonymizer,
+            verifier: parts.verifier,
+            replay: MemoryReplayGuard::default(),
+            idempotency: MemoryIdempotency::default(),
+            links: parts.links,
+            health: parts.health,
+            policy: parts.policy,
+            suspend_electronic_tickets: parts.suspend_electronic_tickets,
+            retry_window: parts.retry_window,
+            audit: parts.audit,
+            metrics: parts.metrics,
+            ids: DecisionIds::new(),
+        }
+    }
+
+    /// Decides one tap, answering by `deadline`. `received` is when the request
+    /// arrived, for the recorded latency.
+    pub async fn authorize(
+        &self,
+        request: GateRequest,
+        received: Instant,
+        deadline: Instant,
+    ) -> Decided {
+        let now = self.clock.now();
+        let request_key = (!request.request_id.is_empty()).then(|| {
+            self.pseudonymizer
+                .request(&request.gate.gate_id, &request.request_id)
+        });
+        if let Some(key) = request_key
+            && let Ok(Some(answer)) = self.idempotency.get(key, now).await
+        {
+            self.record(request, answer, Trace::default(), true, received, now);
+            return Decided {
+                answer,
+                retry: true,
+            };
+        }
+        let decision_id = self.ids.next();
+        // Without a request id, the decision's own id owns any code it uses: a second
+        // use of the code is then always a replay.
+        let owner = request_key.unwrap_or_else(|| owner_of(decision_id));
+        let mut trace = Trace::default();
+        let mode = self
+            .policy
+            .mode(&request.gate.station_id, &request.gate.line_id);
+        let outcome = self
+            .decide(&request, mode, owner, now, deadline, &mut trace)
+            .await;
+        let answer = Answer {
+            verdict: outcome.verdict,
+            reason: outcome.reason,
+            decision_id,
+            degraded: outcome.degraded,
+            status_age_ms: outcome.status_age_ms,
+            mode,
+            shadow: outcome.shadow,
+        };
+        if let Some(key) = request_key {
+            let until = now.plus_ms(millis(self.retry_window));
+            // Losing the record only means a retry is decided afresh.
+            let _ = self.idempotency.put(key, answer, until, now).await;
+        }
+        self.record(request, answer, trace, false, received, now);
+        Decided {
+            answer,
+            retry: false,
+        }
+    }
+
+    /// Counts a request rejected as malformed before it reached the decision.
+    pub fn record_invalid(&self) {
+        self.metrics.record_invalid();
+    }
+
+    async fn decide(
+        &self,
+        request: &GateRequest,
+        mode: Mode,
+        owner: RequestKey,
+        now: UnixMillis,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> Outcome {
+        let refuse =
+            |reason| Policy::apply_mode(Mode::Enforce, Judgement::plain(Verdict::Deny, reason));
+        let code: VerifiedCode;
+        let link_key = match &request.credential {
+            Credential::RideCode(text) => {
+                code = match self.verifier.verify(text, now) {
+                    Ok(code) => code,
+                    Err(e) => return refuse(e.reason()),
+                };
+                trace.issuer = Some(code.issuer.clone());
+                let claim = self
+                    .replay
+                    .claim(
+                        code.code_key(&self.pseudonymizer),
+                        owner,
+                        code.valid_until,
+                        now,
+                    )
+                    .await;
+                if claim == Ok(Claim::Replayed) {
+                    return refuse(Reason::CodeReplayed);
+                }
+                Some(LinkKey::RideAccount {
+                    issuer: &code.issuer,
+                    account: &code.account,
+                })
+            }
+            Credential::Card { number, .. } => Some(LinkKey::Card {
+                number: number.as_str(),
+            }),
+            Credential::Ticket {
+                kind: TicketKind::ElectronicSingleJourney,
+                ..
+            } if self.suspend_electronic_tickets => {
+                return refuse(Reason::TicketSuspended);
+            }
+            Credential::Ticket { kind, number } => Some(LinkKey::Ticket {
+                kind: *kind,
+                number: number.as_str(),
+            }),
+            Credential::Uncovered(_) => None,
+        };
+        if let Some(judgement) = Policy::without_check(request.gate.direction, mode) {
+            return Policy::apply_mode(mode, judgement);
+        }
+        let subject = match link_key {
+            None => Subject::NotCovered,
+            Some(key) => {
+                let credential = self.pseudonymizer.credential(&key);
+                trace.credential = Some(credential);
+                match self.links.resolve(credential).await {
+                    Ok(None) => Subject::NotLinked,
+                    Ok(Some(identity)) => {
+                        trace.identity = Some(identity);
+                        Subject::Linked(self.health.lookup(identity, deadline).await)
+                    }
+                    Err(_) => Subject::Linked(HealthView::Unavailable),
+                }
+            }
+        };
+        Policy::apply_mode(mode, self.policy.judge(subject, now))
+    }
+
+    fn record(
+        &self,
+        request: GateRequest,
+        answer: Answer,
+        trace: Trace,
+        retry: bool,
+        received: Instant,
+        now: UnixMillis,
+    ) {
+        let latency = received.elapsed();
+        self.metrics.record(&answer, retry, latency);
+        let GateRequest {
+            gate, credential, ..
+        } = request;
+        self.audit.record(AuditEvent {
+            at: now,
+            gate_id: gate.gate_id,
+            station_id: gate.station_id,
+            line_id: gate.line_id,
+            direction: gate.direction,
+            tapped_at: gate.tapped_at,
+            credential_kind: credential.kind(),
+            issuer: trace.issuer,
+            credential: trace.credential,
+            identity: trace.identity,
+            answer,
+            retry,
+            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        });
+    }
+}
+
+/// A request key that no gate's request can have: the decision id's bytes under a
+/// marker that keyed hashes (uniform over all 2^128 values) hit with probability 2^-64.
+fn owner_of(id: DecisionId) -> RequestKey {
+    let mut key = [0xffu8; 16];
+    key[..8].copy_from_slice(&id.0.to_le_bytes());
+    RequestKey(key)
+}

@@ -1,0 +1,111 @@
+//! The command line: `ridegate serve`, `ridegate demo`, `ridegate keys`.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
+//! invalid configuration (the message names the field).
+
+mod demo;
+mod keys;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for bad usage or configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ridegate",
+    version,
+    about = "Gate authorization gateway: ride codes, cards and tickets → allow / deny / assist"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gate decisions over gRPC (embedded defaults unless configured).
+    Serve(serve::ServeArgs),
+    /// Start a server with a demo population and show a table of decisions.
+    Demo(demo::DemoArgs),
+    /// Generate issuer keys and mint signed ride codes.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+}
+
+/// A failure with the exit code it should end the process with.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// Bad usage or configuration.
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
+    }
+
+    /// A runtime failure.
+    pub fn runtime(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: EXIT_FAILURE,
+            error: error.into(),
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Keys(command) => keys::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("ridegate: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// A multi-threaded tokio runtime for a command.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)
+}
+
+/// Resolves when the process is asked to stop (SIGINT, or SIGTERM on Unix).
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,117 @@
+//! `ridegate serve`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ridegate_adapters::clock::Clock;
+
+use super::{Failure, runtime, shutdown_signal};
+use crate::app::App;
+use crate::config::{Config, LogFormat};
+
+/// Flags override environment variables, which override the config file.
+#[derive(Debug, clap::Args)]
+pub(super) struct ServeArgs {
+    /// TOML configuration file (see deploy/ridegate.example.toml).
+    #[arg(long, env = "RIDEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50061].
+    #[arg(long, env = "RIDEGATE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// JSON-lines links file to import at start-up.
+    #[arg(long, env = "RIDEGATE_LINKS")]
+    links: Option<PathBuf>,
+    /// JSON-lines health-status file to load at start-up.
+    #[arg(long, env = "RIDEGATE_HEALTH")]
+    health: Option<PathBuf>,
+    /// Audit output: `-` for stdout, or a file to append to.
+    #[arg(long, env = "RIDEGATE_AUDIT")]
+    audit: Option<String>,
+    /// Serve ridegate.v1.HealthFeed so statuses can be pushed at run time.
+    #[arg(long, env = "RIDEGATE_HEALTH_FEED")]
+    health_feed: Option<bool>,
+    /// Log format.
+    #[arg(long, env = "RIDEGATE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `ridegate=debug`.
+    #[arg(long, env = "RIDEGATE_LOG")]
+    log: Option<String>,
+    /// Once listening, write `{"addr": "<ip:port>"}` to this file (for scripts and
+    /// tests that listen on port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The configuration: file (or defaults), then environment, then flags.
+    fn config(&self) -> Result<Config, Failure> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(Failure::usage)?,
+            None => Config::default(),
+        };
+        if let Ok(secret) = std::env::var("RIDEGATE_IDENTITY_SECRET") {
+            config.identity.secret = secret;
+        }
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(links) = &self.links {
+            config.links.file = Some(links.clone());
+        }
+        if let Some(health) = &self.health {
+            config.health.file = Some(health.clone());
+        }
+        if let Some(audit) = &self.audit {
+            config.audit.path.clone_from(audit);
+        }
+        if let Some(feed) = self.health_feed {
+            config.health.feed_enabled = feed;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        if let Some(filter) = &self.log {
+            config.log.filter.clone_from(filter);
+        }
+        config
+            .validate()
+            .map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
+        Ok(config)
+    }
+}
+
+/// Runs `ridegate serve`.
+pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
+    let config = args.config()?;
+    crate::telemetry::init(&config.log)
+        .map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listen = config.server.listen;
+        let app = App::build(config, Clock::System)
+            .map_err(|e| Failure::usage(e.context("invalid configuration")))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))
+            .map_err(Failure::runtime)?;
+        if let Some(path) = &args.ready_file {
+            let addr = listener.local_addr().map_err(Failure::runtime)?;
+            write_ready_file(path, addr).map_err(Failure::runtime)?;
+        }
+        crate::serve(app, listener, shutdown_signal())
+            .await
+            .map_err(Failure::runtime)
+    })
+}
+
+/// Writes the bound address atomically (temp file, then rename).
+fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::json!({ "addr": addr.to_string() }).to_string(),
+    )
+    .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,129 @@
+//! Serving: the tonic server, its limits, health checking, reflection, metrics, and a
+//! graceful drain.
+
+mod convert;
+mod deadline;
+mod feed;
+mod gate;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ridegate_proto::pb::gate_server::GateServer;
+use ridegate_proto::pb::health_feed_server::HealthFeedServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+pub use convert::InvalidRequest;
+pub use deadline::{Deadlines, grpc_timeout};
+pub use feed::MAX_UPDATES;
+
+use crate::app::App;
+
+/// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
+/// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
+/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
+/// flushed.
+pub async fn serve(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let app = Arc::new(app);
+    let server_config = app.config.server.clone();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<GateServer<gate::GateService>>()
+        .await;
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+
+    let deadlines = Deadlines {
+        default_budget: app.config.deadline.default_budget,
+        margin: app.config.deadline.margin,
+    };
+    let gate = GateServer::new(gate::GateService::new(
+        app.authorizer.clone(),
+        deadlines,
+        server_config.stream_concurrency,
+        draining_rx,
+    ))
+    // Big enough that an oversize QR text reaches the verifier and gets a DENY with
+    // CODE_OVERSIZE instead of a transport error.
+    .max_decoding_message_size(server_config.max_request_bytes);
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ridegate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let mut routes = Routes::new(gate)
+        // grpc.health.v1, for load balancers and `grpc_health_probe`.
+        .add_service(health_service)
+        // Server reflection (v1 and v1alpha): grpcurl and ghz work without .proto files.
+        .add_service(reflection().build_v1().context("reflection v1")?)
+        .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
+    if app.config.health.feed_enabled {
+        let feed = feed::FeedService::new(
+            app.statuses.clone(),
+            app.health.clone(),
+            app.pseudonymizer.clone(),
+        );
+        routes = routes.add_service(
+            HealthFeedServer::new(feed).max_decoding_message_size(server_config.max_request_bytes),
+        );
+    }
+    let metrics_app = app.clone();
+    let router = routes.into_axum_router().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let app = metrics_app.clone();
+            async move { app.render_metrics() }
+        }),
+    );
+
+    let addr = listener.local_addr().context("listener address")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        // Gates send small requests and wait for each answer: never delay a packet.
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(server_config.tcp_keepalive))
+        // Keep idle gate connections open through NATs and find dead ones.
+        .http2_keepalive_interval(Some(server_config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(server_config.http2_keepalive_timeout))
+        // Bound the work one connection can queue; beyond it, calls wait.
+        .concurrency_limit_per_connection(server_config.concurrency_per_connection)
+        .max_concurrent_streams(server_config.max_concurrent_streams)
+        // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tracing::info!(%addr, feed = app.config.health.feed_enabled, "ridegate serving");
+
+    tokio::pin!(server);
+    let outcome = tokio::select! {
+        result = &mut server => result.context("server failed"),
+        () = shutdown => {
+            tracing::info!("shutting down: draining");
+            health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
+            tokio::time::sleep(server_config.drain_delay).await;
+            let _ = draining_tx.send(true);
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(server_config.drain_grace, &mut server).await {
+                Ok(result) => result.context("server failed while draining"),
+                Err(_) => {
+                    tracing::warn!(grace = ?server_config.drain_grace, "drain grace expired; closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    app.audit.close();
+    tracing::info!("stopped");
+    outcome
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `ridegate` binary on a free loopback port, driven over
+//! gRPC (and HTTP for metrics) exactly as gates, apps and operators drive it.
+
+mod bad_input;
+mod cli;
+mod feed;
+mod gate;
+mod operations;
+mod support;

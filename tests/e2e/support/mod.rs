@@ -1,0 +1,428 @@
+//! Fixtures for end-to-end tests: a real `ridegate` process on a free loopback port,
+//! with a population, issuer keys and a configuration written to a temp directory, and
+//! a gRPC client for it. The process is killed when the fixture is dropped.
+
+#![allow(dead_code, unreachable_pub)] // each test module uses a different part
+
+pub mod codes;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ridegate_adapters::credential::ride_code::{CodeMinter, SigningAlg, SigningKey};
+use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_adapters::model::UnixMillis;
+use ridegate_proto::pb;
+use ridegate_proto::pb::gate_client::GateClient;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// The pseudonym secret the fixtures configure.
+pub const SECRET: &str = "e2e-test-secret-0123456789";
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_ridegate")
+}
+
+/// Milliseconds since the epoch now.
+pub fn now() -> UnixMillis {
+    ridegate_adapters::clock::Clock::System.now()
+}
+
+/// A health status to give a rider.
+#[derive(Debug, Clone, Copy)]
+pub struct Status {
+    /// `green`, `yellow` or `red`.
+    pub colour: &'static str,
+    /// Hours since the last negative test, if any.
+    pub tested_hours_ago: Option<i64>,
+}
+
+/// Green with a test 3 hours ago: allowed under the default policy.
+pub const GREEN: Status = Status {
+    colour: "green",
+    tested_hours_ago: Some(3),
+};
+/// Yellow.
+pub const YELLOW: Status = Status {
+    colour: "yellow",
+    tested_hours_ago: Some(3),
+};
+/// Red.
+pub const RED: Status = Status {
+    colour: "red",
+    tested_hours_ago: Some(3),
+};
+/// Green but never tested.
+pub const UNTESTED: Status = Status {
+    colour: "green",
+    tested_hours_ago: None,
+};
+
+/// An issuer the fixture configures, with its signing key.
+pub struct Issuer {
+    /// Its id.
+    pub id: String,
+    /// Mints its codes.
+    pub minter: CodeMinter,
+    key: SigningKey,
+    revoked: Vec<String>,
+}
+
+/// Builds a gateway process.
+pub struct GatewayBuilder {
+    issuers: Vec<Issuer>,
+    links: Vec<String>,
+    statuses: Vec<String>,
+    stations: BTreeMap<String, &'static str>,
+    extra_toml: String,
+    feed: bool,
+    env: Vec<(String, String)>,
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// Where it listens.
+    pub addr: String,
+    /// Its working directory (config, data files, audit, logs).
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayBuilder {
+    /// An empty population, no issuer keys, default policy.
+    pub fn new() -> Self {
+        Self {
+            issuers: Vec::new(),
+            links: Vec::new(),
+            statuses: Vec::new(),
+            stations: BTreeMap::new(),
+            extra_toml: String::new(),
+            feed: false,
+            env: Vec::new(),
+        }
+    }
+
+    /// Configures `id` (built-in or not) with a fresh key of `alg`, key id `<id>-1`.
+    pub fn issuer(mut self, id: &str, alg: SigningAlg) -> Self {
+        let key = SigningKey::generate(alg, format!("{id}-1")).expect("key");
+        self.issuers.push(Issuer {
+            id: id.into(),
+            minter: CodeMinter::new(id, key.clone()),
+            key,
+            revoked: Vec::new(),
+        });
+        self
+    }
+
+    /// Revokes device certificate `cert_id` for the last issuer added.
+    pub fn revoke(mut self, cert_id: &str) -> Self {
+        self.issuers
+            .last_mut()
+            .expect("an issuer first")
+            .revoked
+            .push(cert_id.into());
+        self
+    }
+
+    /// Links a card to the `person`-th synthetic resident.
+    pub fn card(mut self, number: &str, person: u64) -> Self {
+        self.links.push(format!(
+            r#"{{"card": {{"number": "{number}"}}, "id_number": "{}"}}"#,
+            synthetic_resident_id(person)
+        ));
+        self
+    }
+
+    /// Links a ride account to the `person`-th synthetic resident.
+    pub fn account(mut self, issuer: &str, account: &str, person: u64) -> Self {
+        self.links.push(format!(
+            r#"{{"ride_account": {{"issuer": "{issuer}", "account": "{account}"}}, "id_number": "{}"}}"#,
+            synthetic_resident_id(person)
+        ));
+        self
+    }
+
+    /// Links a ticket to the `person`-th synthetic resident.
+    pub fn ticket(mut self, kind: &str, number: &str, person: u64) -> Self {
+        self.links.push(format!(
+            r#"{{"ticket": {{"kind": "{kind}", "number": "{number}"}}, "id_number": "{}"}}"#,
+            synthetic_resident_id(person)
+        ));
+        self
+    }
+
+    /// Gives the `person`-th synthetic resident a health status.
+    pub fn status(mut self, person: u64, status: Status) -> Self {
+        let at = now().0;
+        let mut line = format!(
+            r#"{{"id_number": "{}", "colour": "{}", "set_at_unix_ms": {}"#,
+            synthetic_resident_id(person),
+            status.colour,
+            at - 60_000
+        );
+        if let Some(hours) = status.tested_hours_ago {
+            let _ = write!(
+                line,
+                r#", "negative_test_at_unix_ms": {}"#,
+                at - hours * 3_600_000
+            );
+        }
+        line.push('}');
+        self.statuses.push(line);
+        self
+    }
+
+    /// Sets a station's mode (`enforce`, `shadow`, `off`).
+    pub fn station(mut self, station: &str, mode: &'static str) -> Self {
+        self.stations.insert(station.into(), mode);
+        self
+    }
+
+    /// Serves the health feed.
+    pub fn feed(mut self) -> Self {
+        self.feed = true;
+        self
+    }
+
+    /// Appends raw TOML to the configuration (for sections the builder does not cover).
+    pub fn toml(mut self, extra: &str) -> Self {
+        self.extra_toml.push_str(extra);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Sets an environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The issuers configured so far.
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
+    }
+
+    /// Writes the files and starts the process; returns once it listens.
+    pub async fn start(self) -> (Gateway, Vec<Issuer>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = self.write_files(dir.path());
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(dir.path().join("ready.json"))
+            .env_remove("RIDEGATE_LISTEN")
+            .env_remove("RIDEGATE_IDENTITY_SECRET")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
+            .kill_on_drop(true);
+        let child = command.spawn().expect("spawn ridegate");
+        let addr = wait_ready(
+            &dir.path().join("ready.json"),
+            &dir.path().join("stderr.log"),
+        )
+        .await;
+        (Gateway { child, addr, dir }, self.issuers)
+    }
+
+    fn write_files(&self, dir: &Path) -> PathBuf {
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n\n[identity]\nsecret = \"{SECRET}\"\n\n\
+             [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
+            dir.join("audit.jsonl").display()
+        );
+        let links = dir.join("links.jsonl");
+        std::fs::write(&links, self.links.join("\n")).expect("links");
+        let statuses = dir.join("health.jsonl");
+        std::fs::write(&statuses, self.statuses.join("\n")).expect("statuses");
+        let _ = write!(
+            toml,
+            "[links]\nfile = \"{}\"\n\n[health]\nfile = \"{}\"\nfeed_enabled = {}\n\n",
+            links.display(),
+            statuses.display(),
+            self.feed
+        );
+        for issuer in &self.issuers {
+            let jwks = dir.join(format!("{}.jwks.json", issuer.id));
+            let set = serde_json::json!({ "keys": [issuer.key.public_jwk().expect("jwk")] });
+            std::fs::write(&jwks, set.to_string()).expect("jwks");
+            let revoked: Vec<String> = issuer.revoked.iter().map(|r| format!("\"{r}\"")).collect();
+            let _ = write!(
+                toml,
+                "[issuers.{}]\njwks_file = \"{}\"\nrevoked_certificates = [{}]\n\n",
+                issuer.id,
+                jwks.display(),
+                revoked.join(", ")
+            );
+        }
+        if !self.stations.is_empty() {
+            toml.push_str("[policy.stations]\n");
+            for (station, mode) in &self.stations {
+                let _ = writeln!(toml, "{station} = \"{mode}\"");
+            }
+            toml.push('\n');
+        }
+        toml.push_str(&self.extra_toml);
+        let path = dir.join("ridegate.toml");
+        std::fs::write(&path, toml).expect("config");
+        path
+    }
+}
+
+async fn wait_ready(ready: &Path, log: &Path) -> String {
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            let value: serde_json::Value = serde_json::from_str(&text).expect("ready file is JSON");
+            return value["addr"].as_str().expect("addr").to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "ridegate did not become ready; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+impl Gateway {
+    /// A gRPC channel to it.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A gate client.
+    pub async fn gate(&self) -> GateClient<Channel> {
+        GateClient::new(self.channel().await)
+            .max_decoding_message_size(4 << 20)
+            .max_encoding_message_size(4 << 20)
+    }
+
+    /// The audit events written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Everything the process logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits within 20 s")
+            .expect("wait");
+        (exit, self)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A tap request.
+pub fn tap(credential: pb::authorize_request::Credential) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        request_id: String::new(),
+        gate: Some(pb::GateContext {
+            gate_id: "L10-S07-G03".into(),
+            station_id: "S07".into(),
+            line_id: "L10".into(),
+            direction: pb::Direction::Entry.into(),
+            tapped_at_unix_ms: now().0,
+            budget_ms: 0,
+        }),
+        credential: Some(credential),
+    }
+}
+
+/// A card credential.
+pub fn card(number: &str) -> pb::authorize_request::Credential {
+    pb::authorize_request::Credential::Card(pb::Card {
+        medium: pb::CardMedium::Physical.into(),
+        number: number.into(),
+    })
+}
+
+/// A ride-code credential.
+pub fn code(qr_text: &str) -> pb::authorize_request::Credential {
+    pb::authorize_request::Credential::RideCode(pb::RideCode {
+        qr_text: qr_text.into(),
+    })
+}
+
+/// A ticket credential.
+pub fn ticket(kind: pb::TicketKind, number: &str) -> pb::authorize_request::Credential {
+    pb::authorize_request::Credential::Ticket(pb::Ticket {
+        kind: kind.into(),
+        number: number.into(),
+    })
+}
+
+/// An uncovered credential.
+pub fn uncovered(kind: pb::UncoveredKind) -> pb::authorize_request::Credential {
+    pb::authorize_request::Credential::Uncovered(pb::UncoveredCredential { kind: kind.into() })
+}
+
+/// Helpers to change a tap.
+pub trait TapExt {
+    /// At this station.
+    fn at(self, station: &str) -> Self;
+    /// As an exit.
+    fn exit(self) -> Self;
+    /// With this request id.
+    fn id(self, request_id: &str) -> Self;
+}
+
+impl TapExt for pb::AuthorizeRequest {
+    fn at(mut self, station: &str) -> Self {
+        self.gate.as_mut().expect("gate").station_id = station.into();
+        self
+    }
+
+    fn exit(mut self) -> Self {
+        self.gate.as_mut().expect("gate").direction = pb::Direction::Exit.into();
+        self
+    }
+
+    fn id(mut self, request_id: &str) -> Self {
+        self.request_id = request_id.into();
+        self
+    }
+}
+
+/// The verdict and reason of a response.
+pub fn outcome(r: &pb::AuthorizeResponse) -> (pb::Verdict, pb::Reason) {
+    (r.verdict(), r.reason())
+}
