@@ -4,10 +4,7 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &[
-    "proto/ridegate/v1/gate.proto",
-    "proto/ridegate/v1/health_feed.proto",
-];
+const PROTOS: &[&str] = &["proto/ridegate/v1/gate.proto", "proto/ridegate/v1/health_feed.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();

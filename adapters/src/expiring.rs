@@ -50,13 +50,7 @@ impl<V: Clone> ExpiringMap<V> {
     }
 
     /// Stores `value` unless a live value is already there; returns that value if so.
-    pub(crate) fn insert_if_absent(
-        &self,
-        key: [u8; 16],
-        value: V,
-        until: UnixMillis,
-        now: UnixMillis,
-    ) -> Option<V> {
+    pub(crate) fn insert_if_absent(&self, key: [u8; 16], value: V, until: UnixMillis, now: UnixMillis) -> Option<V> {
         let mut shard = self.shard(&key).lock();
         shard.sweep(now);
         match shard.entries.get(&key) {
@@ -91,14 +85,8 @@ mod tests {
     fn entries_vanish_at_expiry_and_are_swept_on_later_writes() {
         let map = ExpiringMap::new();
         let key = [7u8; 16];
-        assert_eq!(
-            map.insert_if_absent(key, 1, UnixMillis(100), UnixMillis(0)),
-            None
-        );
-        assert_eq!(
-            map.insert_if_absent(key, 2, UnixMillis(100), UnixMillis(50)),
-            Some(1)
-        );
+        assert_eq!(map.insert_if_absent(key, 1, UnixMillis(100), UnixMillis(0)), None);
+        assert_eq!(map.insert_if_absent(key, 2, UnixMillis(100), UnixMillis(50)), Some(1));
         assert_eq!(map.get(&key, UnixMillis(99)), Some(1));
         assert_eq!(map.get(&key, UnixMillis(100)), None);
         assert_eq!(
@@ -106,19 +94,12 @@ mod tests {
             None,
             "expired slot is free"
         );
-        assert_eq!(
-            map.insert_if_absent([9u8; 16], 4, UnixMillis(150), UnixMillis(0)),
-            None
-        );
+        assert_eq!(map.insert_if_absent([9u8; 16], 4, UnixMillis(150), UnixMillis(0)), None);
         assert_eq!(
             map.insert_if_absent([9u8; 16], 5, UnixMillis(5_000), UnixMillis(2_000)),
             None
         );
-        assert_eq!(
-            map.len(),
-            2,
-            "the expired entry was replaced, not kept beside"
-        );
+        assert_eq!(map.len(), 2, "the expired entry was replaced, not kept beside");
         assert_eq!(map.get(&[9u8; 16], UnixMillis(2_000)), Some(5));
     }
 

@@ -211,19 +211,14 @@ impl Pseudonymizer {
                 self.mac(b"ride-account", &[issuer.as_bytes(), account.as_bytes()])
             }
             LinkKey::Card { number } => self.mac(b"card", &[number.as_bytes()]),
-            LinkKey::Ticket { kind, number } => {
-                self.mac(b"ticket", &[kind.label().as_bytes(), number.as_bytes()])
-            }
+            LinkKey::Ticket { kind, number } => self.mac(b"ticket", &[kind.label().as_bytes(), number.as_bytes()]),
         };
         CredentialId(id)
     }
 
     /// The single-use key of a ride code.
     pub fn code(&self, issuer: &str, certificate: &str, jti: &str) -> CodeKey {
-        CodeKey(self.mac(
-            b"code",
-            &[issuer.as_bytes(), certificate.as_bytes(), jti.as_bytes()],
-        ))
+        CodeKey(self.mac(b"code", &[issuer.as_bytes(), certificate.as_bytes(), jti.as_bytes()]))
     }
 
     /// The idempotency key of a gate's request.
@@ -261,11 +256,7 @@ pub enum SubjectError {
 
 impl Pseudonymizer {
     /// The pseudonym for a record that names its subject by ID number or by pseudonym.
-    pub fn subject(
-        &self,
-        id_number: Option<&str>,
-        identity: Option<IdentityId>,
-    ) -> Result<IdentityId, SubjectError> {
+    pub fn subject(&self, id_number: Option<&str>, identity: Option<IdentityId>) -> Result<IdentityId, SubjectError> {
         match (id_number, identity) {
             (Some(number), None) => Ok(self.identity(&ResidentId::parse(number)?)),
             (None, Some(identity)) => Ok(identity),
@@ -310,8 +301,8 @@ pub enum ResidentIdError {
 const CHECK_WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const CHECK_CHARS: &[u8; 11] = b"10X98765432";
 const PROVINCES: [u8; 34] = [
-    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
-    53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
+    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52, 53, 54, 61, 62, 63,
+    64, 65, 71, 81, 82,
 ];
 
 impl ResidentId {
@@ -337,10 +328,7 @@ impl ResidentId {
         let year = (6..10).fold(0, |acc, i| acc * 10 + digit(i));
         let month = digit(10) * 10 + digit(11);
         let day = digit(12) * 10 + digit(13);
-        if !(1900..=2099).contains(&year)
-            || !(1..=12).contains(&month)
-            || day == 0
-            || day > days_in_month(year, month)
+        if !(1900..=2099).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month)
         {
             return Err(ResidentIdError::BadBirthDate);
         }
@@ -352,11 +340,7 @@ impl ResidentId {
 }
 
 fn check_char(id: &[u8]) -> u8 {
-    let sum: u32 = CHECK_WEIGHTS
-        .iter()
-        .zip(id)
-        .map(|(w, c)| w * u32::from(c - b'0'))
-        .sum();
+    let sum: u32 = CHECK_WEIGHTS.iter().zip(id).map(|(w, c)| w * u32::from(c - b'0')).sum();
     CHECK_CHARS[(sum % 11) as usize]
 }
 
@@ -415,10 +399,7 @@ mod tests {
             ResidentId::parse("X10105194912310020"),
             Err(ResidentIdError::BadCharacter(1))
         );
-        assert_eq!(
-            ResidentId::parse("99010519491231002X"),
-            Err(ResidentIdError::BadRegion)
-        );
+        assert_eq!(ResidentId::parse("99010519491231002X"), Err(ResidentIdError::BadRegion));
         assert_eq!(
             ResidentId::parse("110105194902300021"),
             Err(ResidentIdError::BadBirthDate)
@@ -449,11 +430,7 @@ mod tests {
 
     #[test]
     fn errors_never_contain_the_number() {
-        for bad in [
-            "110105194912310021",
-            "99010519491231002X",
-            "1101051949123100",
-        ] {
+        for bad in ["110105194912310021", "99010519491231002X", "1101051949123100"] {
             let msg = ResidentId::parse(bad).unwrap_err().to_string();
             assert!(!msg.contains("1949"), "{msg}");
         }
@@ -462,8 +439,7 @@ mod tests {
 
     #[test]
     fn synthetic_ids_are_valid_and_distinct() {
-        let ids: std::collections::HashSet<String> =
-            (0..20_000).map(synthetic_resident_id).collect();
+        let ids: std::collections::HashSet<String> = (0..20_000).map(synthetic_resident_id).collect();
         assert_eq!(ids.len(), 20_000);
         for id in ids.iter().take(2_000) {
             ResidentId::parse(id).unwrap();

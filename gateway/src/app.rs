@@ -68,29 +68,19 @@ impl App {
 
         let links = Arc::new(MemoryLinks::default());
         if let Some(path) = &config.links.file {
-            let file = File::open(path)
-                .with_context(|| format!("links.file: cannot open {}", path.display()))?;
-            let report = read_links(
-                BufReader::with_capacity(1 << 20, file),
-                &pseudonymizer,
-                |c, i| {
-                    links.insert(c, i);
-                },
-            )
+            let file = File::open(path).with_context(|| format!("links.file: cannot open {}", path.display()))?;
+            let report = read_links(BufReader::with_capacity(1 << 20, file), &pseudonymizer, |c, i| {
+                links.insert(c, i);
+            })
             .with_context(|| format!("links.file: cannot read {}", path.display()))?;
             log_import("links", &report);
         }
         let statuses = Arc::new(MemoryHealth::default());
         if let Some(path) = &config.health.file {
-            let file = File::open(path)
-                .with_context(|| format!("health.file: cannot open {}", path.display()))?;
-            let report = read_statuses(
-                BufReader::with_capacity(1 << 20, file),
-                &pseudonymizer,
-                |i, s| {
-                    statuses.put(i, s);
-                },
-            )
+            let file = File::open(path).with_context(|| format!("health.file: cannot open {}", path.display()))?;
+            let report = read_statuses(BufReader::with_capacity(1 << 20, file), &pseudonymizer, |i, s| {
+                statuses.put(i, s);
+            })
             .with_context(|| format!("health.file: cannot read {}", path.display()))?;
             log_import("health statuses", &report);
         }
@@ -145,11 +135,7 @@ impl App {
                 "Statuses held by the embedded source.",
                 self.statuses.len() as u64,
             ),
-            (
-                "ridegate_health_cache_entries",
-                "Statuses cached.",
-                self.health.len(),
-            ),
+            ("ridegate_health_cache_entries", "Statuses cached.", self.health.len()),
             (
                 "ridegate_health_cache_hits",
                 "Lookups answered fresh from the cache (counter).",

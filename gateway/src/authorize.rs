@@ -129,37 +129,23 @@ impl Authorizer {
 
     /// Decides one tap, answering by `deadline`. `received` is when the request
     /// arrived, for the recorded latency.
-    pub async fn authorize(
-        &self,
-        request: GateRequest,
-        received: Instant,
-        deadline: Instant,
-    ) -> Decided {
+    pub async fn authorize(&self, request: GateRequest, received: Instant, deadline: Instant) -> Decided {
         let now = self.clock.now();
-        let request_key = (!request.request_id.is_empty()).then(|| {
-            self.pseudonymizer
-                .request(&request.gate.gate_id, &request.request_id)
-        });
+        let request_key = (!request.request_id.is_empty())
+            .then(|| self.pseudonymizer.request(&request.gate.gate_id, &request.request_id));
         if let Some(key) = request_key
             && let Ok(Some(answer)) = self.idempotency.get(key, now).await
         {
             self.record(request, answer, Trace::default(), true, received, now);
-            return Decided {
-                answer,
-                retry: true,
-            };
+            return Decided { answer, retry: true };
         }
         let decision_id = self.ids.next();
         // Without a request id, the decision's own id owns any code it uses: a second
         // use of the code is then always a replay.
         let owner = request_key.unwrap_or_else(|| owner_of(decision_id));
         let mut trace = Trace::default();
-        let mode = self
-            .policy
-            .mode(&request.gate.station_id, &request.gate.line_id);
-        let outcome = self
-            .decide(&request, mode, owner, now, deadline, &mut trace)
-            .await;
+        let mode = self.policy.mode(&request.gate.station_id, &request.gate.line_id);
+        let outcome = self.decide(&request, mode, owner, now, deadline, &mut trace).await;
         let answer = Answer {
             verdict: outcome.verdict,
             reason: outcome.reason,
@@ -175,10 +161,7 @@ impl Authorizer {
             let _ = self.idempotency.put(key, answer, until, now).await;
         }
         self.record(request, answer, trace, false, received, now);
-        Decided {
-            answer,
-            retry: false,
-        }
+        Decided { answer, retry: false }
     }
 
     /// Counts a request rejected as malformed before it reached the decision.
@@ -195,8 +178,7 @@ impl Authorizer {
         deadline: Instant,
         trace: &mut Trace,
     ) -> Outcome {
-        let refuse =
-            |reason| Policy::apply_mode(Mode::Enforce, Judgement::plain(Verdict::Deny, reason));
+        let refuse = |reason| Policy::apply_mode(Mode::Enforce, Judgement::plain(Verdict::Deny, reason));
         let code: VerifiedCode;
         let link_key = match &request.credential {
             Credential::RideCode(text) => {
@@ -207,12 +189,7 @@ impl Authorizer {
                 trace.issuer = Some(code.issuer.clone());
                 let claim = self
                     .replay
-                    .claim(
-                        code.code_key(&self.pseudonymizer),
-                        owner,
-                        code.valid_until,
-                        now,
-                    )
+                    .claim(code.code_key(&self.pseudonymizer), owner, code.valid_until, now)
                     .await;
                 if claim == Ok(Claim::Replayed) {
                     return refuse(Reason::CodeReplayed);
@@ -269,9 +246,7 @@ impl Authorizer {
     ) {
         let latency = received.elapsed();
         self.metrics.record(&answer, retry, latency);
-        let GateRequest {
-            gate, credential, ..
-        } = request;
+        let GateRequest { gate, credential, .. } = request;
         self.audit.record(AuditEvent {
             at: now,
             gate_id: gate.gate_id,

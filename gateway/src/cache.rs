@@ -224,10 +224,7 @@ impl<S> Inner<S> {
             if held_is_newer {
                 Op::Nop
             } else {
-                Op::Put(Entry {
-                    status,
-                    confirmed_at,
-                })
+                Op::Put(Entry { status, confirmed_at })
             }
         });
     }
@@ -309,11 +306,7 @@ mod tests {
         assert_eq!(source.calls.load(Ordering::SeqCst), 1);
         clock.advance(Duration::from_secs(2));
         cache.lookup(id, deadline_in(100)).await;
-        assert_eq!(
-            source.calls.load(Ordering::SeqCst),
-            2,
-            "refetched after the ttl"
-        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2, "refetched after the ttl");
     }
 
     #[tokio::test(start_paused = true)]
@@ -340,17 +333,13 @@ mod tests {
         *source.delay.lock() = Duration::from_millis(20);
         let cache = HealthCache::new(source.clone(), settings(), Clock::manual(T0));
         let id = IdentityId([3; 16]);
-        let lookups: Vec<_> = (0..1_000)
-            .map(|_| cache.lookup(id, deadline_in(100)))
-            .collect();
+        let lookups: Vec<_> = (0..1_000).map(|_| cache.lookup(id, deadline_in(100))).collect();
         let views = futures::future::join_all(lookups).await;
-        assert!(views.iter().all(|v| matches!(
-            v,
-            HealthView::Known {
-                degraded: false,
-                ..
-            }
-        )));
+        assert!(
+            views
+                .iter()
+                .all(|v| matches!(v, HealthView::Known { degraded: false, .. }))
+        );
         assert_eq!(source.calls.load(Ordering::SeqCst), 1);
     }
 
@@ -407,17 +396,10 @@ mod tests {
         cache.lookup(id, deadline_in(100)).await;
         cache.store(id, status(Colour::Red, T0.plus_ms(10)));
         cache.store(id, status(Colour::Green, T0.plus_ms(5)));
-        let HealthView::Known {
-            status: Some(s), ..
-        } = cache.lookup(id, deadline_in(100)).await
-        else {
+        let HealthView::Known { status: Some(s), .. } = cache.lookup(id, deadline_in(100)).await else {
             panic!()
         };
         assert_eq!(s.colour, Colour::Red);
-        assert_eq!(
-            source.calls.load(Ordering::SeqCst),
-            1,
-            "the push made the entry fresh"
-        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1, "the push made the entry fresh");
     }
 }

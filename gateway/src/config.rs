@@ -411,10 +411,7 @@ impl Config {
             return Err(invalid("deadline.default_budget", "must be more than 0"));
         }
         if d.margin >= d.default_budget {
-            return Err(invalid(
-                "deadline.margin",
-                "must be less than deadline.default_budget",
-            ));
+            return Err(invalid("deadline.margin", "must be less than deadline.default_budget"));
         }
         let secret = self.identity.secret.as_bytes();
         if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
@@ -425,10 +422,7 @@ impl Config {
         }
         let h = &self.health;
         if h.max_staleness < h.cache_ttl {
-            return Err(invalid(
-                "health.max_staleness",
-                "must be at least health.cache_ttl",
-            ));
+            return Err(invalid("health.max_staleness", "must be at least health.cache_ttl"));
         }
         if h.cache_capacity == 0 {
             return Err(invalid("health.cache_capacity", "must be more than 0"));
@@ -436,9 +430,7 @@ impl Config {
         if h.fetch_timeout.is_zero() {
             return Err(invalid("health.fetch_timeout", "must be more than 0"));
         }
-        if self.ride_codes.max_code_bytes == 0
-            || self.ride_codes.max_code_bytes > self.server.max_request_bytes
-        {
+        if self.ride_codes.max_code_bytes == 0 || self.ride_codes.max_code_bytes > self.server.max_request_bytes {
             return Err(invalid(
                 "ride_codes.max_code_bytes",
                 "must be between 1 and server.max_request_bytes",
@@ -461,10 +453,7 @@ impl Config {
                 ));
             }
             if issuer.max_lifetime.is_zero() {
-                return Err(invalid(
-                    format!("issuers.{id}.max_lifetime"),
-                    "must be more than 0",
-                ));
+                return Err(invalid(format!("issuers.{id}.max_lifetime"), "must be more than 0"));
             }
         }
         Ok(())
@@ -512,10 +501,7 @@ impl Config {
     }
 }
 
-fn issuer_keys(
-    id: &str,
-    issuer: &IssuerConfig,
-) -> Result<Vec<jsonwebtoken::jwk::Jwk>, ConfigError> {
+fn issuer_keys(id: &str, issuer: &IssuerConfig) -> Result<Vec<jsonwebtoken::jwk::Jwk>, ConfigError> {
     let mut keys = Vec::new();
     if let Some(path) = &issuer.jwks_file {
         let field = format!("issuers.{id}.jwks_file");
@@ -528,12 +514,7 @@ fn issuer_keys(
     for (index, table) in issuer.keys.iter().enumerate() {
         let jwk = serde_json::to_value(table)
             .and_then(serde_json::from_value)
-            .map_err(|e| {
-                invalid(
-                    format!("issuers.{id}.keys[{index}]"),
-                    format!("not a JWK: {e}"),
-                )
-            })?;
+            .map_err(|e| invalid(format!("issuers.{id}.keys[{index}]"), format!("not a JWK: {e}")))?;
         keys.push(jwk);
     }
     Ok(keys)
@@ -547,12 +528,7 @@ mod tests {
     fn defaults_validate_and_list_the_builtin_issuers() {
         let config = Config::default();
         config.validate().unwrap();
-        let ids: Vec<String> = config
-            .issuer_specs()
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = config.issuer_specs().unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(ids.len(), 9);
         assert_eq!(ids[0], "yitongxing");
         assert_eq!(config.server.listen.port(), 50061);
@@ -589,9 +565,7 @@ mod tests {
         assert!(err.contains("yellow") && err.contains("maybe"), "{err}");
         let err = Config::from_toml("[deadline]\ndefault_budget = \"fast\"\n").unwrap_err();
         assert!(err.contains("default_budget"), "{err}");
-        let config =
-            Config::from_toml("[deadline]\ndefault_budget = \"10ms\"\nmargin = \"20ms\"\n")
-                .unwrap();
+        let config = Config::from_toml("[deadline]\ndefault_budget = \"10ms\"\nmargin = \"20ms\"\n").unwrap();
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "deadline.margin: must be less than deadline.default_budget"
@@ -624,9 +598,7 @@ mod tests {
 
     #[test]
     fn a_missing_jwks_file_names_the_issuer_field() {
-        let config =
-            Config::from_toml("[issuers.alipay]\njwks_file = \"/nonexistent/keys.json\"\n")
-                .unwrap();
+        let config = Config::from_toml("[issuers.alipay]\njwks_file = \"/nonexistent/keys.json\"\n").unwrap();
         let err = config.issuer_specs().unwrap_err().to_string();
         assert!(err.starts_with("issuers.alipay.jwks_file"), "{err}");
     }

@@ -27,8 +27,8 @@ pub mod names {
 
 /// Latency bucket upper bounds, in microseconds.
 const BUCKETS_US: [u64; 16] = [
-    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 150_000, 200_000,
-    300_000, 500_000, 1_000_000,
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 150_000, 200_000, 300_000, 500_000,
+    1_000_000,
 ];
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::Assist];
@@ -78,8 +78,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one answered tap.
     pub fn record(&self, answer: &Answer, retry: bool, latency: Duration) {
-        self.decisions[verdict_index(answer.verdict)][answer.reason.index()]
-            .fetch_add(1, Ordering::Relaxed);
+        self.decisions[verdict_index(answer.verdict)][answer.reason.index()].fetch_add(1, Ordering::Relaxed);
         if answer.degraded {
             self.degraded.fetch_add(1, Ordering::Relaxed);
         }
@@ -90,10 +89,7 @@ impl Metrics {
             self.shadow_refusals.fetch_add(1, Ordering::Relaxed);
         }
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(BUCKETS_US.len());
+        let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
     }
@@ -112,11 +108,7 @@ impl Metrics {
     /// (name, help, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut out = String::with_capacity(8 << 10);
-        let _ = writeln!(
-            out,
-            "# HELP {} Gate decisions by verdict and reason.",
-            names::DECISIONS
-        );
+        let _ = writeln!(out, "# HELP {} Gate decisions by verdict and reason.", names::DECISIONS);
         let _ = writeln!(out, "# TYPE {} counter", names::DECISIONS);
         for verdict in VERDICTS {
             for reason in Reason::ALL {
@@ -148,11 +140,7 @@ impl Metrics {
                 "Shadow-mode taps that enforcement would have refused.",
                 &self.shadow_refusals,
             ),
-            (
-                names::INVALID,
-                "Requests rejected as malformed.",
-                &self.invalid,
-            ),
+            (names::INVALID, "Requests rejected as malformed.", &self.invalid),
         ] {
             let _ = writeln!(
                 out,
@@ -186,10 +174,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "{}_count {cumulative}", names::LATENCY);
         for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         out
     }

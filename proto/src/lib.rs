@@ -24,8 +24,7 @@ mod tests {
 
     #[test]
     fn descriptor_set_decodes_and_names_every_service() {
-        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
-            .expect("descriptor set decodes");
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("descriptor set decodes");
         let services: Vec<String> = set
             .file
             .iter()

@@ -23,11 +23,7 @@ struct Scenario {
     timeout: Option<&'static str>,
 }
 
-fn scenario(
-    name: &'static str,
-    request: pb::AuthorizeRequest,
-    expect: (Verdict, Reason),
-) -> Scenario {
+fn scenario(name: &'static str, request: pb::AuthorizeRequest, expect: (Verdict, Reason)) -> Scenario {
     Scenario {
         name,
         before: Vec::new(),
@@ -101,11 +97,7 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
             tap(card("1000000000000002")),
             (Verdict::Deny, Reason::HealthYellow),
         ),
-        scenario(
-            "red",
-            tap(card("1000000000000003")),
-            (Verdict::Deny, Reason::HealthRed),
-        ),
+        scenario("red", tap(card("1000000000000003")), (Verdict::Deny, Reason::HealthRed)),
         scenario(
             "no test in 48 h",
             tap(card("1000000000000004")),
@@ -151,11 +143,7 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
             tap(code("not-a-ride-code")),
             (Verdict::Deny, Reason::CodeMalformed),
         ),
-        scenario(
-            "empty code",
-            tap(code("")),
-            (Verdict::Deny, Reason::CodeMalformed),
-        ),
+        scenario("empty code", tap(code("")), (Verdict::Deny, Reason::CodeMalformed)),
         scenario(
             "oversize code",
             tap(code(&"A".repeat(5_000))),
@@ -208,12 +196,7 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
         ),
         scenario(
             "lifetime too long",
-            tap(code(&codes::at(
-                alipay,
-                "acct-green",
-                t,
-                Duration::from_secs(600),
-            ))),
+            tap(code(&codes::at(alipay, "acct-green", t, Duration::from_secs(600)))),
             (Verdict::Deny, Reason::CodeLifetimeTooLong),
         ),
         scenario(
@@ -308,8 +291,7 @@ async fn every_reason_is_reached_over_unary_authorize() {
                 )
                 .await;
                 assert_eq!(raw.status, 0, "{}: {}", s.name, raw.message);
-                <pb::AuthorizeResponse as prost::Message>::decode(raw.messages[0].clone())
-                    .expect("response")
+                <pb::AuthorizeResponse as prost::Message>::decode(raw.messages[0].clone()).expect("response")
             }
             None => client
                 .authorize(s.request)
@@ -361,13 +343,10 @@ async fn every_reason_but_the_no_budget_one_is_reached_over_the_taps_stream() {
         .into_inner();
     let mut reached = BTreeSet::new();
     while let Some(result) = results.next().await {
-        let Some(pb::tap_result::Result::Decision(response)) = result.expect("stream item").result
-        else {
+        let Some(pb::tap_result::Result::Decision(response)) = result.expect("stream item").result else {
             panic!("every tap here is well-formed");
         };
-        let (name, expect) = expected
-            .remove(&response.request_id)
-            .expect("one answer per tap");
+        let (name, expect) = expected.remove(&response.request_id).expect("one answer per tap");
         assert_eq!(outcome(&response), expect, "{name}");
         reached.insert(response.reason);
     }
@@ -382,26 +361,14 @@ async fn a_retry_gets_the_original_answer_and_another_request_gets_replayed() {
     let (gateway, issuers) = population().await;
     let mut client = gateway.gate().await;
     let qr = codes::valid(&issuers[0].minter, "acct-green");
-    let first = client
-        .authorize(tap(code(&qr)).id("r-42"))
-        .await
-        .unwrap()
-        .into_inner();
-    let retry = client
-        .authorize(tap(code(&qr)).id("r-42"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = client.authorize(tap(code(&qr)).id("r-42")).await.unwrap().into_inner();
+    let retry = client.authorize(tap(code(&qr)).id("r-42")).await.unwrap().into_inner();
     assert_eq!(outcome(&first), (Verdict::Allow, Reason::HealthGreen));
     assert_eq!(
         (retry.decision_id.as_str(), retry.retry, outcome(&retry)),
         (first.decision_id.as_str(), true, outcome(&first))
     );
-    let other = client
-        .authorize(tap(code(&qr)).id("r-43"))
-        .await
-        .unwrap()
-        .into_inner();
+    let other = client.authorize(tap(code(&qr)).id("r-43")).await.unwrap().into_inner();
     assert_eq!(outcome(&other), (Verdict::Deny, Reason::CodeReplayed));
     // The same request id from another gate is another request.
     let mut elsewhere = tap(code(&qr)).id("r-42");
@@ -432,9 +399,5 @@ async fn shadow_taps_are_audited_with_the_verdict_they_would_have_had() {
     assert_eq!(event["mode"], "shadow");
     assert_eq!(event["shadow"], serde_json::json!(["deny", "health_red"]));
     assert_eq!(event["station_id"], "S-SHADOW");
-    assert_eq!(
-        event["identity"].as_str().map(str::len),
-        Some(32),
-        "pseudonym, as hex"
-    );
+    assert_eq!(event["identity"].as_str().map(str::len), Some(32), "pseudonym, as hex");
 }

@@ -47,13 +47,7 @@ impl JsonLinesAudit {
         let thread_counters = counters.clone();
         let writer = std::thread::Builder::new()
             .name("ridegate-audit".into())
-            .spawn(move || {
-                write_loop(
-                    rx,
-                    std::io::BufWriter::with_capacity(1 << 16, out),
-                    &thread_counters,
-                )
-            })?;
+            .spawn(move || write_loop(rx, std::io::BufWriter::with_capacity(1 << 16, out), &thread_counters))?;
         Ok(Self {
             tx,
             counters,
@@ -63,12 +57,8 @@ impl JsonLinesAudit {
 
     /// Events queued but not yet written.
     pub fn pending(&self) -> u64 {
-        let done = self.counters.written.load(Ordering::Relaxed)
-            + self.counters.failed.load(Ordering::Relaxed);
-        self.counters
-            .queued
-            .load(Ordering::Relaxed)
-            .saturating_sub(done)
+        let done = self.counters.written.load(Ordering::Relaxed) + self.counters.failed.load(Ordering::Relaxed);
+        self.counters.queued.load(Ordering::Relaxed).saturating_sub(done)
     }
 
     /// Events that could not be written (I/O errors).
@@ -204,10 +194,7 @@ mod tests {
         audit.close();
         assert_eq!(audit.pending(), 0);
         let text = String::from_utf8(out.0.lock().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 1_000);
         assert_eq!(lines[7]["decision_id"], "0000000000000007");
         assert_eq!(lines[7]["reason"], "health_red");

@@ -141,12 +141,7 @@ pub enum NumberError {
     Character(usize),
 }
 
-fn check_number(
-    s: &str,
-    min: usize,
-    max: usize,
-    ok: impl Fn(u8) -> bool,
-) -> Result<(), NumberError> {
+fn check_number(s: &str, min: usize, max: usize, ok: impl Fn(u8) -> bool) -> Result<(), NumberError> {
     if s.is_empty() {
         return Err(NumberError::Empty);
     }
@@ -154,11 +149,7 @@ fn check_number(
         return Err(NumberError::Character(i + 1));
     }
     if !(min..=max).contains(&s.len()) {
-        return Err(NumberError::Length {
-            min,
-            max,
-            got: s.len(),
-        });
+        return Err(NumberError::Length { min, max, got: s.len() });
     }
     Ok(())
 }
@@ -234,10 +225,7 @@ mod tests {
                 got: 4
             })
         );
-        assert_eq!(
-            CardNumber::parse("1000 7543"),
-            Err(NumberError::Character(5))
-        );
+        assert_eq!(CardNumber::parse("1000 7543"), Err(NumberError::Character(5)));
         assert_eq!(
             CardNumber::parse("1".repeat(21).as_str()),
             Err(NumberError::Length {
@@ -251,10 +239,7 @@ mod tests {
     #[test]
     fn ticket_numbers_allow_letters_digits_and_dashes() {
         assert!(TicketNumber::parse("SJ-2022-0609-0001").is_ok());
-        assert_eq!(
-            TicketNumber::parse("a b c d"),
-            Err(NumberError::Character(2))
-        );
+        assert_eq!(TicketNumber::parse("a b c d"), Err(NumberError::Character(2)));
         assert_eq!(
             TicketNumber::parse("abc"),
             Err(NumberError::Length {

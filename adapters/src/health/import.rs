@@ -29,10 +29,7 @@ pub struct StatusLine {
 
 impl StatusLine {
     /// The identity and status this line sets, or why it cannot be used.
-    pub fn resolve(
-        &self,
-        pseudonymizer: &Pseudonymizer,
-    ) -> Result<(IdentityId, HealthStatus), String> {
+    pub fn resolve(&self, pseudonymizer: &Pseudonymizer) -> Result<(IdentityId, HealthStatus), String> {
         let identity = pseudonymizer
             .subject(self.id_number.as_deref(), self.identity)
             .map_err(|e| e.to_string())?;
@@ -42,10 +39,7 @@ impl StatusLine {
         let status = HealthStatus {
             colour: self.colour,
             set_at: UnixMillis(self.set_at_unix_ms),
-            negative_test_at: self
-                .negative_test_at_unix_ms
-                .filter(|t| *t > 0)
-                .map(UnixMillis),
+            negative_test_at: self.negative_test_at_unix_ms.filter(|t| *t > 0).map(UnixMillis),
         };
         Ok((identity, status))
     }
@@ -92,9 +86,7 @@ mod tests {
         let report = read_statuses(file.as_bytes(), &p, |i, s| got.push((i, s))).unwrap();
         assert_eq!((report.imported, report.rejected), (2, 2));
         assert!(
-            report.first_rejections[0]
-                .reason
-                .contains("unknown variant"),
+            report.first_rejections[0].reason.contains("unknown variant"),
             "{:?}",
             report.first_rejections
         );

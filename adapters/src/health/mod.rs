@@ -27,8 +27,5 @@ pub enum SourceError {
 /// Fetches health statuses.
 pub trait HealthSource: Send + Sync + 'static {
     /// The status of `identity`; `None` when the platform has no record of it.
-    fn fetch(
-        &self,
-        identity: IdentityId,
-    ) -> impl Future<Output = Result<Option<HealthStatus>, SourceError>> + Send;
+    fn fetch(&self, identity: IdentityId) -> impl Future<Output = Result<Option<HealthStatus>, SourceError>> + Send;
 }

@@ -25,11 +25,7 @@ impl std::fmt::Debug for MemoryIdempotency {
 }
 
 impl IdempotencyStore for MemoryIdempotency {
-    async fn get(
-        &self,
-        request: RequestKey,
-        now: UnixMillis,
-    ) -> Result<Option<Answer>, IdempotencyError> {
+    async fn get(&self, request: RequestKey, now: UnixMillis) -> Result<Option<Answer>, IdempotencyError> {
         Ok(self.answers.get(&request.0, now))
     }
 

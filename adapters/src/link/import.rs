@@ -40,17 +40,11 @@ enum CredentialLine {
 
 impl LinkLine {
     /// The credential and identity ids this line links, or why it cannot be used.
-    pub fn resolve(
-        &self,
-        pseudonymizer: &Pseudonymizer,
-    ) -> Result<(CredentialId, IdentityId), String> {
+    pub fn resolve(&self, pseudonymizer: &Pseudonymizer) -> Result<(CredentialId, IdentityId), String> {
         let key = match &self.credential {
             CredentialLine::RideAccount { issuer, account } => {
                 if issuer.is_empty() || account.is_empty() || account.len() > 128 {
-                    return Err(
-                        "ride_account needs a non-empty issuer and an account of 1-128 bytes"
-                            .into(),
-                    );
+                    return Err("ride_account needs a non-empty issuer and an account of 1-128 bytes".into());
                 }
                 LinkKey::RideAccount { issuer, account }
             }
@@ -60,10 +54,7 @@ impl LinkLine {
             }
             CredentialLine::Ticket { kind, number } => {
                 TicketNumber::parse(number).map_err(|e| format!("ticket number {e}"))?;
-                LinkKey::Ticket {
-                    kind: *kind,
-                    number,
-                }
+                LinkKey::Ticket { kind: *kind, number }
             }
         };
         let identity = pseudonymizer
@@ -120,10 +111,7 @@ mod tests {
         let lines: Vec<u64> = report.first_rejections.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![4, 5, 6, 8]);
         for r in &report.first_rejections {
-            assert!(
-                !r.reason.contains("1949") && !r.reason.contains(&id),
-                "{r:?}"
-            );
+            assert!(!r.reason.contains("1949") && !r.reason.contains(&id), "{r:?}");
         }
         assert!(
             report.first_rejections[1].reason.contains("check digit"),

@@ -31,10 +31,7 @@ impl std::fmt::Debug for MemoryLinks {
 }
 
 impl MemoryLinks {
-    fn shard(
-        &self,
-        credential: &CredentialId,
-    ) -> &RwLock<HashMap<CredentialId, IdentityId, IdHasher>> {
+    fn shard(&self, credential: &CredentialId) -> &RwLock<HashMap<CredentialId, IdentityId, IdHasher>> {
         &self.shards[usize::from(credential.0[15]) % SHARDS]
     }
 
@@ -78,11 +75,7 @@ mod tests {
     #[test]
     fn links_are_replaced_and_removed() {
         let links = MemoryLinks::default();
-        let (card, a, b) = (
-            CredentialId([1; 16]),
-            IdentityId([2; 16]),
-            IdentityId([3; 16]),
-        );
+        let (card, a, b) = (CredentialId([1; 16]), IdentityId([2; 16]), IdentityId([3; 16]));
         assert_eq!(links.insert(card, a), None);
         assert_eq!(links.insert(card, b), Some(a));
         assert_eq!(links.get(&card), Some(b));

@@ -20,8 +20,5 @@ pub struct LinkError(pub String);
 /// Resolves credentials to identities.
 pub trait LinkStore: Send + Sync + 'static {
     /// The identity `credential` is linked to, if any.
-    fn resolve(
-        &self,
-        credential: CredentialId,
-    ) -> impl Future<Output = Result<Option<IdentityId>, LinkError>> + Send;
+    fn resolve(&self, credential: CredentialId) -> impl Future<Output = Result<Option<IdentityId>, LinkError>> + Send;
 }

@@ -26,17 +26,8 @@ impl std::fmt::Debug for MemoryReplayGuard {
 
 impl MemoryReplayGuard {
     /// The same claim as [`ReplayGuard::claim`], without the future.
-    pub fn claim_now(
-        &self,
-        code: CodeKey,
-        request: RequestKey,
-        valid_until: UnixMillis,
-        now: UnixMillis,
-    ) -> Claim {
-        match self
-            .used
-            .insert_if_absent(code.0, request, valid_until, now)
-        {
+    pub fn claim_now(&self, code: CodeKey, request: RequestKey, valid_until: UnixMillis, now: UnixMillis) -> Claim {
+        match self.used.insert_if_absent(code.0, request, valid_until, now) {
             None => Claim::First,
             Some(owner) if owner == request => Claim::Retry,
             Some(_) => Claim::Replayed,
@@ -65,22 +56,10 @@ mod tests {
         let guard = MemoryReplayGuard::default();
         let (code, gate_a, gate_b) = (CodeKey([1; 16]), RequestKey([2; 16]), RequestKey([3; 16]));
         let until = UnixMillis(1_000);
-        assert_eq!(
-            guard.claim_now(code, gate_a, until, UnixMillis(0)),
-            Claim::First
-        );
-        assert_eq!(
-            guard.claim_now(code, gate_a, until, UnixMillis(10)),
-            Claim::Retry
-        );
-        assert_eq!(
-            guard.claim_now(code, gate_b, until, UnixMillis(20)),
-            Claim::Replayed
-        );
-        assert_eq!(
-            guard.claim_now(code, gate_b, until, UnixMillis(999)),
-            Claim::Replayed
-        );
+        assert_eq!(guard.claim_now(code, gate_a, until, UnixMillis(0)), Claim::First);
+        assert_eq!(guard.claim_now(code, gate_a, until, UnixMillis(10)), Claim::Retry);
+        assert_eq!(guard.claim_now(code, gate_b, until, UnixMillis(20)), Claim::Replayed);
+        assert_eq!(guard.claim_now(code, gate_b, until, UnixMillis(999)), Claim::Replayed);
         assert_eq!(
             guard.claim_now(code, gate_b, UnixMillis(2_000), UnixMillis(1_000)),
             Claim::First

@@ -7,9 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use ridegate_adapters::clock::Clock;
-use ridegate_adapters::credential::ride_code::{
-    CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey,
-};
+use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::random_bytes;
 
 use super::Failure;
@@ -76,9 +74,7 @@ pub(super) fn random_jti() -> String {
 /// Runs `ridegate keys …`.
 pub(super) fn run(command: KeysCommand) -> Result<(), Failure> {
     match command {
-        KeysCommand::Generate { kid, alg, out } => {
-            generate(&kid, alg, &out).map_err(Failure::runtime)
-        }
+        KeysCommand::Generate { kid, alg, out } => generate(&kid, alg, &out).map_err(Failure::runtime),
         KeysCommand::Mint {
             issuer,
             key,
@@ -94,11 +90,7 @@ pub(super) fn run(command: KeysCommand) -> Result<(), Failure> {
                 None => key
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .map(|n| {
-                        n.trim_end_matches(".pem")
-                            .trim_end_matches(".key")
-                            .to_owned()
-                    })
+                    .map(|n| n.trim_end_matches(".pem").trim_end_matches(".key").to_owned())
                     .ok_or_else(|| {
                         Failure::usage(anyhow::anyhow!(
                             "--kid is required when the key file name does not give it"
@@ -108,21 +100,14 @@ pub(super) fn run(command: KeysCommand) -> Result<(), Failure> {
             let pem = std::fs::read_to_string(&key)
                 .with_context(|| format!("cannot read {}", key.display()))
                 .map_err(Failure::usage)?;
-            let signing = SigningKey::from_pkcs8_pem(&pem, kid)
-                .map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
+            let signing =
+                SigningKey::from_pkcs8_pem(&pem, kid).map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
             let minter = CodeMinter::new(issuer, signing);
             let now = Clock::System.now();
             let phone = if device {
-                let device_key =
-                    SigningKey::generate(SigningAlg::EdDsa, "device").map_err(Failure::runtime)?;
+                let device_key = SigningKey::generate(SigningAlg::EdDsa, "device").map_err(Failure::runtime)?;
                 let cert = minter
-                    .device_certificate(
-                        &account,
-                        &random_jti(),
-                        &device_key,
-                        now,
-                        certificate_lifetime,
-                    )
+                    .device_certificate(&account, &random_jti(), &device_key, now, certificate_lifetime)
                     .map_err(Failure::runtime)?;
                 Some(DeviceCodeMinter::new(cert, device_key))
             } else {
@@ -151,11 +136,7 @@ fn generate(kid: &str, alg: SigningAlg, out: &std::path::Path) -> anyhow::Result
     let jwks = serde_json::json!({ "keys": [key.public_jwk()?] });
     std::fs::write(&public, serde_json::to_string_pretty(&jwks)?)
         .with_context(|| format!("cannot write {}", public.display()))?;
-    println!(
-        "private key: {}\npublic JWKS: {}",
-        private.display(),
-        public.display()
-    );
+    println!("private key: {}\npublic JWKS: {}", private.display(), public.display());
     Ok(())
 }
 

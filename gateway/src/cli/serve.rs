@@ -84,13 +84,11 @@ impl ServeArgs {
 /// Runs `ridegate serve`.
 pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let config = args.config()?;
-    crate::telemetry::init(&config.log)
-        .map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
+    crate::telemetry::init(&config.log).map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
     let rt = runtime()?;
     rt.block_on(async {
         let listen = config.server.listen;
-        let app = App::build(config, Clock::System)
-            .map_err(|e| Failure::usage(e.context("invalid configuration")))?;
+        let app = App::build(config, Clock::System).map_err(|e| Failure::usage(e.context("invalid configuration")))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))
@@ -108,10 +106,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
 /// Writes the bound address atomically (temp file, then rename).
 fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::json!({ "addr": addr.to_string() }).to_string(),
-    )
-    .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::json!({ "addr": addr.to_string() }).to_string())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

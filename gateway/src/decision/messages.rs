@@ -6,19 +6,14 @@ use ridegate_adapters::model::{Reason, Verdict};
 /// The (Chinese, English) message for a verdict and reason.
 pub fn screen_message(verdict: Verdict, reason: Reason) -> (&'static str, &'static str) {
     match reason {
-        Reason::HealthGreen | Reason::Exit | Reason::CheckOff | Reason::CheckShadow => {
-            ("请通行", "Please proceed")
-        }
+        Reason::HealthGreen | Reason::Exit | Reason::CheckOff | Reason::CheckShadow => ("请通行", "Please proceed"),
         Reason::HealthYellow | Reason::HealthRed => match verdict {
             Verdict::Allow => ("请通行", "Please proceed"),
             _ => ("健康码异常", "Health code abnormal"),
         },
         Reason::TestMissing => match verdict {
             Verdict::Allow => ("请通行", "Please proceed"),
-            _ => (
-                "未查询到规定时间内核酸阴性结果",
-                "No recent negative test on record",
-            ),
+            _ => ("未查询到规定时间内核酸阴性结果", "No recent negative test on record"),
         },
         Reason::NoHealthRecord => (
             "未查询到健康码信息，请联系工作人员",
@@ -40,10 +35,7 @@ pub fn screen_message(verdict: Verdict, reason: Reason) -> (&'static str, &'stat
             "电子单程票暂停使用，请通过购票渠道退款",
             "Electronic single-journey tickets are suspended: refund through the seller",
         ),
-        Reason::CodeExpired => (
-            "乘车码已过期，请刷新后重试",
-            "Ride code expired: refresh and try again",
-        ),
+        Reason::CodeExpired => ("乘车码已过期，请刷新后重试", "Ride code expired: refresh and try again"),
         Reason::CodeReplayed => (
             "乘车码已使用，请刷新后重试",
             "Ride code already used: refresh and try again",
@@ -84,10 +76,7 @@ mod tests {
 
     #[test]
     fn refusals_match_the_rollout_wording() {
-        assert_eq!(
-            screen_message(Verdict::Deny, Reason::HealthRed).0,
-            "健康码异常"
-        );
+        assert_eq!(screen_message(Verdict::Deny, Reason::HealthRed).0, "健康码异常");
         assert!(
             screen_message(Verdict::Assist, Reason::NoHealthRecord)
                 .0

@@ -9,9 +9,7 @@
 use std::collections::HashMap;
 
 use ridegate_adapters::clock::millis;
-use ridegate_adapters::model::{
-    Colour, Direction, HealthStatus, Mode, Reason, UnixMillis, Verdict,
-};
+use ridegate_adapters::model::{Colour, Direction, HealthStatus, Mode, Reason, UnixMillis, Verdict};
 
 use crate::config::PolicyConfig;
 
@@ -115,11 +113,7 @@ impl Policy {
             not_covered: config.not_covered,
             unavailable: config.unavailable,
             default_mode: config.default_mode,
-            stations: config
-                .stations
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            stations: config.stations.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             lines: config.lines.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
@@ -138,9 +132,7 @@ impl Policy {
     pub fn without_check(direction: Direction, mode: Mode) -> Option<Judgement> {
         match (direction, mode) {
             (Direction::Exit, _) => Some(Judgement::plain(Verdict::Allow, Reason::Exit)),
-            (Direction::Entry, Mode::Off) => {
-                Some(Judgement::plain(Verdict::Allow, Reason::CheckOff))
-            }
+            (Direction::Entry, Mode::Off) => Some(Judgement::plain(Verdict::Allow, Reason::CheckOff)),
             (Direction::Entry, Mode::Enforce | Mode::Shadow) => None,
         }
     }
@@ -185,11 +177,7 @@ impl Policy {
             return by_colour;
         }
         match self.test_window_ms {
-            Some(window)
-                if !status
-                    .negative_test_at
-                    .is_some_and(|t| now.since(t) <= window) =>
-            {
+            Some(window) if !status.negative_test_at.is_some_and(|t| now.since(t) <= window) => {
                 (self.test_missing, Reason::TestMissing)
             }
             _ => by_colour,
@@ -314,23 +302,14 @@ mod tests {
     #[test]
     fn unlinked_unrecorded_uncovered_and_unavailable_send_the_rider_to_staff() {
         let p = policy();
-        assert_eq!(
-            verdict(&p, Subject::NotLinked),
-            (Verdict::Assist, Reason::NotLinked)
-        );
-        assert_eq!(
-            verdict(&p, Subject::NotCovered),
-            (Verdict::Assist, Reason::NotCovered)
-        );
+        assert_eq!(verdict(&p, Subject::NotLinked), (Verdict::Assist, Reason::NotLinked));
+        assert_eq!(verdict(&p, Subject::NotCovered), (Verdict::Assist, Reason::NotCovered));
         let no_record = Subject::Linked(HealthView::Known {
             status: None,
             age_ms: 0,
             degraded: false,
         });
-        assert_eq!(
-            verdict(&p, no_record),
-            (Verdict::Assist, Reason::NoHealthRecord)
-        );
+        assert_eq!(verdict(&p, no_record), (Verdict::Assist, Reason::NoHealthRecord));
         let j = p.judge(Subject::Linked(HealthView::Unavailable), NOW);
         assert_eq!(
             (j.verdict, j.reason, j.degraded),
@@ -372,9 +351,7 @@ mod tests {
             assert_eq!((j.verdict, j.reason), (Verdict::Allow, Reason::Exit));
         }
         assert_eq!(
-            Policy::without_check(Direction::Entry, Mode::Off)
-                .unwrap()
-                .reason,
+            Policy::without_check(Direction::Entry, Mode::Off).unwrap().reason,
             Reason::CheckOff
         );
         assert_eq!(Policy::without_check(Direction::Entry, Mode::Enforce), None);

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use ridegate_adapters::credential::{
-    CardMedium, CardNumber, Credential, TicketKind, TicketNumber, UncoveredKind,
-};
+use ridegate_adapters::credential::{CardMedium, CardNumber, Credential, TicketKind, TicketNumber, UncoveredKind};
 use ridegate_adapters::model::{Direction, Mode, Reason, UnixMillis, Verdict};
 use ridegate_proto::pb;
 
@@ -61,10 +59,7 @@ impl TryFrom<pb::AuthorizeRequest> for GateRequest {
 
     fn try_from(request: pb::AuthorizeRequest) -> Result<Self, InvalidRequest> {
         if request.request_id.len() > MAX_REQUEST_ID {
-            return Err(invalid(
-                "request_id",
-                format!("must be at most {MAX_REQUEST_ID} bytes"),
-            ));
+            return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID} bytes")));
         }
         let gate = request.gate.ok_or_else(|| invalid("gate", "is required"))?;
         let direction = match known("gate.direction", gate.direction, pb::Direction::Unspecified)? {
@@ -88,9 +83,7 @@ impl TryFrom<pb::AuthorizeRequest> for GateRequest {
     }
 }
 
-fn credential(
-    credential: Option<pb::authorize_request::Credential>,
-) -> Result<Credential, InvalidRequest> {
+fn credential(credential: Option<pb::authorize_request::Credential>) -> Result<Credential, InvalidRequest> {
     use pb::authorize_request::Credential as C;
     Ok(match credential {
         None => {
@@ -108,8 +101,7 @@ fn credential(
                 pb::CardMedium::NfcSim => CardMedium::NfcSim,
                 _ => CardMedium::Physical,
             };
-            let number = CardNumber::parse(&card.number)
-                .map_err(|e| invalid("card.number", e.to_string()))?;
+            let number = CardNumber::parse(&card.number).map_err(|e| invalid("card.number", e.to_string()))?;
             Credential::Card { medium, number }
         }
         Some(C::Ticket(ticket)) => {
@@ -118,16 +110,11 @@ fn credential(
                 pb::TicketKind::ElectronicSingleJourney => TicketKind::ElectronicSingleJourney,
                 _ => TicketKind::SingleJourney,
             };
-            let number = TicketNumber::parse(&ticket.number)
-                .map_err(|e| invalid("ticket.number", e.to_string()))?;
+            let number = TicketNumber::parse(&ticket.number).map_err(|e| invalid("ticket.number", e.to_string()))?;
             Credential::Ticket { kind, number }
         }
         Some(C::Uncovered(uncovered)) => Credential::Uncovered(
-            match known(
-                "uncovered.kind",
-                uncovered.kind,
-                pb::UncoveredKind::Unspecified,
-            )? {
+            match known("uncovered.kind", uncovered.kind, pb::UncoveredKind::Unspecified)? {
                 pb::UncoveredKind::DigitalRmbWearable => UncoveredKind::DigitalRmbWearable,
                 pb::UncoveredKind::PrepaidETicket => UncoveredKind::PrepaidETicket,
                 pb::UncoveredKind::AirRailTicket => UncoveredKind::AirRailTicket,
@@ -191,10 +178,11 @@ pub(super) fn reason(r: Reason) -> pb::Reason {
 pub(super) fn response(request_id: String, decided: Decided) -> pb::AuthorizeResponse {
     let a = decided.answer;
     let (zh, en) = screen_message(a.verdict, a.reason);
-    let (shadow_verdict, shadow_reason) = a.shadow.map_or(
-        (pb::Verdict::Unspecified, pb::Reason::Unspecified),
-        |(v, r)| (verdict(v), reason(r)),
-    );
+    let (shadow_verdict, shadow_reason) = a
+        .shadow
+        .map_or((pb::Verdict::Unspecified, pb::Reason::Unspecified), |(v, r)| {
+            (verdict(v), reason(r))
+        });
     pb::AuthorizeResponse {
         request_id,
         verdict: verdict(a.verdict).into(),
@@ -289,9 +277,9 @@ mod tests {
         }));
         assert_eq!(field_of(r), "ticket.kind");
         let mut r = request();
-        r.credential = Some(pb::authorize_request::Credential::Uncovered(
-            pb::UncoveredCredential { kind: 0 },
-        ));
+        r.credential = Some(pb::authorize_request::Credential::Uncovered(pb::UncoveredCredential {
+            kind: 0,
+        }));
         assert_eq!(field_of(r), "uncovered.kind");
         let mut r = request();
         r.request_id = "x".repeat(129);
@@ -303,10 +291,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in Reason::ALL {
             assert_ne!(reason(r), pb::Reason::Unspecified);
-            assert!(
-                seen.insert(reason(r)),
-                "{r} maps onto another reason's wire value"
-            );
+            assert!(seen.insert(reason(r)), "{r} maps onto another reason's wire value");
         }
     }
 }

@@ -20,12 +20,7 @@ impl Deadlines {
     /// budget the caller gave (`grpc-timeout`, the request's own `budget_ms`), less the
     /// margin — but never less than half the budget, so a tight budget still leaves
     /// time to decide.
-    pub fn answer_by(
-        &self,
-        received: Instant,
-        grpc_timeout: Option<Duration>,
-        requested: Option<Duration>,
-    ) -> Instant {
+    pub fn answer_by(&self, received: Instant, grpc_timeout: Option<Duration>, requested: Option<Duration>) -> Instant {
         let budget = grpc_timeout
             .into_iter()
             .chain(requested)
@@ -67,23 +62,11 @@ mod tests {
 
     #[test]
     fn parses_every_unit_and_rejects_malformed_values() {
-        assert_eq!(
-            grpc_timeout(&metadata("200m")),
-            Some(Duration::from_millis(200))
-        );
+        assert_eq!(grpc_timeout(&metadata("200m")), Some(Duration::from_millis(200)));
         assert_eq!(grpc_timeout(&metadata("1S")), Some(Duration::from_secs(1)));
-        assert_eq!(
-            grpc_timeout(&metadata("2M")),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            grpc_timeout(&metadata("1H")),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(
-            grpc_timeout(&metadata("500u")),
-            Some(Duration::from_micros(500))
-        );
+        assert_eq!(grpc_timeout(&metadata("2M")), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout(&metadata("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&metadata("500u")), Some(Duration::from_micros(500)));
         assert_eq!(
             grpc_timeout(&metadata("99999999n")),
             Some(Duration::from_nanos(99_999_999))
@@ -107,11 +90,7 @@ mod tests {
             Duration::from_millis(80)
         );
         assert_eq!(
-            d.answer_by(
-                t,
-                Some(Duration::from_millis(100)),
-                Some(Duration::from_millis(50))
-            ) - t,
+            d.answer_by(t, Some(Duration::from_millis(100)), Some(Duration::from_millis(50))) - t,
             Duration::from_millis(30)
         );
         assert_eq!(

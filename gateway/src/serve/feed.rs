@@ -40,9 +40,7 @@ impl FeedService {
         use pb::status_update::Subject;
         let identity = match update.subject {
             Some(Subject::Identity(hex)) => {
-                let id = hex
-                    .parse::<IdentityId>()
-                    .map_err(|e| format!("identity: {e}"))?;
+                let id = hex.parse::<IdentityId>().map_err(|e| format!("identity: {e}"))?;
                 self.pseudonymizer.subject(None, Some(id))
             }
             Some(Subject::IdNumber(number)) => self.pseudonymizer.subject(Some(&number), None),
@@ -74,10 +72,7 @@ impl FeedService {
 
 #[tonic::async_trait]
 impl pb::health_feed_server::HealthFeed for FeedService {
-    async fn publish(
-        &self,
-        request: Request<pb::PublishRequest>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let updates = request.into_inner().updates;
         if updates.len() > MAX_UPDATES {
             return Err(BatchTooLarge {

@@ -46,11 +46,8 @@ impl GateService {
         grpc_timeout: Option<std::time::Duration>,
     ) -> Result<pb::AuthorizeResponse, InvalidRequest> {
         let request_id = message.request_id.clone();
-        let request =
-            GateRequest::try_from(message).inspect_err(|_| self.authorizer.record_invalid())?;
-        let deadline = self
-            .deadlines
-            .answer_by(received, grpc_timeout, request.gate.budget);
+        let request = GateRequest::try_from(message).inspect_err(|_| self.authorizer.record_invalid())?;
+        let deadline = self.deadlines.answer_by(received, grpc_timeout, request.gate.budget);
         let decided = self.authorizer.authorize(request, received, deadline).await;
         Ok(convert::response(request_id, decided))
     }
@@ -65,9 +62,7 @@ impl GateService {
                 message: e.to_string(),
             }),
         };
-        pb::TapResult {
-            result: Some(result),
-        }
+        pb::TapResult { result: Some(result) }
     }
 }
 
@@ -91,10 +86,7 @@ impl pb::gate_server::Gate for GateService {
 
     type TapsStream = TapStream;
 
-    async fn taps(
-        &self,
-        request: Request<Streaming<pb::AuthorizeRequest>>,
-    ) -> Result<Response<TapStream>, Status> {
+    async fn taps(&self, request: Request<Streaming<pb::AuthorizeRequest>>) -> Result<Response<TapStream>, Status> {
         let mut draining = self.draining.clone();
         let drained = async move {
             let _ = draining.wait_for(|d| *d).await;

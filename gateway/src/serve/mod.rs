@@ -28,17 +28,11 @@ use crate::app::App;
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
 /// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
 /// flushed.
-pub async fn serve(
-    app: App,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = Arc::new(app);
     let server_config = app.config.server.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<GateServer<gate::GateService>>()
-        .await;
+    health_reporter.set_serving::<GateServer<gate::GateService>>().await;
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
 
     let deadlines = Deadlines {
@@ -67,14 +61,9 @@ pub async fn serve(
         .add_service(reflection().build_v1().context("reflection v1")?)
         .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
     if app.config.health.feed_enabled {
-        let feed = feed::FeedService::new(
-            app.statuses.clone(),
-            app.health.clone(),
-            app.pseudonymizer.clone(),
-        );
-        routes = routes.add_service(
-            HealthFeedServer::new(feed).max_decoding_message_size(server_config.max_request_bytes),
-        );
+        let feed = feed::FeedService::new(app.statuses.clone(), app.health.clone(), app.pseudonymizer.clone());
+        routes =
+            routes.add_service(HealthFeedServer::new(feed).max_decoding_message_size(server_config.max_request_bytes));
     }
     let metrics_app = app.clone();
     let router = routes.into_axum_router().route(

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ridegate_adapters::credential::ride_code::{
-    CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey,
-};
+use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::model::UnixMillis;
 
 use super::now;
@@ -25,9 +23,7 @@ pub fn valid(minter: &CodeMinter, account: &str) -> String {
 
 /// A code issued at `issued_at` with `lifetime`.
 pub fn at(minter: &CodeMinter, account: &str, issued_at: UnixMillis, lifetime: Duration) -> String {
-    minter
-        .code(account, &jti(), issued_at, lifetime)
-        .expect("mint")
+    minter.code(account, &jti(), issued_at, lifetime).expect("mint")
 }
 
 /// A phone certified by `minter` for `account`.
@@ -47,9 +43,7 @@ pub fn phone(
 
 /// A valid device-signed code.
 pub fn device(phone: &DeviceCodeMinter) -> String {
-    phone
-        .code(&jti(), now(), Duration::from_secs(30))
-        .expect("mint")
+    phone.code(&jti(), now(), Duration::from_secs(30)).expect("mint")
 }
 
 /// A valid code with its payload replaced (so its signature no longer matches).
@@ -57,9 +51,7 @@ pub fn tampered(minter: &CodeMinter, account: &str, issuer: &str) -> String {
     let code = valid(minter, account);
     let mut parts: Vec<String> = code.split('.').map(str::to_owned).collect();
     let t = now().0 / 1000;
-    parts[1] = b64(
-        &serde_json::json!({"iss": issuer, "sub": "someone-else", "jti": jti(), "iat": t, "exp": t + 30}),
-    );
+    parts[1] = b64(&serde_json::json!({"iss": issuer, "sub": "someone-else", "jti": jti(), "iat": t, "exp": t + 30}));
     parts.join(".")
 }
 
@@ -67,16 +59,13 @@ pub fn tampered(minter: &CodeMinter, account: &str, issuer: &str) -> String {
 pub fn alg_none(issuer: &str, kid: &str, account: &str) -> String {
     let t = now().0 / 1000;
     let header = b64(&serde_json::json!({"alg": "none", "typ": "rc+jwt", "kid": kid}));
-    let claims = b64(
-        &serde_json::json!({"iss": issuer, "sub": account, "jti": jti(), "iat": t, "exp": t + 30}),
-    );
+    let claims = b64(&serde_json::json!({"iss": issuer, "sub": account, "jti": jti(), "iat": t, "exp": t + 30}));
     format!("{header}.{claims}.AAAA")
 }
 
 /// A code signed by a key ridegate does not know, claiming `issuer`.
 pub fn unknown_key(issuer: &str, account: &str) -> String {
-    let stranger =
-        SigningKey::generate(SigningAlg::EdDsa, format!("{issuer}-unknown")).expect("key");
+    let stranger = SigningKey::generate(SigningAlg::EdDsa, format!("{issuer}-unknown")).expect("key");
     valid(&CodeMinter::new(issuer, stranger), account)
 }
 
@@ -86,8 +75,5 @@ fn b64(v: &serde_json::Value) -> String {
 
 /// A minter that claims to be `issuer` and signs under its real `kid`, with another key.
 pub fn impostor(issuer: &str, kid: &str) -> CodeMinter {
-    CodeMinter::new(
-        issuer,
-        SigningKey::generate(SigningAlg::Es256, kid).expect("key"),
-    )
+    CodeMinter::new(issuer, SigningKey::generate(SigningAlg::Es256, kid).expect("key"))
 }

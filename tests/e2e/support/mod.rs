@@ -173,11 +173,7 @@ impl GatewayBuilder {
             at - 60_000
         );
         if let Some(hours) = status.tested_hours_ago {
-            let _ = write!(
-                line,
-                r#", "negative_test_at_unix_ms": {}"#,
-                at - hours * 3_600_000
-            );
+            let _ = write!(line, r#", "negative_test_at_unix_ms": {}"#, at - hours * 3_600_000);
         }
         line.push('}');
         self.statuses.push(line);
@@ -232,11 +228,7 @@ impl GatewayBuilder {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn ridegate");
-        let addr = wait_ready(
-            &dir.path().join("ready.json"),
-            &dir.path().join("stderr.log"),
-        )
-        .await;
+        let addr = wait_ready(&dir.path().join("ready.json"), &dir.path().join("stderr.log")).await;
         (Gateway { child, addr, dir }, self.issuers)
     }
 

@@ -8,8 +8,8 @@ use std::fmt;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair,
-    Ed25519KeyPair, KeyPair, ParsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+    ParsedPublicKey,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -124,14 +124,10 @@ impl VerifyingKey {
             _ => false,
         };
         if !agrees {
-            return Err(KeyError::UnsupportedJwk(
-                "the JWK's alg does not match its key type",
-            ));
+            return Err(KeyError::UnsupportedJwk("the JWK's alg does not match its key type"));
         }
         let verification = match alg {
-            SigningAlg::Es256 => {
-                &ECDSA_P256_SHA256_FIXED as &'static dyn aws_lc_rs::signature::VerificationAlgorithm
-            }
+            SigningAlg::Es256 => &ECDSA_P256_SHA256_FIXED as &'static dyn aws_lc_rs::signature::VerificationAlgorithm,
             SigningAlg::EdDsa => &ED25519,
         };
         ParsedPublicKey::new(verification, &raw)
@@ -182,8 +178,7 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let pkcs8 = match alg {
             SigningAlg::Es256 => {
-                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map(|d| d.as_ref().to_vec())
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map(|d| d.as_ref().to_vec())
             }
             SigningAlg::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec()),
         }
@@ -261,8 +256,7 @@ impl SigningKey {
                 })
             }
             SigningAlg::Es256 => {
-                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.pkcs8)
-                    .map_err(crypto)?;
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.pkcs8).map_err(crypto)?;
                 // Uncompressed SEC1 point: 0x04 || x || y.
                 let point = pair.public_key().as_ref();
                 serde_json::json!({
@@ -297,28 +291,20 @@ mod tests {
     #[test]
     fn public_jwks_load_as_verifying_keys_bound_to_their_algorithm() {
         for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
-            let jwk = SigningKey::generate(alg, "k")
-                .unwrap()
-                .public_jwk()
-                .unwrap();
+            let jwk = SigningKey::generate(alg, "k").unwrap().public_jwk().unwrap();
             assert_eq!(VerifyingKey::from_jwk(&jwk).unwrap().alg(), alg);
         }
     }
 
     #[test]
     fn rejects_garbage_pem_and_unsupported_jwks() {
-        assert_eq!(
-            SigningKey::from_pkcs8_pem("hello", "k").unwrap_err(),
-            KeyError::NotPem
-        );
+        assert_eq!(SigningKey::from_pkcs8_pem("hello", "k").unwrap_err(), KeyError::NotPem);
         let hmac: Jwk = serde_json::from_str(r#"{"kty":"oct","k":"c2VjcmV0","kid":"h"}"#).unwrap();
         assert!(matches!(
             VerifyingKey::from_jwk(&hmac),
             Err(KeyError::UnsupportedJwk(_))
         ));
-        let p384: Jwk =
-            serde_json::from_str(r#"{"kty":"EC","crv":"P-384","x":"AAAA","y":"AAAA","kid":"p"}"#)
-                .unwrap();
+        let p384: Jwk = serde_json::from_str(r#"{"kty":"EC","crv":"P-384","x":"AAAA","y":"AAAA","kid":"p"}"#).unwrap();
         assert!(matches!(
             VerifyingKey::from_jwk(&p384),
             Err(KeyError::UnsupportedJwk(_))
@@ -341,9 +327,6 @@ mod tests {
             URL_SAFE_NO_PAD.encode([1u8; 32])
         ))
         .unwrap();
-        assert!(matches!(
-            VerifyingKey::from_jwk(&jwk),
-            Err(KeyError::UnsupportedJwk(_))
-        ));
+        assert!(matches!(VerifyingKey::from_jwk(&jwk), Err(KeyError::UnsupportedJwk(_))));
     }
 }

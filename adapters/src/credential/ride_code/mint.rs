@@ -61,8 +61,7 @@ fn sign(key: &SigningKey, typ: &str, claims: &impl Serialize) -> Result<String, 
     let mut header = Header::new(key.alg().jose());
     header.typ = Some(typ.to_owned());
     header.kid = Some(key.kid().to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding())
-        .map_err(|e| MintError::Sign(e.to_string()))
+    jsonwebtoken::encode(&header, claims, key.encoding()).map_err(|e| MintError::Sign(e.to_string()))
 }
 
 /// Signs codes and device certificates as one issuer.
@@ -140,12 +139,7 @@ impl DeviceCodeMinter {
     }
 
     /// The QR text of a fresh code: `<certificate>~<code>`.
-    pub fn code(
-        &self,
-        jti: &str,
-        issued_at: UnixMillis,
-        lifetime: Duration,
-    ) -> Result<String, MintError> {
+    pub fn code(&self, jti: &str, issued_at: UnixMillis, lifetime: Duration) -> Result<String, MintError> {
         let iat = secs(issued_at);
         let claims = CodeClaims {
             iss: None,

@@ -207,11 +207,7 @@ pub struct VerifiedCode {
 impl VerifiedCode {
     /// The key the single-use guard remembers this code by.
     pub fn code_key(&self, pseudonymizer: &Pseudonymizer) -> CodeKey {
-        pseudonymizer.code(
-            &self.issuer,
-            self.certificate.as_deref().unwrap_or(""),
-            &self.jti,
-        )
+        pseudonymizer.code(&self.issuer, self.certificate.as_deref().unwrap_or(""), &self.jti)
     }
 }
 
@@ -247,10 +243,7 @@ pub struct RideCodeVerifier {
 impl std::fmt::Debug for RideCodeVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RideCodeVerifier")
-            .field(
-                "issuers",
-                &self.issuers.iter().map(|i| &*i.id).collect::<Vec<_>>(),
-            )
+            .field("issuers", &self.issuers.iter().map(|i| &*i.id).collect::<Vec<_>>())
             .field("keys", &self.keys.len())
             .finish()
     }
@@ -301,9 +294,10 @@ impl RideCodeVerifier {
         for (index, spec) in specs.iter().enumerate() {
             let id_ok = !spec.id.is_empty()
                 && spec.id.len() <= 32
-                && spec.id.bytes().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_'
-                });
+                && spec
+                    .id
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
             if !id_ok {
                 return Err(IssuerSetError::BadIssuerId(spec.id.clone()));
             }
@@ -316,11 +310,7 @@ impl RideCodeVerifier {
                     index: key_index,
                     error,
                 };
-                let kid = jwk
-                    .common
-                    .key_id
-                    .clone()
-                    .ok_or_else(|| bad_key(KeyError::MissingKid))?;
+                let kid = jwk.common.key_id.clone().ok_or_else(|| bad_key(KeyError::MissingKid))?;
                 let key = VerifyingKey::from_jwk(jwk).map_err(bad_key)?;
                 if !spec.algorithms.contains(&key.alg()) {
                     return Err(IssuerSetError::KeyAlgNotAllowed {
@@ -378,11 +368,7 @@ impl RideCodeVerifier {
         }
     }
 
-    fn verify_issuer_signed(
-        &self,
-        token: &str,
-        now: UnixMillis,
-    ) -> Result<VerifiedCode, CodeError> {
+    fn verify_issuer_signed(&self, token: &str, now: UnixMillis) -> Result<VerifiedCode, CodeError> {
         let jws = parse_jws(token)?;
         expect_typ(&jws.header, CODE_TYP)?;
         let (issuer_index, key) = self.issuer_key(&jws)?;
@@ -393,10 +379,7 @@ impl RideCodeVerifier {
             // Signed by one issuer's key but naming another (or none).
             return Err(CodeError::UnknownIssuer);
         }
-        let account = claims
-            .sub
-            .filter(|s| valid_account(s))
-            .ok_or(CodeError::Malformed)?;
+        let account = claims.sub.filter(|s| valid_account(s)).ok_or(CodeError::Malformed)?;
         let valid_until = check_times(issuer, claims.iat, claims.exp, claims.nbf, now)?;
         check_jti(&claims.jti)?;
         Ok(VerifiedCode {
@@ -408,12 +391,7 @@ impl RideCodeVerifier {
         })
     }
 
-    fn verify_device_signed(
-        &self,
-        certificate: &str,
-        code: &str,
-        now: UnixMillis,
-    ) -> Result<VerifiedCode, CodeError> {
+    fn verify_device_signed(&self, certificate: &str, code: &str, now: UnixMillis) -> Result<VerifiedCode, CodeError> {
         let cert = self.certificate(certificate)?;
         let issuer = &self.issuers[cert.issuer];
         if issuer.revoked.contains(&*cert.id) {
@@ -468,10 +446,7 @@ impl RideCodeVerifier {
         if claims.iss != *issuer.id {
             return Err(CodeError::UnknownIssuer);
         }
-        if !issuer.device_certificates
-            || !valid_account(&claims.sub)
-            || claims.jti.is_empty()
-            || claims.jti.len() > 128
+        if !issuer.device_certificates || !valid_account(&claims.sub) || claims.jti.is_empty() || claims.jti.len() > 128
         {
             return Err(CodeError::CertInvalid);
         }
@@ -479,8 +454,7 @@ impl RideCodeVerifier {
         if lifetime_ms <= 0 || lifetime_ms > issuer.max_certificate_lifetime_ms {
             return Err(CodeError::CertInvalid);
         }
-        let device_key =
-            VerifyingKey::from_jwk(&claims.cnf.jwk).map_err(|_| CodeError::CertInvalid)?;
+        let device_key = VerifyingKey::from_jwk(&claims.cnf.jwk).map_err(|_| CodeError::CertInvalid)?;
         if !issuer.algorithms.contains(&device_key.alg()) {
             return Err(CodeError::CertInvalid);
         }
@@ -500,8 +474,7 @@ impl RideCodeVerifier {
         let Some(alg) = SigningAlg::from_jose(jws.header.alg) else {
             return Err(CodeError::AlgNotAllowed);
         };
-        let Some((issuer, key)) = jws.header.kid.as_deref().and_then(|kid| self.keys.get(kid))
-        else {
+        let Some((issuer, key)) = jws.header.kid.as_deref().and_then(|kid| self.keys.get(kid)) else {
             return Err(self.unknown_key_or_issuer(jws.payload));
         };
         if key.alg() != alg || !self.issuers[*issuer].algorithms.contains(&alg) {

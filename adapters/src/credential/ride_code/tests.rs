@@ -61,12 +61,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn device(
-    issuer: &CodeMinter,
-    cert_id: &str,
-    issued_at: UnixMillis,
-    lifetime: Duration,
-) -> DeviceCodeMinter {
+fn device(issuer: &CodeMinter, cert_id: &str, issued_at: UnixMillis, lifetime: Duration) -> DeviceCodeMinter {
     let key = SigningKey::generate(SigningAlg::EdDsa, "device").unwrap();
     let cert = issuer
         .device_certificate("ytx-account-9", cert_id, &key, issued_at, lifetime)
@@ -79,12 +74,7 @@ fn b64(v: &serde_json::Value) -> String {
 }
 
 /// A token with an arbitrary header and claims, signed by `key` as `alg`.
-fn forge(
-    header: serde_json::Value,
-    claims: serde_json::Value,
-    key: &EncodingKey,
-    alg: Algorithm,
-) -> String {
+fn forge(header: serde_json::Value, claims: serde_json::Value, key: &EncodingKey, alg: Algorithm) -> String {
     let message = format!("{}.{}", b64(&header), b64(&claims));
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
     format!("{message}.{signature}")
@@ -216,24 +206,15 @@ fn expiry_honours_the_clock_skew() {
         f.verifier.verify(&code, NOW.plus_ms(34_999)).is_ok(),
         "inside exp + skew"
     );
-    assert_eq!(
-        f.verifier.verify(&code, NOW.plus_ms(35_000)),
-        Err(CodeError::Expired)
-    );
+    assert_eq!(f.verifier.verify(&code, NOW.plus_ms(35_000)), Err(CodeError::Expired));
 }
 
 #[test]
 fn codes_from_the_future_are_not_yet_valid() {
     let f = fixture();
-    let code = f
-        .alipay
-        .code("a", "j", NOW.plus_ms(10_000), LIFETIME)
-        .unwrap();
+    let code = f.alipay.code("a", "j", NOW.plus_ms(10_000), LIFETIME).unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::NotYetValid));
-    let within_skew = f
-        .alipay
-        .code("a", "j", NOW.plus_ms(4_000), LIFETIME)
-        .unwrap();
+    let within_skew = f.alipay.code("a", "j", NOW.plus_ms(4_000), LIFETIME).unwrap();
     assert!(verify(&f, &within_skew).is_ok());
     let key = f.alipay_key.encoding();
     let mut c = claims("alipay", NOW, 30);
@@ -250,10 +231,7 @@ fn codes_from_the_future_are_not_yet_valid() {
 #[test]
 fn lifetimes_beyond_the_issuers_maximum_are_refused() {
     let f = fixture();
-    let code = f
-        .alipay
-        .code("a", "j", NOW, Duration::from_secs(61))
-        .unwrap();
+    let code = f.alipay.code("a", "j", NOW, Duration::from_secs(61)).unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::LifetimeTooLong));
     let key = f.alipay_key.encoding();
     let backwards = forge(
@@ -270,11 +248,7 @@ fn alg_none_is_refused() {
     let f = fixture();
     let header = b64(&json!({"alg": "none", "typ": CODE_TYP, "kid": "alipay-1"}));
     let token = format!("{header}.{}.", b64(&claims("alipay", NOW, 30)));
-    assert_eq!(
-        verify(&f, &token),
-        Err(CodeError::Malformed),
-        "empty signature part"
-    );
+    assert_eq!(verify(&f, &token), Err(CodeError::Malformed), "empty signature part");
     let token = format!("{header}.{}.AAAA", b64(&claims("alipay", NOW, 30)));
     assert_eq!(verify(&f, &token), Err(CodeError::AlgNotAllowed));
 }
@@ -325,18 +299,12 @@ fn missing_claims_and_unknown_crit_are_malformed() {
     }
     let crit = json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1", "crit": ["exp"]});
     assert_eq!(
-        verify(
-            &f,
-            &forge(crit, claims("alipay", NOW, 30), key, Algorithm::EdDSA)
-        ),
+        verify(&f, &forge(crit, claims("alipay", NOW, 30), key, Algorithm::EdDSA)),
         Err(CodeError::Malformed)
     );
     let untyped = json!({"alg": "EdDSA", "kid": "alipay-1"});
     assert_eq!(
-        verify(
-            &f,
-            &forge(untyped, claims("alipay", NOW, 30), key, Algorithm::EdDSA)
-        ),
+        verify(&f, &forge(untyped, claims("alipay", NOW, 30), key, Algorithm::EdDSA)),
         Err(CodeError::Malformed)
     );
 }
@@ -364,12 +332,7 @@ fn expired_and_revoked_certificates_are_refused_on_every_use() {
         Err(CodeError::CertExpired),
         "cached, but expired since"
     );
-    let revoked = device(
-        &f.yitongxing,
-        "revoked-cert",
-        NOW,
-        Duration::from_secs(3600),
-    );
+    let revoked = device(&f.yitongxing, "revoked-cert", NOW, Duration::from_secs(3600));
     assert_eq!(
         verify(&f, &revoked.code("a", NOW, LIFETIME).unwrap()),
         Err(CodeError::CertRevoked)
@@ -380,10 +343,7 @@ fn expired_and_revoked_certificates_are_refused_on_every_use() {
 fn bad_certificates_are_invalid() {
     let f = fixture();
     // Signed by a key the issuer does not have under its kid.
-    let impostor = CodeMinter::new(
-        "yitongxing",
-        SigningKey::generate(SigningAlg::Es256, "ytx-1").unwrap(),
-    );
+    let impostor = CodeMinter::new("yitongxing", SigningKey::generate(SigningAlg::Es256, "ytx-1").unwrap());
     let forged = device(&impostor, "c", NOW, Duration::from_secs(3600));
     assert_eq!(
         verify(&f, &forged.code("a", NOW, LIFETIME).unwrap()),
@@ -424,10 +384,7 @@ fn a_device_code_signed_by_another_phone_fails_the_signature() {
         .split_once('~')
         .map(|(c, s)| (c.to_owned(), s.to_owned()))
         .unwrap();
-    assert_eq!(
-        verify(&f, &format!("{mine}~{code}")),
-        Err(CodeError::BadSignature)
-    );
+    assert_eq!(verify(&f, &format!("{mine}~{code}")), Err(CodeError::BadSignature));
 }
 
 #[test]
@@ -456,15 +413,8 @@ fn issuer_sets_that_would_be_ambiguous_are_refused() {
         VerifierLimits::default(),
     )
     .unwrap_err();
-    assert!(
-        matches!(err, IssuerSetError::KeyAlgNotAllowed { .. }),
-        "{err}"
-    );
-    let err = RideCodeVerifier::new(
-        &[spec("Bad Id", vec![], &[], false)],
-        VerifierLimits::default(),
-    )
-    .unwrap_err();
+    assert!(matches!(err, IssuerSetError::KeyAlgNotAllowed { .. }), "{err}");
+    let err = RideCodeVerifier::new(&[spec("Bad Id", vec![], &[], false)], VerifierLimits::default()).unwrap_err();
     assert_eq!(err, IssuerSetError::BadIssuerId("Bad Id".into()));
     let err = RideCodeVerifier::new(
         &[spec("a", vec![], &[], false), spec("a", vec![], &[], false)],
