@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 pub async fn run(
     config: config::Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     serve(App::build(config, Clock::System)?, listener, shutdown).await
 }

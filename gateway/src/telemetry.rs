@@ -14,9 +14,12 @@ pub struct BadFilter(String);
 /// Installs the global subscriber. A second call (tests, the demo) keeps the first.
 pub fn init(config: &LogConfig) -> Result<(), BadFilter> {
     let filter = EnvFilter::try_new(&config.filter).map_err(|e| BadFilter(e.to_string()))?;
+    // Colour only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -1,1 +1,182 @@
-//! cli
+//! The command line as operators use it: configuration errors, precedence, exit codes,
+//! and `ridegate keys` producing codes the server accepts.
+
+use std::process::Output;
+
+use ridegate_proto::pb::{Reason, Verdict};
+
+use crate::support::*;
+
+fn ridegate(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(args)
+        .env_remove("RIDEGATE_CONFIG")
+        .env_remove("RIDEGATE_LISTEN")
+        .env_remove("RIDEGATE_AUDIT");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().expect("run ridegate")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn serve_with_config(toml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, toml).unwrap();
+    ridegate(
+        &["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[],
+    )
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_field() {
+    let cases = [
+        ("[policy]\nyelow = \"deny\"\n", "yelow"),
+        ("[policy]\nyellow = \"maybe\"\n", "yellow"),
+        (
+            "[deadline]\ndefault_budget = \"10ms\"\nmargin = \"20ms\"\n",
+            "deadline.margin",
+        ),
+        ("[identity]\nsecret = \"short\"\n", "identity.secret"),
+        (
+            "[issuers.alipay]\njwks_file = \"/nonexistent.json\"\n",
+            "issuers.alipay.jwks_file",
+        ),
+        ("[links]\nfile = \"/nonexistent-links.jsonl\"\n", "links.file"),
+        ("[log]\nfilter = \"[[[\"\n", "log.filter"),
+        ("[server]\nlisten = \"not an address\"\n", "listen"),
+    ];
+    for (toml, field) in cases {
+        let output = serve_with_config(toml);
+        assert_eq!(output.status.code(), Some(2), "{field}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(field),
+            "{field} not named in: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_and_an_unknown_flag_exit_2() {
+    let output = ridegate(&["serve", "--config", "/nonexistent/ridegate.toml"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("/nonexistent/ridegate.toml"));
+    let output = ridegate(&["serve", "--no-such-flag"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_port_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = ridegate(&["serve", "--listen", &addr, "--audit", "/dev/null"], &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("cannot listen"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn flags_override_environment_which_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from_env, from_flag) = (dir.path().join("env.jsonl"), dir.path().join("flag.jsonl"));
+    // The file names one audit path; the environment another; then a flag a third.
+    let (gateway, _) = GatewayBuilder::new()
+        .env("RIDEGATE_AUDIT", from_env.to_str().unwrap())
+        .card("10000001", 1)
+        .start()
+        .await;
+    gateway.gate().await.authorize(tap(card("10000001"))).await.unwrap();
+    let (_, gateway) = gateway.terminate().await;
+    assert!(gateway.audit().is_empty(), "the file's path lost to the environment");
+    assert_eq!(std::fs::read_to_string(&from_env).unwrap().lines().count(), 1);
+
+    let (gateway, _) = GatewayBuilder::new()
+        .env("RIDEGATE_AUDIT", from_env.to_str().unwrap())
+        .arg("--audit")
+        .arg(from_flag.to_str().unwrap())
+        .start()
+        .await;
+    gateway.gate().await.authorize(tap(card("10000001"))).await.unwrap();
+    gateway.terminate().await;
+    assert_eq!(
+        std::fs::read_to_string(&from_env).unwrap().lines().count(),
+        1,
+        "env lost to the flag"
+    );
+    assert_eq!(std::fs::read_to_string(&from_flag).unwrap().lines().count(), 1);
+}
+
+#[tokio::test]
+async fn keys_generate_and_mint_produce_codes_the_server_accepts() {
+    let keys = tempfile::tempdir().unwrap();
+    let out = keys.path().to_str().unwrap();
+    let output = ridegate(
+        &[
+            "keys",
+            "generate",
+            "--kid",
+            "cmb-2026-01",
+            "--alg",
+            "ES256",
+            "--out",
+            out,
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let again = ridegate(&["keys", "generate", "--kid", "cmb-2026-01", "--out", out], &[]);
+    assert_eq!(again.status.code(), Some(1), "never overwrites a private key");
+    let jwks = keys.path().join("cmb-2026-01.jwks.json");
+    let (gateway, _) = GatewayBuilder::new()
+        .toml(&format!("[issuers.cmb]\njwks_file = \"{}\"\n", jwks.display()))
+        .account("cmb", "cmb-777", 1)
+        .status(1, GREEN)
+        .start()
+        .await;
+    let key = keys.path().join("cmb-2026-01.key.pem");
+    let key = key.to_str().unwrap();
+    let mut client = gateway.gate().await;
+    for extra in [&[][..], &["--device"][..]] {
+        let mut args = vec![
+            "keys",
+            "mint",
+            "--issuer",
+            "cmb",
+            "--key",
+            key,
+            "--account",
+            "cmb-777",
+            "--count",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let output = ridegate(&args, &[]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let codes = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(codes.lines().count(), 2);
+        for qr in codes.lines() {
+            let response = client.authorize(tap(code(qr))).await.unwrap().into_inner();
+            assert_eq!(outcome(&response), (Verdict::Allow, Reason::HealthGreen), "{extra:?}");
+        }
+    }
+    let bad_key = ridegate(
+        &[
+            "keys",
+            "mint",
+            "--issuer",
+            "cmb",
+            "--key",
+            &jwks.to_string_lossy(),
+            "--account",
+            "a",
+        ],
+        &[],
+    );
+    assert_eq!(bad_key.status.code(), Some(2), "{}", stderr(&bad_key));
+}

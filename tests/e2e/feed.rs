@@ -1,1 +1,162 @@
-//! feed
+//! Health statuses pushed at run time through `ridegate.v1.HealthFeed`.
+
+use ridegate_adapters::ids::{Pseudonymizer, ResidentId, synthetic_resident_id};
+use ridegate_proto::pb::health_feed_client::HealthFeedClient;
+use ridegate_proto::pb::{self, Reason, Verdict};
+use tonic::Code;
+
+use crate::support::*;
+
+fn update(subject: pb::status_update::Subject, colour: pb::HealthColour, set_at: i64) -> pb::StatusUpdate {
+    pb::StatusUpdate {
+        subject: Some(subject),
+        colour: colour.into(),
+        set_at_unix_ms: set_at,
+        negative_test_at_unix_ms: now().0 - 3_600_000,
+    }
+}
+
+fn by_id_number(person: u64) -> pb::status_update::Subject {
+    pb::status_update::Subject::IdNumber(synthetic_resident_id(person))
+}
+
+#[tokio::test]
+async fn a_pushed_status_changes_the_very_next_tap() {
+    let (gateway, _) = GatewayBuilder::new()
+        .feed()
+        .card("1000000000000001", 1)
+        .status(1, GREEN)
+        .start()
+        .await;
+    let mut gate = gateway.gate().await;
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    assert_eq!(
+        outcome(
+            &gate
+                .authorize(tap(card("1000000000000001")))
+                .await
+                .unwrap()
+                .into_inner()
+        )
+        .0,
+        Verdict::Allow
+    );
+
+    let published = feed
+        .publish(pb::PublishRequest {
+            updates: vec![update(by_id_number(1), pb::HealthColour::Red, now().0)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((published.applied, published.rejected.len()), (1, 0));
+    let response = gate
+        .authorize(tap(card("1000000000000001")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&response), (Verdict::Deny, Reason::HealthRed));
+
+    // By pseudonym, as a platform that shares the secret would send it.
+    let pseudonym = Pseudonymizer::new(SECRET.as_bytes())
+        .unwrap()
+        .identity(&ResidentId::parse(&synthetic_resident_id(1)).unwrap())
+        .to_string();
+    let subject = pb::status_update::Subject::Identity(pseudonym);
+    feed.publish(pb::PublishRequest {
+        updates: vec![update(subject, pb::HealthColour::Yellow, now().0 + 1)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        gate.authorize(tap(card("1000000000000001")))
+            .await
+            .unwrap()
+            .into_inner()
+            .reason(),
+        Reason::HealthYellow
+    );
+
+    // An update older than the status held changes nothing.
+    feed.publish(pb::PublishRequest {
+        updates: vec![update(by_id_number(1), pb::HealthColour::Green, 1_000)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        gate.authorize(tap(card("1000000000000001")))
+            .await
+            .unwrap()
+            .into_inner()
+            .reason(),
+        Reason::HealthYellow
+    );
+}
+
+#[tokio::test]
+async fn bad_updates_are_rejected_by_index_and_the_good_ones_applied() {
+    let (gateway, _) = GatewayBuilder::new().feed().card("1000000000000002", 2).start().await;
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let bad_id = "110105194912310021"; // wrong check digit
+    let updates = vec![
+        update(
+            pb::status_update::Subject::IdNumber(bad_id.into()),
+            pb::HealthColour::Red,
+            now().0,
+        ),
+        update(by_id_number(2), pb::HealthColour::Green, now().0),
+        pb::StatusUpdate {
+            subject: None,
+            colour: 1,
+            set_at_unix_ms: 5,
+            negative_test_at_unix_ms: 0,
+        },
+        pb::StatusUpdate {
+            colour: 9,
+            ..update(by_id_number(3), pb::HealthColour::Green, now().0)
+        },
+        update(by_id_number(4), pb::HealthColour::Green, 0),
+        update(
+            pb::status_update::Subject::Identity("not-hex".into()),
+            pb::HealthColour::Green,
+            now().0,
+        ),
+    ];
+    let response = feed.publish(pb::PublishRequest { updates }).await.unwrap().into_inner();
+    assert_eq!(response.applied, 1);
+    let rejected: Vec<(u32, &str)> = response.rejected.iter().map(|r| (r.index, r.reason.as_str())).collect();
+    assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 2, 3, 4, 5]);
+    assert!(
+        rejected[0].1.contains("check digit") && !rejected[0].1.contains(bad_id),
+        "{}",
+        rejected[0].1
+    );
+    assert!(rejected[2].1.contains("colour: unknown value 9"), "{}", rejected[2].1);
+    let mut gate = gateway.gate().await;
+    let response = gate
+        .authorize(tap(card("1000000000000002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        outcome(&response),
+        (Verdict::Allow, Reason::HealthGreen),
+        "the good row landed"
+    );
+}
+
+#[tokio::test]
+async fn oversized_batches_are_refused_and_a_disabled_feed_is_unimplemented() {
+    let (gateway, _) = GatewayBuilder::new().feed().start().await;
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let updates = vec![update(by_id_number(1), pb::HealthColour::Green, 5); 10_001];
+    let status = feed.publish(pb::PublishRequest { updates }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let (closed, _) = GatewayBuilder::new().start().await;
+    let status = HealthFeedClient::new(closed.channel().await)
+        .publish(pb::PublishRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}

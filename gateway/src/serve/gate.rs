@@ -91,21 +91,33 @@ impl pb::gate_server::Gate for GateService {
         let drained = async move {
             let _ = draining.wait_for(|d| *d).await;
         };
-        let this = self.clone();
-        let results = request
+        // Taps received before a broken message are still answered; then the stream
+        // ends with the error (tonic cannot resynchronise after an undecodable message).
+        let (broken_tx, broken_rx) = tokio::sync::oneshot::channel::<Status>();
+        let taps = request
             .into_inner()
             .take_until(drained)
-            .map(move |item| {
-                let this = this.clone();
-                async move {
-                    match item {
-                        Ok(message) => Ok(this.tap(message).await),
-                        // An undecodable message ends the stream (tonic cannot resync).
-                        Err(status) => Err(status),
+            .scan(Some(broken_tx), |broken_tx, item| {
+                std::future::ready(match item {
+                    Ok(message) => Some(message),
+                    Err(status) => {
+                        if let Some(tx) = broken_tx.take() {
+                            let _ = tx.send(status);
+                        }
+                        None
                     }
-                }
+                })
+            });
+        let this = self.clone();
+        let answers = taps
+            .map(move |message| {
+                let this = this.clone();
+                async move { this.tap(message).await }
             })
-            .buffer_unordered(self.stream_concurrency);
+            .buffer_unordered(self.stream_concurrency)
+            .map(Ok);
+        let broken = futures::stream::once(broken_rx).filter_map(|r| std::future::ready(r.ok().map(Err)));
+        let results = answers.chain(broken);
         Ok(Response::new(Box::pin(results)))
     }
 }

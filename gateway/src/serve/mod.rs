@@ -28,7 +28,11 @@ use crate::app::App;
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
 /// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
 /// flushed.
-pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = Arc::new(app);
     let server_config = app.config.server.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -75,7 +79,17 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     );
 
     let addr = listener.local_addr().context("listener address")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The drain runs while the server keeps serving: NOT_SERVING first, then (after
+    // `drain_delay`) open streams are told to finish and tonic stops accepting.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!(delay = ?server_config.drain_delay, "shutting down: draining");
+        health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
+        tokio::time::sleep(server_config.drain_delay).await;
+        let _ = draining_tx.send(true);
+        let _ = drained_tx.send(());
+    };
     let server = Server::builder()
         // Gates send small requests and wait for each answer: never delay a packet.
         .tcp_nodelay(true)
@@ -89,27 +103,21 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
         .accept_http1(true)
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
     tracing::info!(%addr, feed = app.config.health.feed_enabled, "ridegate serving");
 
-    tokio::pin!(server);
+    let grace_expired = async {
+        if drained_rx.await.is_ok() {
+            tokio::time::sleep(server_config.drain_grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let outcome = tokio::select! {
-        result = &mut server => result.context("server failed"),
-        () = shutdown => {
-            tracing::info!("shutting down: draining");
-            health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
-            tokio::time::sleep(server_config.drain_delay).await;
-            let _ = draining_tx.send(true);
-            let _ = stop_tx.send(());
-            match tokio::time::timeout(server_config.drain_grace, &mut server).await {
-                Ok(result) => result.context("server failed while draining"),
-                Err(_) => {
-                    tracing::warn!(grace = ?server_config.drain_grace, "drain grace expired; closing remaining connections");
-                    Ok(())
-                }
-            }
+        result = server => result.context("server failed"),
+        () = grace_expired => {
+            tracing::warn!(grace = ?server_config.drain_grace, "drain grace expired; closing remaining connections");
+            Ok(())
         }
     };
     app.audit.close();

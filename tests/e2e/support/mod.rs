@@ -83,6 +83,8 @@ pub struct GatewayBuilder {
     extra_toml: String,
     feed: bool,
     env: Vec<(String, String)>,
+    args: Vec<String>,
+    server: String,
 }
 
 /// A running gateway process.
@@ -111,6 +113,8 @@ impl GatewayBuilder {
             extra_toml: String::new(),
             feed: false,
             env: Vec::new(),
+            args: Vec::new(),
+            server: String::new(),
         }
     }
 
@@ -205,6 +209,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a line to the `[server]` section.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push_str(line);
+        self.server.push('\n');
+        self
+    }
+
+    /// Adds a command-line argument after `serve --config … --ready-file …`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
     /// The issuers configured so far.
     pub fn issuers(&self) -> &[Issuer] {
         &self.issuers
@@ -221,7 +238,10 @@ impl GatewayBuilder {
             .arg(&config)
             .arg("--ready-file")
             .arg(dir.path().join("ready.json"))
+            .args(&self.args)
             .env_remove("RIDEGATE_LISTEN")
+            .env_remove("RIDEGATE_AUDIT")
+            .env_remove("RIDEGATE_CONFIG")
             .env_remove("RIDEGATE_IDENTITY_SECRET")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
@@ -234,8 +254,9 @@ impl GatewayBuilder {
 
     fn write_files(&self, dir: &Path) -> PathBuf {
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n\n[identity]\nsecret = \"{SECRET}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
              [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
+            self.server,
             dir.join("audit.jsonl").display()
         );
         let links = dir.join("links.jsonl");
@@ -335,6 +356,11 @@ impl Gateway {
             .expect("exits within 20 s")
             .expect("wait");
         (exit, self)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// Whether the process is still running.

@@ -69,7 +69,31 @@ pub async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Bytes)
     }
     RawResponse {
         status: header("grpc-status").parse().unwrap_or(-1),
-        message: header("grpc-message"),
+        message: percent_decode(&header("grpc-message")),
         messages,
     }
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
