@@ -1,6 +1,8 @@
 //! A sharded map whose entries expire: the embedded store behind single-use and
-//! idempotency records. Expired entries are invisible at once and are swept from a
-//! shard at most once per sweep interval, on the next write to it.
+//! idempotency records. Expired entries are invisible at once. A shard is swept on a
+//! write once a second, or sooner when it has doubled since its last sweep — so the
+//! map stays within about twice its live entries at any write rate, and sweeping stays
+//! amortised O(1) per write.
 
 use std::collections::HashMap;
 
@@ -15,7 +17,11 @@ const SWEEP_INTERVAL_MS: i64 = 1_000;
 struct Shard<V> {
     entries: HashMap<[u8; 16], (V, UnixMillis), IdHasher>,
     next_sweep: UnixMillis,
+    sweep_at_len: usize,
 }
+
+/// Shards smaller than this are only swept by time.
+const MIN_SWEEP_LEN: usize = 256;
 
 /// Maps 16-byte ids to values until each value's expiry time.
 pub(crate) struct ExpiringMap<V> {
@@ -29,6 +35,7 @@ impl<V: Clone> ExpiringMap<V> {
                 Mutex::new(Shard {
                     entries: HashMap::with_hasher(IdHasher),
                     next_sweep: UnixMillis(0),
+                    sweep_at_len: MIN_SWEEP_LEN,
                 })
             })
             .collect();
@@ -70,9 +77,10 @@ impl<V: Clone> ExpiringMap<V> {
 
 impl<V> Shard<V> {
     fn sweep(&mut self, now: UnixMillis) {
-        if now >= self.next_sweep {
+        if now >= self.next_sweep || self.entries.len() >= self.sweep_at_len {
             self.entries.retain(|_, (_, until)| *until > now);
             self.next_sweep = now.plus_ms(SWEEP_INTERVAL_MS);
+            self.sweep_at_len = (2 * self.entries.len()).max(MIN_SWEEP_LEN);
         }
     }
 }
@@ -101,6 +109,29 @@ mod tests {
         );
         assert_eq!(map.len(), 2, "the expired entry was replaced, not kept beside");
         assert_eq!(map.get(&[9u8; 16], UnixMillis(2_000)), Some(5));
+    }
+
+    #[test]
+    fn a_shard_that_doubles_is_swept_before_the_second_is_up() {
+        let map = ExpiringMap::new();
+        // Fill shard 0 with entries that expire at t=10, then keep writing live ones to
+        // it within the same second: the expired ones go once the shard has doubled.
+        for i in 0..MIN_SWEEP_LEN as u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            map.insert_if_absent(key, 0, UnixMillis(10), UnixMillis(0));
+        }
+        for i in 0..MIN_SWEEP_LEN as u32 {
+            let mut key = [1u8; 16];
+            key[15] = 0;
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            map.insert_if_absent(key, 1, UnixMillis(900), UnixMillis(20));
+        }
+        assert!(
+            map.len() < 2 * MIN_SWEEP_LEN,
+            "expired entries were swept early: {}",
+            map.len()
+        );
     }
 
     #[test]

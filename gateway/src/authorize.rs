@@ -226,7 +226,7 @@ impl Authorizer {
                     Ok(None) => Subject::NotLinked,
                     Ok(Some(identity)) => {
                         trace.identity = Some(identity);
-                        Subject::Linked(self.health.lookup(identity, deadline).await)
+                        Subject::Linked(self.health.lookup(identity, now, deadline).await)
                     }
                     Err(_) => Subject::Linked(HealthView::Unavailable),
                 }

@@ -92,9 +92,14 @@ impl<S> Clone for HealthCache<S> {
 impl<S: HealthSource> HealthCache<S> {
     /// A cache over `source`.
     pub fn new(source: Arc<S>, settings: CacheSettings, clock: Clock) -> Self {
+        // No moka expiry policy: it would read the clock and keep timestamps on every
+        // `get`. Each entry carries its confirmation time and `lookup` judges its age;
+        // entries past `max_staleness` are never used and age out by capacity.
+        // LRU rather than TinyLFU: the cache is sized for the active population, so
+        // recency is the signal, and LRU skips the frequency sketch on every read.
         let entries = moka::sync::Cache::builder()
             .max_capacity(settings.capacity)
-            .time_to_live(settings.max_staleness)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build_with_hasher(IdHasher);
         Self {
             inner: Arc::new(Inner {
@@ -110,22 +115,42 @@ impl<S: HealthSource> HealthCache<S> {
         }
     }
 
-    /// What is known of `identity`'s status, by `deadline` at the latest.
-    pub async fn lookup(&self, identity: IdentityId, deadline: Instant) -> HealthView {
-        let inner = &self.inner;
-        let now = inner.clock.now();
-        let cached = inner.entries.get(&identity);
-        if let Some(entry) = cached {
-            let age_ms = now.since(entry.confirmed_at);
-            if age_ms < inner.ttl_ms {
-                inner.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return HealthView::Known {
-                    status: entry.status,
-                    age_ms: age_ms.max(0),
-                    degraded: false,
-                };
-            }
+    /// What is known of `identity`'s status at `now`, by `deadline` at the latest. A
+    /// fresh entry answers at once; only a miss or a stale entry waits for the source.
+    pub async fn lookup(&self, identity: IdentityId, now: UnixMillis, deadline: Instant) -> HealthView {
+        match self.fresh(identity, now) {
+            Ok(view) => view,
+            Err(cached) => self.refresh(identity, cached, now, deadline).await,
         }
+    }
+
+    /// The fresh cached answer, or what is cached (if anything) when it is not fresh.
+    fn fresh(&self, identity: IdentityId, now: UnixMillis) -> Result<HealthView, Option<Entry>> {
+        let inner = &self.inner;
+        match inner.entries.get(&identity) {
+            Some(entry) if now.since(entry.confirmed_at) < inner.ttl_ms => {
+                inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+                let age_ms = now.since(entry.confirmed_at).max(0);
+                Ok(HealthView::Known {
+                    status: entry.status,
+                    age_ms,
+                    degraded: false,
+                })
+            }
+            cached => Err(cached),
+        }
+    }
+
+    /// Asks the source (joining a fetch in flight); falls back to the stale entry within
+    /// the staleness bound, else reports the status unavailable.
+    async fn refresh(
+        &self,
+        identity: IdentityId,
+        cached: Option<Entry>,
+        now: UnixMillis,
+        deadline: Instant,
+    ) -> HealthView {
+        let inner = &self.inner;
         inner.stats.misses.fetch_add(1, Ordering::Relaxed);
         let fetch = self.fetch(identity);
         // With the budget already spent, do not even wait one poll: answer now, and let
@@ -290,13 +315,13 @@ mod tests {
         let id = IdentityId([1; 16]);
         source.store.put(id, status(Colour::Green, T0));
         let cache = HealthCache::new(source.clone(), settings(), clock.clone());
-        let view = cache.lookup(id, deadline_in(100)).await;
+        let view = cache.lookup(id, clock.now(), deadline_in(100)).await;
         assert!(
             matches!(view, HealthView::Known { status: Some(s), degraded: false, .. } if s.colour == Colour::Green)
         );
         clock.advance(Duration::from_secs(29));
         assert_eq!(
-            cache.lookup(id, deadline_in(100)).await,
+            cache.lookup(id, clock.now(), deadline_in(100)).await,
             HealthView::Known {
                 status: Some(status(Colour::Green, T0)),
                 age_ms: 29_000,
@@ -305,7 +330,7 @@ mod tests {
         );
         assert_eq!(source.calls.load(Ordering::SeqCst), 1);
         clock.advance(Duration::from_secs(2));
-        cache.lookup(id, deadline_in(100)).await;
+        cache.lookup(id, clock.now(), deadline_in(100)).await;
         assert_eq!(source.calls.load(Ordering::SeqCst), 2, "refetched after the ttl");
     }
 
@@ -316,7 +341,7 @@ mod tests {
         let id = IdentityId([2; 16]);
         for _ in 0..3 {
             assert_eq!(
-                cache.lookup(id, deadline_in(100)).await,
+                cache.lookup(id, T0, deadline_in(100)).await,
                 HealthView::Known {
                     status: None,
                     age_ms: 0,
@@ -333,7 +358,7 @@ mod tests {
         *source.delay.lock() = Duration::from_millis(20);
         let cache = HealthCache::new(source.clone(), settings(), Clock::manual(T0));
         let id = IdentityId([3; 16]);
-        let lookups: Vec<_> = (0..1_000).map(|_| cache.lookup(id, deadline_in(100))).collect();
+        let lookups: Vec<_> = (0..1_000).map(|_| cache.lookup(id, T0, deadline_in(100))).collect();
         let views = futures::future::join_all(lookups).await;
         assert!(
             views
@@ -350,11 +375,11 @@ mod tests {
         let id = IdentityId([4; 16]);
         source.store.put(id, status(Colour::Red, T0));
         let cache = HealthCache::new(source.clone(), settings(), clock.clone());
-        cache.lookup(id, deadline_in(100)).await;
+        cache.lookup(id, clock.now(), deadline_in(100)).await;
         *source.delay.lock() = Duration::from_millis(500);
         clock.advance(Duration::from_secs(60));
         let started = Instant::now();
-        let view = cache.lookup(id, deadline_in(100)).await;
+        let view = cache.lookup(id, clock.now(), deadline_in(100)).await;
         assert_eq!(
             Instant::now() - started,
             Duration::from_millis(100),
@@ -370,7 +395,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(1)).await; // let the slow fetch land
         clock.advance(Duration::from_secs(601));
-        let view = cache.lookup(id, deadline_in(100)).await;
+        let view = cache.lookup(id, clock.now(), deadline_in(100)).await;
         assert_eq!(view, HealthView::Unavailable, "past max staleness");
     }
 
@@ -380,7 +405,7 @@ mod tests {
         *source.failing.lock() = true;
         let cache = HealthCache::new(source, settings(), Clock::manual(T0));
         assert_eq!(
-            cache.lookup(IdentityId([5; 16]), deadline_in(100)).await,
+            cache.lookup(IdentityId([5; 16]), T0, deadline_in(100)).await,
             HealthView::Unavailable
         );
         assert_eq!(cache.stats().fetch_errors.load(Ordering::Relaxed), 1);
@@ -393,10 +418,10 @@ mod tests {
         let id = IdentityId([6; 16]);
         source.store.put(id, status(Colour::Green, T0));
         let cache = HealthCache::new(source.clone(), settings(), clock.clone());
-        cache.lookup(id, deadline_in(100)).await;
+        cache.lookup(id, clock.now(), deadline_in(100)).await;
         cache.store(id, status(Colour::Red, T0.plus_ms(10)));
         cache.store(id, status(Colour::Green, T0.plus_ms(5)));
-        let HealthView::Known { status: Some(s), .. } = cache.lookup(id, deadline_in(100)).await else {
+        let HealthView::Known { status: Some(s), .. } = cache.lookup(id, clock.now(), deadline_in(100)).await else {
             panic!()
         };
         assert_eq!(s.colour, Colour::Red);

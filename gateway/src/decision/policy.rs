@@ -177,7 +177,7 @@ impl Policy {
             return by_colour;
         }
         match self.test_window_ms {
-            Some(window) if !status.negative_test_at.is_some_and(|t| now.since(t) <= window) => {
+            Some(window) if status.negative_test_at.is_none_or(|t| now.since(t) > window) => {
                 (self.test_missing, Reason::TestMissing)
             }
             _ => by_colour,

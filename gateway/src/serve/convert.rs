@@ -43,9 +43,9 @@ fn name(field: &'static str, value: String, required: bool) -> Result<String, In
 }
 
 /// Reads an open protobuf enum: unset and unknown values are both errors.
-fn known<E: TryFrom<i32>>(field: &'static str, raw: i32, unset: E) -> Result<E, InvalidRequest>
+fn known<E>(field: &'static str, raw: i32, unset: E) -> Result<E, InvalidRequest>
 where
-    E: PartialEq,
+    E: TryFrom<i32> + PartialEq,
 {
     match E::try_from(raw) {
         Ok(value) if value == unset => Err(invalid(field, "is required")),

@@ -14,9 +14,9 @@ use anyhow::Context as _;
 use ridegate_proto::pb::gate_server::GateServer;
 use ridegate_proto::pb::health_feed_server::HealthFeedServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 pub use convert::InvalidRequest;
 pub use deadline::{Deadlines, grpc_timeout};
@@ -90,10 +90,12 @@ pub async fn serve(
         let _ = draining_tx.send(true);
         let _ = drained_tx.send(());
     };
+    // Gates send small requests and wait for each answer: never delay a packet (the
+    // builder's own nodelay setting does not reach a listener we bound ourselves).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(server_config.tcp_keepalive));
     let server = Server::builder()
-        // Gates send small requests and wait for each answer: never delay a packet.
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(server_config.tcp_keepalive))
         // Keep idle gate connections open through NATs and find dead ones.
         .http2_keepalive_interval(Some(server_config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(server_config.http2_keepalive_timeout))
@@ -103,7 +105,7 @@ pub async fn serve(
         // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
         .accept_http1(true)
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        .serve_with_incoming_shutdown(incoming, drain);
     tracing::info!(%addr, feed = app.config.health.feed_enabled, "ridegate serving");
 
     let grace_expired = async {

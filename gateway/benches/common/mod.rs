@@ -1,0 +1,211 @@
+//! The world the decision benchmarks run in: one million riders, each with a card and a
+//! ride account at two issuers (ES256 and EdDSA), green and tested, every status cached.
+
+#![allow(dead_code, unreachable_pub)] // each benchmark uses part of it
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ED25519, ParsedPublicKey, VerificationAlgorithm};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use ridegate::authorize::{Authorizer, Parts};
+use ridegate::cache::{CacheSettings, HealthCache};
+use ridegate::config::PolicyConfig;
+use ridegate::decision::{GateContext, GateRequest, Policy};
+use ridegate_adapters::audit::JsonLinesAudit;
+use ridegate_adapters::clock::Clock;
+use ridegate_adapters::credential::Credential;
+use ridegate_adapters::credential::LinkKey;
+use ridegate_adapters::credential::ride_code::{
+    CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
+};
+use ridegate_adapters::health::MemoryHealth;
+use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
+use ridegate_adapters::link::MemoryLinks;
+use ridegate_adapters::model::{Colour, Direction, HealthStatus, UnixMillis};
+use tokio::time::Instant;
+
+pub const RIDERS: u64 = 1_000_000;
+
+pub fn card_number(i: u64) -> String {
+    format!("1000{i:012}")
+}
+
+/// A fixed shuffle of `0..n`, so lookups land on cold cache lines as real taps do.
+pub fn shuffled(n: u64) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in (1..order.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        order.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+pub struct World {
+    pub authorizer: Authorizer,
+    pub minters: Vec<(SigningAlg, CodeMinter)>,
+    pub phones: Vec<(SigningAlg, DeviceCodeMinter)>,
+    pub keys: Vec<(SigningAlg, Jwk)>,
+}
+
+/// One million riders, each with a card and a ride account at every issuer, green and
+/// tested, all cached.
+pub fn world(rt: &tokio::runtime::Runtime) -> World {
+    let clock = Clock::System;
+    let now = clock.now();
+    let pseudonymizer = Pseudonymizer::new(b"benchmark-secret-0123456789").unwrap();
+    let mut specs = Vec::new();
+    let mut minters = Vec::new();
+    let mut keys = Vec::new();
+    for (id, alg) in [("yitongxing", SigningAlg::Es256), ("alipay", SigningAlg::EdDsa)] {
+        let key = SigningKey::generate(alg, format!("{id}-1")).unwrap();
+        keys.push((alg, key.public_jwk().unwrap()));
+        specs.push(IssuerSpec {
+            id: id.into(),
+            name: id.into(),
+            algorithms: vec![alg, SigningAlg::EdDsa],
+            keys: vec![key.public_jwk().unwrap()],
+            max_lifetime: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(5),
+            device_certificates: true,
+            max_certificate_lifetime: Duration::from_secs(86_400 * 30),
+            revoked_certificates: Vec::new(),
+        });
+        minters.push((alg, CodeMinter::new(id, key)));
+    }
+    let verifier = RideCodeVerifier::new(&specs, VerifierLimits::default()).unwrap();
+    let links = Arc::new(MemoryLinks::default());
+    let statuses = Arc::new(MemoryHealth::default());
+    let status = HealthStatus {
+        colour: Colour::Green,
+        set_at: now,
+        negative_test_at: Some(now),
+    };
+    let mut identities = Vec::with_capacity(RIDERS as usize);
+    for i in 0..RIDERS {
+        let identity = IdentityId(pseudonymizer.request("rider", &i.to_string()).0);
+        links.insert(
+            pseudonymizer.credential(&LinkKey::Card {
+                number: &card_number(i),
+            }),
+            identity,
+        );
+        for issuer in ["yitongxing", "alipay"] {
+            let account = format!("acct-{i}");
+            links.insert(
+                pseudonymizer.credential(&LinkKey::RideAccount {
+                    issuer,
+                    account: &account,
+                }),
+                identity,
+            );
+        }
+        statuses.put(identity, status);
+        identities.push(identity);
+    }
+    let health = HealthCache::new(
+        statuses,
+        CacheSettings {
+            ttl: Duration::from_secs(3600),
+            max_staleness: Duration::from_secs(7200),
+            capacity: 2 * RIDERS,
+            fetch_timeout: Duration::from_secs(1),
+        },
+        clock.clone(),
+    );
+    rt.block_on(async {
+        let far = Instant::now() + Duration::from_secs(60);
+        for identity in &identities {
+            health.lookup(*identity, now, far).await;
+        }
+    });
+    let audit = Arc::new(JsonLinesAudit::new(Box::new(std::io::sink())).unwrap());
+    let authorizer = Authorizer::new(Parts {
+        clock,
+        pseudonymizer,
+        verifier,
+        links,
+        health,
+        policy: Policy::new(&PolicyConfig::default()),
+        suspend_electronic_tickets: true,
+        // Every benchmarked tap has a new request id, and the benchmark taps ~1,000× faster
+        // than a station group. A window of 0.2 s keeps the request-record map at about
+        // the size it has in service (400 taps/s × 120 s ≈ 48k) instead of 260k/s × 120 s.
+        retry_window: Duration::from_millis(200),
+        audit,
+        metrics: Arc::default(),
+    });
+    let phones = minters
+        .iter()
+        .map(|(alg, minter)| {
+            let device = SigningKey::generate(SigningAlg::EdDsa, "phone").unwrap();
+            let cert = minter
+                .device_certificate("acct-7", "cert-7", &device, now, Duration::from_secs(86_400))
+                .unwrap();
+            (*alg, DeviceCodeMinter::new(cert, device))
+        })
+        .collect();
+    World {
+        authorizer,
+        minters,
+        phones,
+        keys,
+    }
+}
+
+/// A tap with a request id unique to `series` and `n` (a reused id would be answered
+/// from its idempotency record).
+pub fn request(credential: Credential, series: &str, n: u64) -> GateRequest {
+    GateRequest {
+        request_id: format!("{series}-{n}"),
+        gate: GateContext {
+            gate_id: "L10-S07-G03".into(),
+            station_id: "S07".into(),
+            line_id: "L10".into(),
+            direction: Direction::Entry,
+            tapped_at: UnixMillis(0),
+            budget: None,
+        },
+        credential,
+    }
+}
+
+/// The public key of `jwk` parsed once, as ridegate holds it: the bare signature check
+/// every ride-code decision contains.
+pub fn parsed_key(jwk: &Jwk) -> ParsedPublicKey {
+    let (verification, public): (&'static dyn VerificationAlgorithm, Vec<u8>) = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) => {
+            let mut point = vec![4u8];
+            point.extend(URL_SAFE_NO_PAD.decode(&p.x).unwrap());
+            point.extend(URL_SAFE_NO_PAD.decode(&p.y).unwrap());
+            (&ECDSA_P256_SHA256_FIXED, point)
+        }
+        AlgorithmParameters::OctetKeyPair(p) => (&ED25519, URL_SAFE_NO_PAD.decode(&p.x).unwrap()),
+        _ => unreachable!("ridegate keys are EC or OKP"),
+    };
+    ParsedPublicKey::new(verification, public).unwrap()
+}
+
+/// A code's signed message and raw signature, for the bare check.
+pub fn message_and_signature(code: &str) -> (Vec<u8>, Vec<u8>) {
+    let (message, signature) = code.rsplit_once('.').unwrap();
+    (message.as_bytes().to_vec(), URL_SAFE_NO_PAD.decode(signature).unwrap())
+}
+
+/// A bare moka cache and a std HashMap over the same one-million-key working set.
+pub fn baseline_maps() -> (moka::sync::Cache<u64, u64>, HashMap<u64, u64>) {
+    let moka = moka::sync::Cache::new(2 * RIDERS);
+    let mut map = HashMap::with_capacity(RIDERS as usize);
+    for i in 0..RIDERS {
+        moka.insert(i, i);
+        map.insert(i, i);
+    }
+    moka.run_pending_tasks();
+    (moka, map)
+}
