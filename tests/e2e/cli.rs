@@ -180,3 +180,43 @@ async fn keys_generate_and_mint_produce_codes_the_server_accepts() {
     );
     assert_eq!(bad_key.status.code(), Some(2), "{}", stderr(&bad_key));
 }
+
+#[test]
+fn the_demo_runs_every_scenario_and_checks_its_own_answers() {
+    let output = ridegate(
+        &[
+            "demo",
+            "--taps",
+            "200",
+            "--code-taps",
+            "20",
+            "--riders",
+            "300",
+            "--concurrency",
+            "4",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    for row in [
+        "HEALTH_GREEN",
+        "HEALTH_YELLOW",
+        "HEALTH_RED",
+        "NOT_LINKED",
+        "CODE_REPLAYED",
+        "CODE_EXPIRED",
+        "CODE_BAD_SIGNATURE",
+        "EXIT",
+        "CHECK_SHADOW",
+        "[would be DENY HEALTH_RED]",
+        "[stored answer]",
+        "p99 ms",
+    ] {
+        assert!(stdout.contains(row), "demo output lacks {row}:\n{stdout}");
+    }
+    assert!(
+        !stdout.lines().any(|l| l.get(2..3) == Some("!")),
+        "a scenario got an unexpected answer:\n{stdout}"
+    );
+}
