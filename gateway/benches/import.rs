@@ -40,7 +40,7 @@ fn write_population(path: &std::path::Path, links: u64) {
                 .unwrap();
             written += 1;
         }
-        if written < links && rider % 2 == 0 {
+        if written < links && rider.is_multiple_of(2) {
             writeln!(
                 out,
                 r#"{{"card": {{"number": "2000{rider:012}"}}, "id_number": "{id}"}}"#
