@@ -4,7 +4,11 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/ridegate/v1/gate.proto", "proto/ridegate/v1/health_feed.proto"];
+const PROTOS: &[&str] = &[
+    "proto/ridegate/v1/gate.proto",
+    "proto/ridegate/v1/health_feed.proto",
+    "proto/ridegate/v1/links.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
@@ -13,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
     };
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("ridegate_descriptor.bin"))
         // Malformed request bytes are the caller's fault: INVALID_ARGUMENT, not INTERNAL.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod caller;
 pub mod clock;
 pub mod credential;
 mod expiring;

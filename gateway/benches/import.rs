@@ -75,8 +75,9 @@ fn main() {
         let store = MemoryLinks::default();
         let started = Instant::now();
         let file = std::fs::File::open(&path).unwrap();
-        let report = read_links(BufReader::with_capacity(1 << 20, file), &pseudonymizer, |c, i| {
-            store.insert(c, i);
+        let now = ridegate_adapters::clock::Clock::System.now();
+        let report = read_links(BufReader::with_capacity(1 << 20, file), &pseudonymizer, now, |c, record| {
+            store.link_now(c, &record).map(drop).map_err(|e| e.to_string())
         })
         .unwrap();
         let elapsed = started.elapsed();

@@ -6,18 +6,23 @@ use std::io::BufReader;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use std::collections::HashSet;
+
 use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
+use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifierLimits};
 use ridegate_adapters::health::{MemoryHealth, read_statuses};
 use ridegate_adapters::ids::Pseudonymizer;
 use ridegate_adapters::lines::ImportReport;
 use ridegate_adapters::link::{MemoryLinks, read_links};
+use ridegate_adapters::model::UnixMillis;
 
 use crate::authorize::{Authorizer, Parts};
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
 use crate::decision::Policy;
+use crate::linking::LinkRules;
 use crate::metrics::Metrics;
 
 /// A built ridegate: the decision path and the stores the services share.
@@ -38,6 +43,14 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The audit writer.
     pub audit: Arc<JsonLinesAudit>,
+    /// Verifies caller tokens for the link service and the health feed.
+    pub callers: Arc<CallerVerifier>,
+    /// The linking rules.
+    pub link_rules: LinkRules,
+    /// Issuers whose ride accounts may be linked.
+    pub issuer_ids: HashSet<String>,
+    /// The wall clock.
+    pub clock: Clock,
 }
 
 impl App {
@@ -59,6 +72,13 @@ impl App {
             certificate_cache_capacity: config.ride_codes.certificate_cache_capacity,
         };
         let verifier = RideCodeVerifier::new(&specs, limits).context("issuers")?;
+        let issuer_ids: HashSet<String> = specs.iter().map(|s| s.id.clone()).collect();
+        let callers = Arc::new(
+            CallerVerifier::new(&config.caller_keys()?, config.callers.clock_skew).context("callers: a caller key")?,
+        );
+        if !callers.is_configured() {
+            tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");
+        }
         let keyed: Vec<&str> = specs
             .iter()
             .filter(|s| !s.keys.is_empty())
@@ -66,12 +86,16 @@ impl App {
             .collect();
         tracing::info!(issuers = specs.len(), with_keys = ?keyed, "ride-code issuers loaded");
 
-        let links = Arc::new(MemoryLinks::default());
+        let links = Arc::new(MemoryLinks::new(config.links.second_card));
         if let Some(path) = &config.links.file {
             let file = File::open(path).with_context(|| format!("links.file: cannot open {}", path.display()))?;
-            let report = read_links(BufReader::with_capacity(1 << 20, file), &pseudonymizer, |c, i| {
-                links.insert(c, i);
-            })
+            let now = clock.now();
+            let report = read_links(
+                BufReader::with_capacity(1 << 20, file),
+                &pseudonymizer,
+                now,
+                |c, record| links.link_now(c, &record).map(drop).map_err(|e| e.to_string()),
+            )
             .with_context(|| format!("links.file: cannot read {}", path.display()))?;
             log_import("links", &report);
         }
@@ -97,7 +121,7 @@ impl App {
         let audit = Arc::new(open_audit(&config.audit.path)?);
         let metrics = Arc::new(Metrics::default());
         let authorizer = Arc::new(Authorizer::new(Parts {
-            clock,
+            clock: clock.clone(),
             pseudonymizer: pseudonymizer.clone(),
             verifier,
             links: links.clone(),
@@ -108,6 +132,11 @@ impl App {
             audit: audit.clone() as Arc<dyn AuditSink>,
             metrics: metrics.clone(),
         }));
+        let link_rules = LinkRules {
+            full_card_digits: config.links.full_card_digits,
+            suspend_electronic_tickets: config.policy.electronic_single_journey_suspended,
+            utc_offset_ms: i64::from(config.links.utc_offset_minutes) * 60_000,
+        };
         Ok(Self {
             config,
             authorizer,
@@ -117,7 +146,17 @@ impl App {
             pseudonymizer,
             metrics,
             audit,
+            callers,
+            link_rules,
+            issuer_ids,
+            clock,
         })
+    }
+
+    /// Removes day-bound links (single-journey tickets) that have stopped resolving.
+    pub fn sweep_links(&self) -> usize {
+        let now: UnixMillis = self.clock.now();
+        self.links.sweep_expired(now)
     }
 
     /// The Prometheus text for `GET /metrics`.

@@ -222,7 +222,7 @@ impl Authorizer {
             Some(key) => {
                 let credential = self.pseudonymizer.credential(&key);
                 trace.credential = Some(credential);
-                match self.links.resolve(credential).await {
+                match self.links.resolve(credential, now).await {
                     Ok(None) => Subject::NotLinked,
                     Ok(Some(identity)) => {
                         trace.identity = Some(identity);

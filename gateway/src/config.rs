@@ -13,6 +13,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use ridegate_adapters::credential::ride_code::{IssuerSpec, SigningAlg, VerifierLimits};
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
+use ridegate_adapters::link::SecondCard;
 use ridegate_adapters::model::{Mode, Verdict};
 use serde::Deserialize;
 
@@ -69,7 +70,9 @@ pub struct Config {
     pub ride_codes: RideCodeConfig,
     /// Ride-code issuers by id, merged onto the built-in list.
     pub issuers: BTreeMap<String, IssuerConfig>,
-    /// The embedded link store.
+    /// Keys that sign caller tokens (link service, health feed).
+    pub callers: CallersConfig,
+    /// The embedded link store and the linking rules.
     pub links: LinksConfig,
     /// The health-status source and cache.
     pub health: HealthConfig,
@@ -248,12 +251,55 @@ pub const BUILTIN_ISSUERS: [(&str, &str); 9] = [
     ("chongqing-metro", "重庆轨道交通 (Chongqing)"),
 ];
 
+/// `[callers]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallersConfig {
+    /// JWK Set of the keys that sign caller tokens (ES256 / EdDSA, distinct `kid`s).
+    pub jwks_file: Option<PathBuf>,
+    /// The same keys inline, as JWKs (added to those from `jwks_file`).
+    pub keys: Vec<toml::Table>,
+    /// Clock skew tolerated on a token's `exp` and `iat`.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+}
+
+impl Default for CallersConfig {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            keys: Vec::new(),
+            clock_skew: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[links]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LinksConfig {
     /// JSON-lines file of links imported at start-up (see `ridegate_adapters::link`).
     pub file: Option<PathBuf>,
+    /// Digits in a full card number: what the upgrade service and ticket windows must
+    /// be given (phone apps show only part of it).
+    pub full_card_digits: usize,
+    /// A second physical (or NFC) card for the same rider: `replace` the first, or
+    /// `refuse` until it is unlinked.
+    pub second_card: SecondCard,
+    /// The local time zone's offset from UTC, in minutes (Beijing: 480): a single-journey
+    /// ticket is bound until the end of its local day of sale.
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for LinksConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            full_card_digits: 16,
+            second_card: SecondCard::Replace,
+            utc_offset_minutes: 480,
+        }
+    }
 }
 
 /// `[health]`
@@ -436,6 +482,12 @@ impl Config {
                 "must be between 1 and server.max_request_bytes",
             ));
         }
+        if !(8..=20).contains(&self.links.full_card_digits) {
+            return Err(invalid("links.full_card_digits", "must be between 8 and 20"));
+        }
+        if !(-14 * 60..=14 * 60).contains(&self.links.utc_offset_minutes) {
+            return Err(invalid("links.utc_offset_minutes", "must be between -840 and 840"));
+        }
         if self.audit.path.is_empty() {
             return Err(invalid("audit.path", "must be - (stdout) or a file path"));
         }
@@ -457,6 +509,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The caller-token keys.
+    pub fn caller_keys(&self) -> Result<Vec<jsonwebtoken::jwk::Jwk>, ConfigError> {
+        load_jwks("callers", self.callers.jwks_file.as_deref(), &self.callers.keys)
     }
 
     /// The enabled issuers, built-in ones first, with their keys loaded.
@@ -502,19 +559,29 @@ impl Config {
 }
 
 fn issuer_keys(id: &str, issuer: &IssuerConfig) -> Result<Vec<jsonwebtoken::jwk::Jwk>, ConfigError> {
+    load_jwks(&format!("issuers.{id}"), issuer.jwks_file.as_deref(), &issuer.keys)
+}
+
+/// Keys from a JWK Set file and inline JWKs; errors name `<section>.jwks_file` or
+/// `<section>.keys[i]`.
+fn load_jwks(
+    section: &str,
+    file: Option<&Path>,
+    inline: &[toml::Table],
+) -> Result<Vec<jsonwebtoken::jwk::Jwk>, ConfigError> {
     let mut keys = Vec::new();
-    if let Some(path) = &issuer.jwks_file {
-        let field = format!("issuers.{id}.jwks_file");
+    if let Some(path) = file {
+        let field = format!("{section}.jwks_file");
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid(&field, format!("cannot read {}: {e}", path.display())))?;
         let set: JwkSet = serde_json::from_str(&text)
             .map_err(|e| invalid(&field, format!("{} is not a JWK Set: {e}", path.display())))?;
         keys.extend(set.keys);
     }
-    for (index, table) in issuer.keys.iter().enumerate() {
+    for (index, table) in inline.iter().enumerate() {
         let jwk = serde_json::to_value(table)
             .and_then(serde_json::from_value)
-            .map_err(|e| invalid(format!("issuers.{id}.keys[{index}]"), format!("not a JWK: {e}")))?;
+            .map_err(|e| invalid(format!("{section}.keys[{index}]"), format!("not a JWK: {e}")))?;
         keys.push(jwk);
     }
     Ok(keys)

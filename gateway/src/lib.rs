@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod linking;
 pub mod metrics;
 pub mod serve;
 pub mod telemetry;

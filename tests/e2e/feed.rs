@@ -1,5 +1,6 @@
 //! Health statuses pushed at run time through `ridegate.v1.HealthFeed`.
 
+use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::ids::{Pseudonymizer, ResidentId, synthetic_resident_id};
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
@@ -42,13 +43,11 @@ async fn a_pushed_status_changes_the_very_next_tap() {
         Verdict::Allow
     );
 
-    let published = feed
-        .publish(pb::PublishRequest {
-            updates: vec![update(by_id_number(1), pb::HealthColour::Red, now().0)],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
+    let red = pb::PublishRequest {
+        updates: vec![update(by_id_number(1), pb::HealthColour::Red, now().0)],
+    };
+    let published = feed.publish(authed(red, &token)).await.unwrap().into_inner();
     assert_eq!((published.applied, published.rejected.len()), (1, 0));
     let response = gate
         .authorize(tap(card("1000000000000001")))
@@ -63,11 +62,10 @@ async fn a_pushed_status_changes_the_very_next_tap() {
         .identity(&ResidentId::parse(&synthetic_resident_id(1)).unwrap())
         .to_string();
     let subject = pb::status_update::Subject::Identity(pseudonym);
-    feed.publish(pb::PublishRequest {
+    let yellow = pb::PublishRequest {
         updates: vec![update(subject, pb::HealthColour::Yellow, now().0 + 1)],
-    })
-    .await
-    .unwrap();
+    };
+    feed.publish(authed(yellow, &token)).await.unwrap();
     assert_eq!(
         gate.authorize(tap(card("1000000000000001")))
             .await
@@ -78,11 +76,10 @@ async fn a_pushed_status_changes_the_very_next_tap() {
     );
 
     // An update older than the status held changes nothing.
-    feed.publish(pb::PublishRequest {
+    let stale = pb::PublishRequest {
         updates: vec![update(by_id_number(1), pb::HealthColour::Green, 1_000)],
-    })
-    .await
-    .unwrap();
+    };
+    feed.publish(authed(stale, &token)).await.unwrap();
     assert_eq!(
         gate.authorize(tap(card("1000000000000001")))
             .await
@@ -122,7 +119,12 @@ async fn bad_updates_are_rejected_by_index_and_the_good_ones_applied() {
             now().0,
         ),
     ];
-    let response = feed.publish(pb::PublishRequest { updates }).await.unwrap().into_inner();
+    let token = gateway.token(CallerKind::BackEnd, "ops-console", None);
+    let response = feed
+        .publish(authed(pb::PublishRequest { updates }, &token))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.applied, 1);
     let rejected: Vec<(u32, &str)> = response.rejected.iter().map(|r| (r.index, r.reason.as_str())).collect();
     assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 2, 3, 4, 5]);
@@ -149,8 +151,12 @@ async fn bad_updates_are_rejected_by_index_and_the_good_ones_applied() {
 async fn oversized_batches_are_refused_and_a_disabled_feed_is_unimplemented() {
     let (gateway, _) = GatewayBuilder::new().feed().start().await;
     let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
     let updates = vec![update(by_id_number(1), pb::HealthColour::Green, 5); 10_001];
-    let status = feed.publish(pb::PublishRequest { updates }).await.unwrap_err();
+    let status = feed
+        .publish(authed(pb::PublishRequest { updates }, &token))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
     let (closed, _) = GatewayBuilder::new().start().await;
@@ -159,4 +165,23 @@ async fn oversized_batches_are_refused_and_a_disabled_feed_is_unimplemented() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn publishing_needs_a_health_platform_or_back_end_token() {
+    let (gateway, _) = GatewayBuilder::new().feed().start().await;
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let request = || pb::PublishRequest {
+        updates: vec![update(by_id_number(1), pb::HealthColour::Red, now().0)],
+    };
+    let status = feed.publish(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("Bearer"), "{}", status.message());
+    let status = feed.publish(authed(request(), "not.a.token")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let app = gateway.token(CallerKind::App, "alipay-backend", Some("alipay"));
+    assert_eq!(
+        feed.publish(authed(request(), &app)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }

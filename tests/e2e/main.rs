@@ -7,5 +7,6 @@ mod bad_input;
 mod cli;
 mod feed;
 mod gate;
+mod links;
 mod operations;
 mod support;

@@ -11,12 +11,19 @@
 //! and reason — never by its content — and the rest are imported.
 
 use std::io::BufRead;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::credential::{CardNumber, LinkKey, TicketKind, TicketNumber};
+use super::{Consent, LinkRecord, LinkTarget};
+use crate::caller::CallerKind;
+use crate::credential::{CardMedium, TicketKind};
 use crate::ids::{CredentialId, IdentityId, Pseudonymizer};
 use crate::lines::{ImportReport, for_each_line, json_error};
+use crate::model::UnixMillis;
+
+/// The caller id that links from a file are recorded as made by.
+pub const FILE_CALLER: &str = "links-file";
 
 /// One line of a links file.
 #[derive(Debug, Deserialize)]
@@ -33,54 +40,75 @@ pub struct LinkLine {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum CredentialLine {
-    RideAccount { issuer: String, account: String },
-    Card { number: String },
-    Ticket { kind: TicketKind, number: String },
+    RideAccount {
+        issuer: String,
+        account: String,
+    },
+    Card {
+        number: String,
+        #[serde(default = "physical")]
+        medium: CardMedium,
+    },
+    Ticket {
+        kind: TicketKind,
+        number: String,
+    },
+}
+
+fn physical() -> CardMedium {
+    CardMedium::Physical
 }
 
 impl LinkLine {
-    /// The credential and identity ids this line links, or why it cannot be used.
-    pub fn resolve(&self, pseudonymizer: &Pseudonymizer) -> Result<(CredentialId, IdentityId), String> {
-        let key = match &self.credential {
-            CredentialLine::RideAccount { issuer, account } => {
-                if issuer.is_empty() || account.is_empty() || account.len() > 128 {
-                    return Err("ride_account needs a non-empty issuer and an account of 1-128 bytes".into());
-                }
-                LinkKey::RideAccount { issuer, account }
-            }
-            CredentialLine::Card { number } => {
-                CardNumber::parse(number).map_err(|e| format!("card number {e}"))?;
-                LinkKey::Card { number }
-            }
-            CredentialLine::Ticket { kind, number } => {
-                TicketNumber::parse(number).map_err(|e| format!("ticket number {e}"))?;
-                LinkKey::Ticket { kind: *kind, number }
-            }
-        };
+    /// The credential this line links and its record (made by the back end, on a bulk
+    /// programme's consent, at `now`), or why it cannot be used.
+    pub fn resolve(
+        &self,
+        pseudonymizer: &Pseudonymizer,
+        now: UnixMillis,
+    ) -> Result<(CredentialId, LinkRecord), String> {
+        let target = match &self.credential {
+            CredentialLine::RideAccount { issuer, account } => LinkTarget::ride_account(issuer, account),
+            CredentialLine::Card { number, medium } => LinkTarget::card(*medium, number),
+            CredentialLine::Ticket { kind, number } => LinkTarget::ticket(*kind, number),
+        }
+        .map_err(|e| e.to_string())?;
         let identity = pseudonymizer
             .subject(self.id_number.as_deref(), self.identity)
             .map_err(|e| e.to_string())?;
-        Ok((pseudonymizer.credential(&key), identity))
+        let record = LinkRecord {
+            identity,
+            class: target.class(),
+            issuer: target.issuer().map(Arc::from),
+            tail: target.tail(),
+            linked_at: now,
+            linked_by: CallerKind::BackEnd,
+            caller_id: Arc::from(FILE_CALLER),
+            staff_operator_id: None,
+            consent: Consent::BulkProgramme,
+            valid_until: None,
+        };
+        Ok((pseudonymizer.credential(&target.key()), record))
     }
 }
 
-/// Reads links from `reader` and hands each good one to `store`. I/O errors end the
-/// import with an error; bad lines are counted and reported.
+/// Reads links from `reader` and hands each good one to `store`, which may refuse it
+/// (the store's rules) with a reason. I/O errors end the import with an error; bad or
+/// refused lines are counted and reported by number.
 pub fn read_links(
     reader: impl BufRead,
     pseudonymizer: &Pseudonymizer,
-    mut store: impl FnMut(CredentialId, IdentityId),
+    now: UnixMillis,
+    mut store: impl FnMut(CredentialId, LinkRecord) -> Result<(), String>,
 ) -> std::io::Result<ImportReport> {
     for_each_line(reader, |line_no, text, report| {
-        match serde_json::from_str::<LinkLine>(text) {
-            Ok(line) => match line.resolve(pseudonymizer) {
-                Ok((credential, identity)) => {
-                    store(credential, identity);
-                    report.imported += 1;
-                }
-                Err(reason) => report.reject(line_no, reason),
-            },
-            Err(e) => report.reject(line_no, json_error(&e)),
+        let outcome = serde_json::from_str::<LinkLine>(text)
+            .map_err(|e| json_error(&e))
+            .and_then(|line| line.resolve(pseudonymizer, now))
+            .and_then(|(credential, record)| store(credential, record));
+        match outcome {
+            Ok(()) => report.imported += 1,
+            Err(reason) => report.reject(line_no, reason),
         }
     })
 }
@@ -106,7 +134,11 @@ mod tests {
             "ab".repeat(16)
         );
         let mut stored = Vec::new();
-        let report = read_links(file.as_bytes(), &p, |c, i| stored.push((c, i))).unwrap();
+        let report = read_links(file.as_bytes(), &p, UnixMillis(5), |c, r| {
+            stored.push((c, r.identity));
+            Ok(())
+        })
+        .unwrap();
         assert_eq!((report.lines, report.imported, report.rejected), (7, 3, 4));
         let lines: Vec<u64> = report.first_rejections.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![4, 5, 6, 8]);

@@ -18,13 +18,14 @@ use ridegate::decision::{GateContext, GateRequest, Policy};
 use ridegate_adapters::audit::JsonLinesAudit;
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::Credential;
-use ridegate_adapters::credential::LinkKey;
+use ridegate_adapters::caller::CallerKind;
+use ridegate_adapters::credential::CardMedium;
 use ridegate_adapters::credential::ride_code::{
     CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
 };
 use ridegate_adapters::health::MemoryHealth;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
-use ridegate_adapters::link::MemoryLinks;
+use ridegate_adapters::link::{Consent, LinkRecord, LinkTarget, MemoryLinks};
 use ridegate_adapters::model::{Colour, Direction, HealthStatus, UnixMillis};
 use tokio::time::Instant;
 
@@ -87,24 +88,29 @@ pub fn world(rt: &tokio::runtime::Runtime) -> World {
         set_at: now,
         negative_test_at: Some(now),
     };
+    let caller: Arc<str> = Arc::from("benchmark");
     let mut identities = Vec::with_capacity(RIDERS as usize);
     for i in 0..RIDERS {
         let identity = IdentityId(pseudonymizer.request("rider", &i.to_string()).0);
-        links.insert(
-            pseudonymizer.credential(&LinkKey::Card {
-                number: &card_number(i),
-            }),
-            identity,
-        );
-        for issuer in ["yitongxing", "alipay"] {
-            let account = format!("acct-{i}");
-            links.insert(
-                pseudonymizer.credential(&LinkKey::RideAccount {
-                    issuer,
-                    account: &account,
-                }),
+        let targets = [
+            LinkTarget::card(CardMedium::Physical, &card_number(i)).unwrap(),
+            LinkTarget::ride_account("yitongxing", &format!("acct-{i}")).unwrap(),
+            LinkTarget::ride_account("alipay", &format!("acct-{i}")).unwrap(),
+        ];
+        for target in targets {
+            let record = LinkRecord {
                 identity,
-            );
+                class: target.class(),
+                issuer: target.issuer().map(Arc::from),
+                tail: target.tail(),
+                linked_at: now,
+                linked_by: CallerKind::BackEnd,
+                caller_id: caller.clone(),
+                staff_operator_id: None,
+                consent: Consent::BulkProgramme,
+                valid_until: None,
+            };
+            links.link_now(pseudonymizer.credential(&target.key()), &record).unwrap();
         }
         statuses.put(identity, status);
         identities.push(identity);

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::synthetic_resident_id;
 use ridegate_adapters::model::{Mode, UnixMillis};
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
+use ridegate_proto::pb::links_client::LinksClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tonic::transport::Channel;
 
@@ -47,6 +49,9 @@ const RED: u64 = 2;
 const UNTESTED: u64 = 3;
 const NO_RECORD: u64 = 4;
 const TURNS_RED: u64 = 5;
+const LINKS_ON_THE_SPOT: u64 = 6;
+/// A card number no rider has linked (beyond the population).
+const UNLINKED: u64 = 99_999_999;
 const GREEN: u64 = 10;
 
 fn card_number(rider: u64) -> String {
@@ -75,7 +80,7 @@ pub(super) fn run(args: DemoArgs) -> Result<(), Failure> {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    let (config, issuers) = prepare(dir.path(), args.riders)?;
+    let (config, issuers, callers) = prepare(dir.path(), args.riders)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind")?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -100,7 +105,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.riders
     );
 
-    let failures = table(&mut gate, &mut HealthFeedClient::new(channel), &issuers).await?;
+    let mut services = Services {
+        feed: HealthFeedClient::new(channel.clone()),
+        links: LinksClient::new(channel),
+        callers: &callers,
+    };
+    let failures = table(&mut gate, &mut services, &issuers).await?;
     latency(&gate, &issuers, &args).await?;
 
     let _ = stop_tx.send(());
@@ -118,8 +128,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Keys, population files and configuration in `dir`.
-fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers)> {
+fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers, CallerTokenMinter)> {
     let mut config = Config::default();
+    // The caller key that signs the health platform's and the upgrade service's tokens.
+    let caller_key = SigningKey::generate(SigningAlg::EdDsa, "callers-demo")?;
+    let callers_jwks = dir.join("callers.jwks.json");
+    std::fs::write(
+        &callers_jwks,
+        serde_json::json!({ "keys": [caller_key.public_jwk()?] }).to_string(),
+    )?;
+    config.callers.jwks_file = Some(callers_jwks);
     let mut minter = |id: &str, alg| -> anyhow::Result<CodeMinter> {
         let key = SigningKey::generate(alg, format!("{id}-demo"))?;
         let jwks = dir.join(format!("{id}.jwks.json"));
@@ -191,7 +209,7 @@ fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers)> {
     config.policy.stations.insert("S-SHADOW".into(), Mode::Shadow);
     config.audit.path = dir.join("audit.jsonl").display().to_string();
     config.validate()?;
-    Ok((config, issuers))
+    Ok((config, issuers, CallerTokenMinter::new(caller_key)))
 }
 
 fn now() -> UnixMillis {
@@ -241,10 +259,28 @@ fn phone(issuer: &CodeMinter, rider: u64) -> anyhow::Result<DeviceCodeMinter> {
     Ok(DeviceCodeMinter::new(cert, key))
 }
 
+/// The non-gate services the table drives, and the key for their callers' tokens.
+struct Services<'a> {
+    feed: HealthFeedClient<Channel>,
+    links: LinksClient<Channel>,
+    callers: &'a CallerTokenMinter,
+}
+
+impl Services<'_> {
+    fn authed<T>(&self, message: T, kind: CallerKind, id: &str) -> anyhow::Result<tonic::Request<T>> {
+        let token = self.callers.token(kind, id, None, now(), Duration::from_secs(300))?;
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        Ok(request)
+    }
+}
+
 /// The scenario table; returns the scenarios whose answer was not the expected one.
 async fn table(
     gate: &mut GateClient<Channel>,
-    feed: &mut HealthFeedClient<Channel>,
+    services: &mut Services<'_>,
     issuers: &Issuers,
 ) -> anyhow::Result<Vec<String>> {
     let now = now();
@@ -300,7 +336,7 @@ async fn table(
         ),
         (
             "Card never linked",
-            tap(card(pb::CardMedium::Physical, 9_999_999)),
+            tap(card(pb::CardMedium::Physical, UNLINKED)),
             (Verdict::Assist, Reason::NotLinked),
         ),
         (
@@ -413,7 +449,12 @@ async fn table(
         set_at_unix_ms: self::now().0,
         negative_test_at_unix_ms: 0,
     };
-    feed.publish(pb::PublishRequest { updates: vec![update] }).await?;
+    let publish = services.authed(
+        pb::PublishRequest { updates: vec![update] },
+        CallerKind::HealthPlatform,
+        "health-platform",
+    )?;
+    services.feed.publish(publish).await?;
     let started = Instant::now();
     let response = gate
         .authorize(tap(card(pb::CardMedium::Physical, TURNS_RED)))
@@ -424,6 +465,34 @@ async fn table(
         &response,
         started.elapsed(),
         (Verdict::Deny, Reason::HealthRed),
+    );
+    // The unlinked card's rider links it on the spot at the upgrade service, helped by
+    // staff; the next tap goes through.
+    let link = pb::LinkRequest {
+        credential: Some(pb::LinkCredential {
+            credential: Some(pb::link_credential::Credential::Card(pb::Card {
+                medium: pb::CardMedium::Physical.into(),
+                number: card_number(UNLINKED),
+            })),
+        }),
+        id_number: synthetic_resident_id(LINKS_ON_THE_SPOT),
+        consent: pb::Consent::StaffAssisted.into(),
+        staff_operator_id: "staff-S07-0042".into(),
+    };
+    services
+        .links
+        .link(services.authed(link, CallerKind::UpgradeService, "upgrade-service")?)
+        .await?;
+    let started = Instant::now();
+    let response = gate
+        .authorize(tap(card(pb::CardMedium::Physical, UNLINKED)))
+        .await?
+        .into_inner();
+    show(
+        "Same card, linked at the upgrade service",
+        &response,
+        started.elapsed(),
+        (Verdict::Allow, Reason::HealthGreen),
     );
     Ok(failures)
 }

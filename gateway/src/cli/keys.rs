@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
+use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::random_bytes;
@@ -56,6 +57,53 @@ pub(super) enum KeysCommand {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1day")]
         certificate_lifetime: Duration,
     },
+    /// Mint a caller token (bearer JWT) for the Links and HealthFeed services, signed
+    /// with a caller key (`keys generate` makes one; configure its JWKS in [callers]).
+    Token {
+        /// The caller's kind.
+        #[arg(long, value_parser = parse_kind)]
+        kind: CallerKind,
+        /// The caller's id (`sub`), e.g. `alipay-backend`, `window-S0107-02`.
+        #[arg(long)]
+        sub: String,
+        /// For apps: the ride-code issuer the app speaks for.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The caller key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key id; defaults to the key file's name without `.key.pem`.
+        #[arg(long)]
+        kid: Option<String>,
+        /// How long the token is valid.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        lifetime: Duration,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<CallerKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
+        .map_err(|_| "expected app, upgrade_service, ticket_window, back_end or health_platform".into())
+}
+
+/// Reads a PKCS#8 PEM key, taking the key id from `kid` or the file name.
+fn read_key(path: &std::path::Path, kid: Option<String>) -> Result<SigningKey, Failure> {
+    let kid = match kid {
+        Some(kid) => kid,
+        None => path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_end_matches(".pem").trim_end_matches(".key").to_owned())
+            .ok_or_else(|| {
+                Failure::usage(anyhow::anyhow!(
+                    "--kid is required when the key file name does not give it"
+                ))
+            })?,
+    };
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure::usage)?;
+    SigningKey::from_pkcs8_pem(&pem, kid).map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))
 }
 
 fn parse_alg(s: &str) -> Result<SigningAlg, String> {
@@ -75,6 +123,26 @@ pub(super) fn random_jti() -> String {
 pub(super) fn run(command: KeysCommand) -> Result<(), Failure> {
     match command {
         KeysCommand::Generate { kid, alg, out } => generate(&kid, alg, &out).map_err(Failure::runtime),
+        KeysCommand::Token {
+            kind,
+            sub,
+            issuer,
+            key,
+            kid,
+            lifetime,
+        } => {
+            if (kind == CallerKind::App) != issuer.is_some() {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--issuer is required for app tokens and only for them"
+                )));
+            }
+            let minter = CallerTokenMinter::new(read_key(&key, kid)?);
+            let token = minter
+                .token(kind, &sub, issuer.as_deref(), Clock::System.now(), lifetime)
+                .map_err(Failure::runtime)?;
+            println!("{token}");
+            Ok(())
+        }
         KeysCommand::Mint {
             issuer,
             key,
@@ -85,24 +153,7 @@ pub(super) fn run(command: KeysCommand) -> Result<(), Failure> {
             device,
             certificate_lifetime,
         } => {
-            let kid = match kid {
-                Some(kid) => kid,
-                None => key
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .map(|n| n.trim_end_matches(".pem").trim_end_matches(".key").to_owned())
-                    .ok_or_else(|| {
-                        Failure::usage(anyhow::anyhow!(
-                            "--kid is required when the key file name does not give it"
-                        ))
-                    })?,
-            };
-            let pem = std::fs::read_to_string(&key)
-                .with_context(|| format!("cannot read {}", key.display()))
-                .map_err(Failure::usage)?;
-            let signing =
-                SigningKey::from_pkcs8_pem(&pem, kid).map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
-            let minter = CodeMinter::new(issuer, signing);
+            let minter = CodeMinter::new(issuer, read_key(&key, kid)?);
             let now = Clock::System.now();
             let phone = if device {
                 let device_key = SigningKey::generate(SigningAlg::EdDsa, "device").map_err(Failure::runtime)?;

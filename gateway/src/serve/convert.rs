@@ -96,20 +96,12 @@ fn credential(credential: Option<pb::authorize_request::Credential>) -> Result<C
         // reason, not a malformed request.
         Some(C::RideCode(code)) => Credential::RideCode(code.qr_text),
         Some(C::Card(card)) => {
-            let medium = match known("card.medium", card.medium, pb::CardMedium::Unspecified)? {
-                pb::CardMedium::PhoneNfc => CardMedium::PhoneNfc,
-                pb::CardMedium::NfcSim => CardMedium::NfcSim,
-                _ => CardMedium::Physical,
-            };
+            let medium = card_medium(card.medium)?;
             let number = CardNumber::parse(&card.number).map_err(|e| invalid("card.number", e.to_string()))?;
             Credential::Card { medium, number }
         }
         Some(C::Ticket(ticket)) => {
-            let kind = match known("ticket.kind", ticket.kind, pb::TicketKind::Unspecified)? {
-                pb::TicketKind::Commemorative => TicketKind::Commemorative,
-                pb::TicketKind::ElectronicSingleJourney => TicketKind::ElectronicSingleJourney,
-                _ => TicketKind::SingleJourney,
-            };
+            let kind = ticket_kind(ticket.kind)?;
             let number = TicketNumber::parse(&ticket.number).map_err(|e| invalid("ticket.number", e.to_string()))?;
             Credential::Ticket { kind, number }
         }
@@ -121,6 +113,24 @@ fn credential(credential: Option<pb::authorize_request::Credential>) -> Result<C
                 _ => UncoveredKind::BankCard,
             },
         ),
+    })
+}
+
+/// A card medium from the wire (`card.medium`).
+pub(super) fn card_medium(raw: i32) -> Result<CardMedium, InvalidRequest> {
+    Ok(match known("card.medium", raw, pb::CardMedium::Unspecified)? {
+        pb::CardMedium::PhoneNfc => CardMedium::PhoneNfc,
+        pb::CardMedium::NfcSim => CardMedium::NfcSim,
+        _ => CardMedium::Physical,
+    })
+}
+
+/// A ticket kind from the wire (`ticket.kind`).
+pub(super) fn ticket_kind(raw: i32) -> Result<TicketKind, InvalidRequest> {
+    Ok(match known("ticket.kind", raw, pb::TicketKind::Unspecified)? {
+        pb::TicketKind::Commemorative => TicketKind::Commemorative,
+        pb::TicketKind::ElectronicSingleJourney => TicketKind::ElectronicSingleJourney,
+        _ => TicketKind::SingleJourney,
     })
 }
 

@@ -1,8 +1,10 @@
 //! `ridegate.v1.HealthFeed`: statuses pushed at run time, applied to the embedded store
-//! and to this instance's cache at once.
+//! and to this instance's cache at once. Only the health platform and the back end may
+//! publish (authenticated like every non-gate caller).
 
 use std::sync::Arc;
 
+use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::health::{Applied, MemoryHealth};
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::model::{Colour, HealthStatus, UnixMillis};
@@ -73,6 +75,12 @@ impl FeedService {
 #[tonic::async_trait]
 impl pb::health_feed_server::HealthFeed for FeedService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let caller = super::auth::caller(&request)?;
+        if !matches!(caller.kind, CallerKind::HealthPlatform | CallerKind::BackEnd) {
+            return Err(Status::permission_denied(
+                "only the health platform or the back end may publish statuses",
+            ));
+        }
         let updates = request.into_inner().updates;
         if updates.len() > MAX_UPDATES {
             return Err(BatchTooLarge {

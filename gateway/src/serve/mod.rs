@@ -1,10 +1,12 @@
 //! Serving: the tonic server, its limits, health checking, reflection, metrics, and a
 //! graceful drain.
 
+mod auth;
 mod convert;
 mod deadline;
 mod feed;
 mod gate;
+mod links;
 mod status;
 
 use std::future::Future;
@@ -13,14 +15,17 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use ridegate_proto::pb::gate_server::GateServer;
 use ridegate_proto::pb::health_feed_server::HealthFeedServer;
+use ridegate_proto::pb::links_server::LinksServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use convert::InvalidRequest;
 pub use deadline::{Deadlines, grpc_timeout};
 pub use feed::MAX_UPDATES;
+pub use links::MAX_BATCH_ROWS;
 
 use crate::app::App;
 
@@ -64,11 +69,41 @@ pub async fn serve(
         // Server reflection (v1 and v1alpha): grpcurl and ghz work without .proto files.
         .add_service(reflection().build_v1().context("reflection v1")?)
         .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
+    // Links and HealthFeed answer only callers with a valid token.
+    let authenticator = auth::Authenticator::new(app.callers.clone(), app.clock.clone());
+    let links = links::LinkService::new(
+        app.links.clone(),
+        app.pseudonymizer.clone(),
+        app.link_rules,
+        app.issuer_ids.clone(),
+        app.clock.clone(),
+    );
+    routes = routes.add_service(InterceptedService::new(
+        LinksServer::new(links).max_decoding_message_size(server_config.max_request_bytes),
+        authenticator.clone(),
+    ));
     if app.config.health.feed_enabled {
         let feed = feed::FeedService::new(app.statuses.clone(), app.health.clone(), app.pseudonymizer.clone());
-        routes =
-            routes.add_service(HealthFeedServer::new(feed).max_decoding_message_size(server_config.max_request_bytes));
+        routes = routes.add_service(InterceptedService::new(
+            HealthFeedServer::new(feed).max_decoding_message_size(server_config.max_request_bytes),
+            authenticator,
+        ));
     }
+    // Single-journey ticket links stop resolving at the end of their day; sweep them
+    // out of memory every hour.
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let removed = app.sweep_links();
+                if removed > 0 {
+                    tracing::info!(removed, "expired ticket links swept");
+                }
+            }
+        })
+    };
     let metrics_app = app.clone();
     let router = routes.into_axum_router().route(
         "/metrics",
@@ -122,6 +157,7 @@ pub async fn serve(
             Ok(())
         }
     };
+    sweeper.abort();
     app.audit.close();
     tracing::info!("stopped");
     outcome

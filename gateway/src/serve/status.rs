@@ -4,6 +4,7 @@
 use tonic::Status;
 
 use super::convert::InvalidRequest;
+use crate::linking::LinkDenied;
 
 impl From<InvalidRequest> for Status {
     fn from(e: InvalidRequest) -> Self {
@@ -24,5 +25,19 @@ pub struct BatchTooLarge {
 impl From<BatchTooLarge> for Status {
     fn from(e: BatchTooLarge) -> Self {
         Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<LinkDenied> for Status {
+    fn from(e: LinkDenied) -> Self {
+        let message = e.to_string();
+        match e {
+            LinkDenied::Invalid { .. } => Status::invalid_argument(message),
+            LinkDenied::Forbidden(_) => Status::permission_denied(message),
+            LinkDenied::Precondition(_) => Status::failed_precondition(message),
+            LinkDenied::Conflict(_) => Status::already_exists(message),
+            LinkDenied::NotFound(_) => Status::not_found(message),
+            LinkDenied::Unavailable(_) => Status::unavailable(message),
+        }
     }
 }

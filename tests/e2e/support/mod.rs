@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
 use ridegate_adapters::credential::ride_code::{CodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::synthetic_resident_id;
 use ridegate_adapters::model::UnixMillis;
 use ridegate_proto::pb;
 use ridegate_proto::pb::gate_client::GateClient;
+use ridegate_proto::pb::links_client::LinksClient;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
@@ -74,6 +76,9 @@ pub struct Issuer {
     revoked: Vec<String>,
 }
 
+/// The key id of the caller key every fixture configures.
+pub const CALLER_KID: &str = "callers-e2e";
+
 /// Builds a gateway process.
 pub struct GatewayBuilder {
     issuers: Vec<Issuer>,
@@ -85,11 +90,16 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     server: String,
+    links_extra: String,
+    callers: bool,
+    caller_key: SigningKey,
 }
 
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
+    /// Mints caller tokens the gateway accepts.
+    pub callers: CallerTokenMinter,
     /// Where it listens.
     pub addr: String,
     /// Its working directory (config, data files, audit, logs).
@@ -115,6 +125,9 @@ impl GatewayBuilder {
             env: Vec::new(),
             args: Vec::new(),
             server: String::new(),
+            links_extra: String::new(),
+            callers: true,
+            caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
         }
     }
 
@@ -216,6 +229,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a line to the `[links]` section.
+    pub fn links_setting(mut self, line: &str) -> Self {
+        self.links_extra.push_str(line);
+        self.links_extra.push('\n');
+        self
+    }
+
+    /// Configures no caller keys.
+    pub fn without_callers(mut self) -> Self {
+        self.callers = false;
+        self
+    }
+
     /// Adds a command-line argument after `serve --config … --ready-file …`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
@@ -249,7 +275,16 @@ impl GatewayBuilder {
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn ridegate");
         let addr = wait_ready(&dir.path().join("ready.json"), &dir.path().join("stderr.log")).await;
-        (Gateway { child, addr, dir }, self.issuers)
+        let callers = CallerTokenMinter::new(self.caller_key.clone());
+        (
+            Gateway {
+                child,
+                callers,
+                addr,
+                dir,
+            },
+            self.issuers,
+        )
     }
 
     fn write_files(&self, dir: &Path) -> PathBuf {
@@ -265,11 +300,18 @@ impl GatewayBuilder {
         std::fs::write(&statuses, self.statuses.join("\n")).expect("statuses");
         let _ = write!(
             toml,
-            "[links]\nfile = \"{}\"\n\n[health]\nfile = \"{}\"\nfeed_enabled = {}\n\n",
+            "[links]\nfile = \"{}\"\n{}\n[health]\nfile = \"{}\"\nfeed_enabled = {}\n\n",
             links.display(),
+            self.links_extra,
             statuses.display(),
             self.feed
         );
+        if self.callers {
+            let callers = dir.join("callers.jwks.json");
+            let set = serde_json::json!({ "keys": [self.caller_key.public_jwk().expect("jwk")] });
+            std::fs::write(&callers, set.to_string()).expect("caller jwks");
+            let _ = write!(toml, "[callers]\njwks_file = \"{}\"\n\n", callers.display());
+        }
         for issuer in &self.issuers {
             let jwks = dir.join(format!("{}.jwks.json", issuer.id));
             let set = serde_json::json!({ "keys": [issuer.key.public_jwk().expect("jwk")] });
@@ -337,6 +379,18 @@ impl Gateway {
             .collect()
     }
 
+    /// A caller token of `kind` for `id` (and `issuer`, for apps), valid for an hour.
+    pub fn token(&self, kind: CallerKind, id: &str, issuer: Option<&str>) -> String {
+        self.callers
+            .token(kind, id, issuer, now(), Duration::from_secs(3600))
+            .expect("token")
+    }
+
+    /// A Links client.
+    pub async fn links(&self) -> LinksClient<Channel> {
+        LinksClient::new(self.channel().await)
+    }
+
     /// Everything the process logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
@@ -367,6 +421,15 @@ impl Gateway {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
 }
 
 /// A tap request.
