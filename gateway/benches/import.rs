@@ -76,9 +76,12 @@ fn main() {
         let started = Instant::now();
         let file = std::fs::File::open(&path).unwrap();
         let now = ridegate_adapters::clock::Clock::System.now();
-        let report = read_links(BufReader::with_capacity(1 << 20, file), &pseudonymizer, now, |c, record| {
-            store.link_now(c, &record).map(drop).map_err(|e| e.to_string())
-        })
+        let report = read_links(
+            BufReader::with_capacity(1 << 20, file),
+            &pseudonymizer,
+            now,
+            |c, record| store.link_now(c, &record).map(drop).map_err(|e| e.to_string()),
+        )
         .unwrap();
         let elapsed = started.elapsed();
         assert_eq!((report.imported, report.rejected), (links, 0));

@@ -16,10 +16,10 @@ use ridegate::cache::{CacheSettings, HealthCache};
 use ridegate::config::PolicyConfig;
 use ridegate::decision::{GateContext, GateRequest, Policy};
 use ridegate_adapters::audit::JsonLinesAudit;
-use ridegate_adapters::clock::Clock;
-use ridegate_adapters::credential::Credential;
 use ridegate_adapters::caller::CallerKind;
+use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::CardMedium;
+use ridegate_adapters::credential::Credential;
 use ridegate_adapters::credential::ride_code::{
     CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
 };
@@ -110,7 +110,9 @@ pub fn world(rt: &tokio::runtime::Runtime) -> World {
                 consent: Consent::BulkProgramme,
                 valid_until: None,
             };
-            links.link_now(pseudonymizer.credential(&target.key()), &record).unwrap();
+            links
+                .link_now(pseudonymizer.credential(&target.key()), &record)
+                .unwrap();
         }
         statuses.put(identity, status);
         identities.push(identity);
