@@ -20,3 +20,4 @@ pub mod lines;
 pub mod link;
 pub mod model;
 pub mod replay;
+pub mod shared;

@@ -229,6 +229,75 @@ pub struct Answer {
     pub shadow: Option<(Verdict, Reason)>,
 }
 
+impl Answer {
+    /// The compact binary form kept in idempotency records (22 bytes).
+    pub fn to_bytes(&self) -> [u8; 22] {
+        let mut out = [0u8; 22];
+        out[0] = 1; // format version
+        out[1] = verdict_byte(self.verdict);
+        out[2] = self.reason.index() as u8;
+        out[3..11].copy_from_slice(&self.decision_id.0.to_le_bytes());
+        out[11] = u8::from(self.degraded);
+        out[12..20].copy_from_slice(&self.status_age_ms.unwrap_or(-1).to_le_bytes());
+        out[20] = match self.mode {
+            Mode::Enforce => 0,
+            Mode::Shadow => 1,
+            Mode::Off => 2,
+        };
+        out[21] = self
+            .shadow
+            .map_or(0, |(v, r)| verdict_byte(v) << 6 | r.index() as u8 + 1);
+        out
+    }
+
+    /// An answer from [`Answer::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; 22] = bytes.try_into().ok()?;
+        if bytes[0] != 1 {
+            return None;
+        }
+        let age = i64::from_le_bytes(bytes[12..20].try_into().ok()?);
+        let shadow = match bytes[21] {
+            0 => None,
+            b => Some((
+                byte_verdict(b >> 6)?,
+                *Reason::ALL.get(usize::from(b & 0x3f).checked_sub(1)?)?,
+            )),
+        };
+        Some(Self {
+            verdict: byte_verdict(bytes[1])?,
+            reason: *Reason::ALL.get(usize::from(bytes[2]))?,
+            decision_id: DecisionId(u64::from_le_bytes(bytes[3..11].try_into().ok()?)),
+            degraded: bytes[11] != 0,
+            status_age_ms: (age >= 0).then_some(age),
+            mode: match bytes[20] {
+                0 => Mode::Enforce,
+                1 => Mode::Shadow,
+                2 => Mode::Off,
+                _ => return None,
+            },
+            shadow,
+        })
+    }
+}
+
+fn verdict_byte(v: Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Deny => 1,
+        Verdict::Assist => 2,
+    }
+}
+
+fn byte_verdict(b: u8) -> Option<Verdict> {
+    match b {
+        0 => Some(Verdict::Allow),
+        1 => Some(Verdict::Deny),
+        2 => Some(Verdict::Assist),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +307,34 @@ mod tests {
         for (i, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i, "{reason}");
         }
+    }
+
+    #[test]
+    fn answers_round_trip_through_their_binary_form() {
+        let answers = [
+            Answer {
+                verdict: Verdict::Allow,
+                reason: Reason::CheckShadow,
+                decision_id: DecisionId(u64::MAX),
+                degraded: true,
+                status_age_ms: Some(12_345),
+                mode: Mode::Shadow,
+                shadow: Some((Verdict::Deny, Reason::CodeWrongType)),
+            },
+            Answer {
+                verdict: Verdict::Assist,
+                reason: Reason::NotLinked,
+                decision_id: DecisionId(7),
+                degraded: false,
+                status_age_ms: None,
+                mode: Mode::Off,
+                shadow: None,
+            },
+        ];
+        for answer in answers {
+            assert_eq!(Answer::from_bytes(&answer.to_bytes()), Some(answer));
+        }
+        assert_eq!(Answer::from_bytes(b"short"), None);
     }
 
     #[test]

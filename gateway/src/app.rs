@@ -1,22 +1,27 @@
 //! Wiring: everything `ridegate serve` runs, built from a validated [`Config`]. Data
-//! files are loaded here, before anything binds.
+//! files are loaded here, before anything binds; with Redis configured they are loaded
+//! into the shared tier.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
-use std::collections::HashSet;
-
+use futures::StreamExt as _;
 use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
 use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifierLimits};
-use ridegate_adapters::health::{MemoryHealth, read_statuses};
+use ridegate_adapters::health::{MemoryHealth, RedisHealth, read_statuses};
+use ridegate_adapters::idempotency::{MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::Pseudonymizer;
 use ridegate_adapters::lines::ImportReport;
-use ridegate_adapters::link::{MemoryLinks, read_links};
-use ridegate_adapters::model::UnixMillis;
+use ridegate_adapters::link::{LinkStore, MemoryLinks, RedisLinks, read_links};
+use ridegate_adapters::replay::{MemoryReplayGuard, RedisReplayGuard};
+use ridegate_adapters::shared::SharedTier;
+use ridegate_adapters::shared::changes::Change;
 
 use crate::authorize::{Authorizer, Parts};
 use crate::cache::{CacheSettings, HealthCache};
@@ -24,6 +29,10 @@ use crate::config::Config;
 use crate::decision::Policy;
 use crate::linking::LinkRules;
 use crate::metrics::Metrics;
+use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend};
+
+/// Writes to the shared tier kept in flight while loading files into it.
+const LOAD_CONCURRENCY: usize = 64;
 
 /// A built ridegate: the decision path and the stores the services share.
 pub struct App {
@@ -31,12 +40,14 @@ pub struct App {
     pub config: Config,
     /// The decision path.
     pub authorizer: Arc<Authorizer>,
-    /// The embedded link store.
-    pub links: Arc<MemoryLinks>,
-    /// The embedded health-status source.
-    pub statuses: Arc<MemoryHealth>,
+    /// The link store.
+    pub links: LinkBackend,
+    /// The health-status source.
+    pub statuses: HealthBackend,
     /// The health cache in front of it.
-    pub health: HealthCache<MemoryHealth>,
+    pub health: HealthCache<HealthBackend>,
+    /// The shared tier, when configured.
+    pub shared: Option<Arc<SharedTier>>,
     /// Keyed hashing for ids.
     pub pseudonymizer: Pseudonymizer,
     /// Decision counters.
@@ -55,7 +66,7 @@ pub struct App {
 
 impl App {
     /// Builds everything from `config`: keys, stores, data files, audit output.
-    pub fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         config.validate()?;
         let pseudonymizer = if config.identity.secret.is_empty() {
             tracing::warn!(
@@ -73,43 +84,56 @@ impl App {
         };
         let verifier = RideCodeVerifier::new(&specs, limits).context("issuers")?;
         let issuer_ids: HashSet<String> = specs.iter().map(|s| s.id.clone()).collect();
-        let callers = Arc::new(
-            CallerVerifier::new(&config.caller_keys()?, config.callers.clock_skew).context("callers: a caller key")?,
-        );
-        if !callers.is_configured() {
-            tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");
-        }
         let keyed: Vec<&str> = specs
             .iter()
             .filter(|s| !s.keys.is_empty())
             .map(|s| s.id.as_str())
             .collect();
         tracing::info!(issuers = specs.len(), with_keys = ?keyed, "ride-code issuers loaded");
+        let callers = Arc::new(
+            CallerVerifier::new(&config.caller_keys()?, config.callers.clock_skew).context("callers: a caller key")?,
+        );
+        if !callers.is_configured() {
+            tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");
+        }
 
-        let links = Arc::new(MemoryLinks::new(config.links.second_card));
-        if let Some(path) = &config.links.file {
-            let file = File::open(path).with_context(|| format!("links.file: cannot open {}", path.display()))?;
-            let now = clock.now();
-            let report = read_links(
-                BufReader::with_capacity(1 << 20, file),
-                &pseudonymizer,
-                now,
-                |c, record| links.link_now(c, &record).map(drop).map_err(|e| e.to_string()),
-            )
-            .with_context(|| format!("links.file: cannot read {}", path.display()))?;
-            log_import("links", &report);
-        }
-        let statuses = Arc::new(MemoryHealth::default());
-        if let Some(path) = &config.health.file {
-            let file = File::open(path).with_context(|| format!("health.file: cannot open {}", path.display()))?;
-            let report = read_statuses(BufReader::with_capacity(1 << 20, file), &pseudonymizer, |i, s| {
-                statuses.put(i, s);
-            })
-            .with_context(|| format!("health.file: cannot read {}", path.display()))?;
-            log_import("health statuses", &report);
-        }
+        let shared = match config.redis.shared_settings() {
+            None => None,
+            Some(settings) => {
+                let tier = SharedTier::connect(settings).context("redis")?;
+                if !tier.probe().await {
+                    tracing::warn!("Redis is not reachable yet: starting degraded, it will be used once it answers");
+                }
+                Some(tier)
+            }
+        };
+        let (links, statuses, replay, idempotency) = match &shared {
+            None => (
+                LinkBackend::Memory(Arc::new(MemoryLinks::new(config.links.second_card))),
+                HealthBackend::Memory(Arc::new(MemoryHealth::default())),
+                ReplayBackend::Memory(MemoryReplayGuard::default()),
+                IdempotencyBackend::Memory(MemoryIdempotency::default()),
+            ),
+            Some(tier) => (
+                LinkBackend::Shared(Arc::new(RedisLinks::new(
+                    tier.clone(),
+                    config.links.second_card,
+                    config.redis.link_cache_capacity,
+                    config.redis.link_cache_ttl,
+                ))),
+                HealthBackend::Shared(RedisHealth::new(tier.clone())),
+                ReplayBackend::Shared {
+                    redis: RedisReplayGuard::new(tier.clone()),
+                    local: MemoryReplayGuard::default(),
+                    fallbacks: AtomicU64::new(0),
+                },
+                IdempotencyBackend::Shared(RedisIdempotency::new(tier.clone())),
+            ),
+        };
+        load_files(&config, &pseudonymizer, &clock, &links, &statuses).await?;
+
         let health = HealthCache::new(
-            statuses.clone(),
+            Arc::new(statuses.clone()),
             CacheSettings {
                 ttl: config.health.cache_ttl,
                 max_staleness: config.health.max_staleness,
@@ -126,6 +150,9 @@ impl App {
             verifier,
             links: links.clone(),
             health: health.clone(),
+            replay,
+            idempotency,
+            shared: shared.clone(),
             policy: Policy::new(&config.policy),
             suspend_electronic_tickets: config.policy.electronic_single_journey_suspended,
             retry_window: config.deadline.retry_window,
@@ -143,6 +170,7 @@ impl App {
             links,
             statuses,
             health,
+            shared,
             pseudonymizer,
             metrics,
             audit,
@@ -153,27 +181,28 @@ impl App {
         })
     }
 
+    /// Applies a change another instance made to this instance's caches.
+    pub fn apply_change(&self, change: Change) {
+        match change {
+            Change::Status { identity, status } => self.health.store(identity, status),
+            Change::Link { credential } => self.links.invalidate(&credential),
+            Change::Reset => {
+                self.health.clear();
+                self.links.clear_cache();
+            }
+        }
+    }
+
     /// Removes day-bound links (single-journey tickets) that have stopped resolving.
     pub fn sweep_links(&self) -> usize {
-        let now: UnixMillis = self.clock.now();
-        self.links.sweep_expired(now)
+        self.links.sweep_expired(self.clock.now())
     }
 
     /// The Prometheus text for `GET /metrics`.
     pub fn render_metrics(&self) -> String {
         let stats = self.health.stats();
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        self.metrics.render(&[
-            (
-                "ridegate_linked_credentials",
-                "Credentials linked in the embedded store.",
-                self.links.len() as u64,
-            ),
-            (
-                "ridegate_health_statuses",
-                "Statuses held by the embedded source.",
-                self.statuses.len() as u64,
-            ),
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut gauges = vec![
             ("ridegate_health_cache_entries", "Statuses cached.", self.health.len()),
             (
                 "ridegate_health_cache_hits",
@@ -215,8 +244,104 @@ impl App {
                 "Audit events that could not be written (counter).",
                 self.audit.failed(),
             ),
-        ])
+        ];
+        if let Some(n) = self.links.local_len() {
+            gauges.push((
+                "ridegate_linked_credentials",
+                "Credentials linked in the embedded store.",
+                n as u64,
+            ));
+        }
+        if let Some(n) = self.statuses.local_len() {
+            gauges.push((
+                "ridegate_health_statuses",
+                "Statuses held by the embedded source.",
+                n as u64,
+            ));
+        }
+        if let Some(tier) = &self.shared {
+            gauges.push((
+                "ridegate_shared_tier_up",
+                "1 while Redis answers, 0 while it is down.",
+                u64::from(tier.is_up()),
+            ));
+            gauges.push((
+                "ridegate_shared_errors",
+                "Redis commands that failed or timed out (counter).",
+                load(&tier.stats().errors),
+            ));
+            gauges.push((
+                "ridegate_shared_skipped",
+                "Redis commands not sent while it was down (counter).",
+                load(&tier.stats().skipped),
+            ));
+            gauges.push((
+                "ridegate_replay_local_fallbacks",
+                "Ride codes checked against this instance only, Redis not answering (counter).",
+                self.authorizer.replay_fallbacks(),
+            ));
+        }
+        self.metrics.render(&gauges)
     }
+}
+
+/// Loads the links and statuses files, if configured, into the chosen stores.
+async fn load_files(
+    config: &Config,
+    pseudonymizer: &Pseudonymizer,
+    clock: &Clock,
+    links: &LinkBackend,
+    statuses: &HealthBackend,
+) -> anyhow::Result<()> {
+    let open = |field: &str, path: &std::path::Path| {
+        File::open(path)
+            .map(|f| BufReader::with_capacity(1 << 20, f))
+            .with_context(|| format!("{field}: cannot open {}", path.display()))
+    };
+    if let Some(path) = &config.links.file {
+        let reader = open("links.file", path)?;
+        let now = clock.now();
+        let report = match links {
+            LinkBackend::Memory(store) => read_links(reader, pseudonymizer, now, |c, record| {
+                store.link_now(c, &record).map(drop).map_err(|e| e.to_string())
+            }),
+            LinkBackend::Shared(_) => {
+                let mut rows = Vec::new();
+                let mut report = read_links(reader, pseudonymizer, now, |c, record| {
+                    rows.push((c, record));
+                    Ok(())
+                })
+                .with_context(|| format!("links.file: cannot read {}", path.display()))?;
+                let failed = futures::stream::iter(rows)
+                    .map(|(c, record)| links.link(c, record))
+                    .buffer_unordered(LOAD_CONCURRENCY)
+                    .filter(|r| std::future::ready(r.is_err()))
+                    .count()
+                    .await;
+                report.imported -= failed as u64;
+                report.rejected += failed as u64;
+                Ok(report)
+            }
+        }
+        .with_context(|| format!("links.file: cannot read {}", path.display()))?;
+        log_import("links", &report);
+    }
+    if let Some(path) = &config.health.file {
+        let reader = open("health.file", path)?;
+        let mut rows = Vec::new();
+        let mut report = read_statuses(reader, pseudonymizer, |i, s| rows.push((i, s)))
+            .with_context(|| format!("health.file: cannot read {}", path.display()))?;
+        let failed = futures::stream::iter(rows)
+            .map(|(i, s)| statuses.put(i, s))
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .filter(|r| std::future::ready(r.is_err()))
+            .count()
+            .await;
+        report.imported -= failed as u64;
+        report.rejected += failed as u64;
+        log_import("health statuses", &report);
+    }
+    Ok(())
 }
 
 fn log_import(what: &str, report: &ImportReport) {

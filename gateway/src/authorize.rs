@@ -1,12 +1,13 @@
 //! The decision path: from a validated tap to an answer, recorded.
 //!
-//! 1. A retry (same gate id and request id) gets its stored answer.
-//! 2. The credential's own checks — ride-code signature, times, single use; suspended
+//! 1. The credential's own checks — ride-code signature, times, single use; suspended
 //!    tickets — refuse in every mode and direction.
-//! 3. Exits and stations with the check off need nothing more.
-//! 4. The credential resolves to an identity; its health status comes from the cache
+//! 2. Exits and stations with the check off need nothing more.
+//! 3. The credential resolves to an identity; its health status comes from the cache
 //!    within the deadline; the policy decides; the station's mode is applied.
-//! 5. The answer is stored for retries, counted, and audited off the hot path.
+//! 4. The answer is recorded for retries — and if an answer for the same gate and
+//!    request id was recorded first, that one is given instead (a retry) — then
+//!    counted, and audited off the hot path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,17 +17,16 @@ use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::clock::{Clock, millis};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
 use ridegate_adapters::credential::{Credential, LinkKey, TicketKind};
-use ridegate_adapters::health::MemoryHealth;
-use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency};
 use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, random_bytes};
-use ridegate_adapters::link::{LinkStore, MemoryLinks};
 use ridegate_adapters::model::{Answer, DecisionId, Mode, Reason, UnixMillis, Verdict};
-use ridegate_adapters::replay::{Claim, MemoryReplayGuard, ReplayGuard};
+use ridegate_adapters::replay::Claim;
+use ridegate_adapters::shared::SharedTier;
 use tokio::time::Instant;
 
 use crate::cache::HealthCache;
 use crate::decision::{GateRequest, HealthView, Judgement, Outcome, Policy, Subject};
 use crate::metrics::Metrics;
+use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend};
 
 /// An answer and whether it was a stored one given again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +71,11 @@ pub struct Authorizer {
     clock: Clock,
     pseudonymizer: Pseudonymizer,
     verifier: RideCodeVerifier,
-    replay: MemoryReplayGuard,
-    idempotency: MemoryIdempotency,
-    links: Arc<MemoryLinks>,
-    health: HealthCache<MemoryHealth>,
+    replay: ReplayBackend,
+    idempotency: IdempotencyBackend,
+    links: LinkBackend,
+    health: HealthCache<HealthBackend>,
+    shared: Option<Arc<SharedTier>>,
     policy: Policy,
     suspend_electronic_tickets: bool,
     retry_window: Duration,
@@ -92,9 +93,15 @@ pub struct Parts {
     /// Ride-code verification.
     pub verifier: RideCodeVerifier,
     /// The link store.
-    pub links: Arc<MemoryLinks>,
+    pub links: LinkBackend,
     /// The health cache.
-    pub health: HealthCache<MemoryHealth>,
+    pub health: HealthCache<HealthBackend>,
+    /// The single-use guard.
+    pub replay: ReplayBackend,
+    /// Idempotency records.
+    pub idempotency: IdempotencyBackend,
+    /// The shared tier, when configured: answers are degraded while it is down.
+    pub shared: Option<Arc<SharedTier>>,
     /// The rules.
     pub policy: Policy,
     /// Refuse electronic single-journey tickets.
@@ -114,10 +121,11 @@ impl Authorizer {
             clock: parts.clock,
             pseudonymizer: parts.pseudonymizer,
             verifier: parts.verifier,
-            replay: MemoryReplayGuard::default(),
-            idempotency: MemoryIdempotency::default(),
+            replay: parts.replay,
+            idempotency: parts.idempotency,
             links: parts.links,
             health: parts.health,
+            shared: parts.shared,
             policy: parts.policy,
             suspend_electronic_tickets: parts.suspend_electronic_tickets,
             retry_window: parts.retry_window,
@@ -133,12 +141,6 @@ impl Authorizer {
         let now = self.clock.now();
         let request_key = (!request.request_id.is_empty())
             .then(|| self.pseudonymizer.request(&request.gate.gate_id, &request.request_id));
-        if let Some(key) = request_key
-            && let Ok(Some(answer)) = self.idempotency.get(key, now).await
-        {
-            self.record(request, answer, Trace::default(), true, received, now);
-            return Decided { answer, retry: true };
-        }
         let decision_id = self.ids.next();
         // Without a request id, the decision's own id owns any code it uses: a second
         // use of the code is then always a replay.
@@ -146,22 +148,37 @@ impl Authorizer {
         let mut trace = Trace::default();
         let mode = self.policy.mode(&request.gate.station_id, &request.gate.line_id);
         let outcome = self.decide(&request, mode, owner, now, deadline, &mut trace).await;
+        // While the shared tier is down, links and used codes are this instance's view
+        // only: say so.
+        let shared_down = self.shared.as_ref().is_some_and(|tier| !tier.is_up());
         let answer = Answer {
             verdict: outcome.verdict,
             reason: outcome.reason,
             decision_id,
-            degraded: outcome.degraded,
+            degraded: outcome.degraded || shared_down,
             status_age_ms: outcome.status_age_ms,
             mode,
             shadow: outcome.shadow,
         };
+        // A retry (same gate, same request id) gets the answer recorded for the first
+        // attempt, wherever that was decided; the fresh decision is dropped.
         if let Some(key) = request_key {
             let until = now.plus_ms(millis(self.retry_window));
-            // Losing the record only means a retry is decided afresh.
-            let _ = self.idempotency.put(key, answer, until, now).await;
+            if let Some(first) = self.idempotency.record_by(key, answer, until, now, deadline).await {
+                self.record(request, first, Trace::default(), true, received, now);
+                return Decided {
+                    answer: first,
+                    retry: true,
+                };
+            }
         }
         self.record(request, answer, trace, false, received, now);
         Decided { answer, retry: false }
+    }
+
+    /// Ride-code claims decided by this instance's memory because Redis did not answer.
+    pub fn replay_fallbacks(&self) -> u64 {
+        self.replay.fallbacks()
     }
 
     /// Counts a request rejected as malformed before it reached the decision.
@@ -187,11 +204,8 @@ impl Authorizer {
                     Err(e) => return refuse(e.reason()),
                 };
                 trace.issuer = Some(code.issuer.clone());
-                let claim = self
-                    .replay
-                    .claim(code.code_key(&self.pseudonymizer), owner, code.valid_until, now)
-                    .await;
-                if claim == Ok(Claim::Replayed) {
+                let key = code.code_key(&self.pseudonymizer);
+                if self.replay.claim_by(key, owner, code.valid_until, now, deadline).await == Claim::Replayed {
                     return refuse(Reason::CodeReplayed);
                 }
                 Some(LinkKey::RideAccount {
@@ -222,7 +236,7 @@ impl Authorizer {
             Some(key) => {
                 let credential = self.pseudonymizer.credential(&key);
                 trace.credential = Some(credential);
-                match self.links.resolve(credential, now).await {
+                match self.links.resolve_by(credential, now, deadline).await {
                     Ok(None) => Subject::NotLinked,
                     Ok(Some(identity)) => {
                         trace.identity = Some(identity);

@@ -221,6 +221,11 @@ impl<S: HealthSource> HealthCache<S> {
         fetch
     }
 
+    /// Forgets every cached status (changes may have been missed).
+    pub fn clear(&self) {
+        self.inner.entries.invalidate_all();
+    }
+
     /// Counters for metrics.
     pub fn stats(&self) -> &CacheStats {
         &self.inner.stats

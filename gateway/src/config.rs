@@ -15,6 +15,7 @@ use ridegate_adapters::credential::ride_code::{IssuerSpec, SigningAlg, VerifierL
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
 use ridegate_adapters::link::SecondCard;
 use ridegate_adapters::model::{Mode, Verdict};
+use ridegate_adapters::shared::{SharedSettings, Topology};
 use serde::Deserialize;
 
 /// The address `ridegate serve` listens on by default.
@@ -78,6 +79,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// The decision rules.
     pub policy: PolicyConfig,
+    /// The shared tier (Redis, Redis Cluster); none: everything stays in this process.
+    pub redis: RedisConfig,
     /// Where decisions are recorded.
     pub audit: AuditConfig,
     /// Logging.
@@ -389,6 +392,82 @@ impl Default for PolicyConfig {
     }
 }
 
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One server: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS.
+    pub url: String,
+    /// Redis Cluster seed nodes (same URL forms). Exclusive with `url`.
+    pub cluster: Vec<String>,
+    /// Username, if not in the URLs.
+    pub username: String,
+    /// Password, if not in the URLs. Prefer `RIDEGATE_REDIS_PASSWORD`.
+    pub password: String,
+    /// Prefix of every key ridegate writes.
+    pub prefix: String,
+    /// Longest wait for one Redis command; the tap's own deadline may cut it shorter.
+    /// Keep it well under the gate's budget: a timeout marks Redis down and later taps
+    /// fall back at once.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Longest wait to connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often a down Redis is probed.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Change-stream entries kept (approximately): how far behind an instance may fall
+    /// and still catch up instead of clearing its caches.
+    pub changes_max_len: u64,
+    /// Links cached locally.
+    pub link_cache_capacity: u64,
+    /// How long a cached link answer is kept (changes invalidate it sooner).
+    #[serde(with = "humantime_serde")]
+    pub link_cache_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            cluster: Vec::new(),
+            username: String::new(),
+            password: String::new(),
+            prefix: "rg".into(),
+            operation_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(500),
+            changes_max_len: 100_000,
+            link_cache_capacity: 2_000_000,
+            link_cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The shared-tier settings, or `None` when no Redis is configured.
+    pub fn shared_settings(&self) -> Option<SharedSettings> {
+        let topology = if !self.cluster.is_empty() {
+            Topology::Cluster(self.cluster.clone())
+        } else if !self.url.is_empty() {
+            Topology::Single(self.url.clone())
+        } else {
+            return None;
+        };
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Some(SharedSettings {
+            topology,
+            username: non_empty(&self.username),
+            password: non_empty(&self.password),
+            prefix: self.prefix.clone(),
+            operation_timeout: self.operation_timeout,
+            connect_timeout: self.connect_timeout,
+            changes_max_len: self.changes_max_len,
+        })
+    }
+}
+
 /// `[audit]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -487,6 +566,31 @@ impl Config {
         }
         if !(-14 * 60..=14 * 60).contains(&self.links.utc_offset_minutes) {
             return Err(invalid("links.utc_offset_minutes", "must be between -840 and 840"));
+        }
+        let r = &self.redis;
+        if !r.url.is_empty() && !r.cluster.is_empty() {
+            return Err(invalid(
+                "redis",
+                "set either url (one server) or cluster (seed nodes), not both",
+            ));
+        }
+        if r.prefix.is_empty()
+            || r.prefix.len() > 16
+            || !r
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "redis.prefix",
+                "must be 1-16 characters of letters, digits, '-' and '_'",
+            ));
+        }
+        if r.operation_timeout.is_zero() || r.probe_interval.is_zero() {
+            return Err(invalid(
+                "redis",
+                "operation_timeout and probe_interval must be more than 0",
+            ));
         }
         if self.audit.path.is_empty() {
             return Err(invalid("audit.path", "must be - (stdout) or a file path"));

@@ -17,6 +17,7 @@ pub mod decision;
 pub mod linking;
 pub mod metrics;
 pub mod serve;
+pub mod stores;
 pub mod telemetry;
 
 use std::future::Future;
@@ -32,5 +33,5 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve(App::build(config, Clock::System)?, listener, shutdown).await
+    serve(App::build(config, Clock::System).await?, listener, shutdown).await
 }

@@ -4,11 +4,13 @@
 
 mod import;
 mod memory;
+pub(crate) mod redis;
 
 use std::future::Future;
 
 pub use import::{StatusLine, read_statuses};
 pub use memory::{Applied, MemoryHealth};
+pub use redis::RedisHealth;
 
 use crate::ids::IdentityId;
 use crate::model::HealthStatus;

@@ -24,20 +24,27 @@ impl std::fmt::Debug for MemoryIdempotency {
     }
 }
 
-impl IdempotencyStore for MemoryIdempotency {
-    async fn get(&self, request: RequestKey, now: UnixMillis) -> Result<Option<Answer>, IdempotencyError> {
-        Ok(self.answers.get(&request.0, now))
-    }
-
-    async fn put(
+impl MemoryIdempotency {
+    /// [`IdempotencyStore::record`] without the future.
+    pub fn record_now(
         &self,
         request: RequestKey,
         answer: Answer,
         until: UnixMillis,
         now: UnixMillis,
-    ) -> Result<(), IdempotencyError> {
-        // The first answer wins: a concurrent retry must not overwrite the original.
-        self.answers.insert_if_absent(request.0, answer, until, now);
-        Ok(())
+    ) -> Option<Answer> {
+        self.answers.insert_if_absent(request.0, answer, until, now)
+    }
+}
+
+impl IdempotencyStore for MemoryIdempotency {
+    async fn record(
+        &self,
+        request: RequestKey,
+        answer: Answer,
+        until: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Option<Answer>, IdempotencyError> {
+        Ok(self.record_now(request, answer, until, now))
     }
 }

@@ -9,6 +9,7 @@
 
 mod import;
 mod memory;
+mod redis;
 mod target;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use import::{FILE_CALLER, LinkLine, read_links};
 pub use memory::MemoryLinks;
+pub use redis::RedisLinks;
 pub use target::{LinkTarget, TargetError};
 
 use crate::caller::CallerKind;

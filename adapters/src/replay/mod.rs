@@ -3,10 +3,12 @@
 //! replay.
 
 mod memory;
+mod redis;
 
 use std::future::Future;
 
 pub use memory::MemoryReplayGuard;
+pub use redis::RedisReplayGuard;
 
 use crate::ids::{CodeKey, RequestKey};
 use crate::model::UnixMillis;

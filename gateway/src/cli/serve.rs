@@ -31,6 +31,12 @@ pub(super) struct ServeArgs {
     /// Serve ridegate.v1.HealthFeed so statuses can be pushed at run time.
     #[arg(long, env = "RIDEGATE_HEALTH_FEED")]
     health_feed: Option<bool>,
+    /// Redis server for the shared tier: `redis://host:port` (`rediss://` for TLS).
+    #[arg(long, env = "RIDEGATE_REDIS")]
+    redis: Option<String>,
+    /// Redis Cluster seed nodes for the shared tier, comma-separated.
+    #[arg(long, env = "RIDEGATE_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
     /// Log format.
     #[arg(long, env = "RIDEGATE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -55,6 +61,17 @@ impl ServeArgs {
         }
         if let Some(listen) = self.listen {
             config.server.listen = listen;
+        }
+        if let Ok(password) = std::env::var("RIDEGATE_REDIS_PASSWORD") {
+            config.redis.password = password;
+        }
+        if let Some(url) = &self.redis {
+            config.redis.url.clone_from(url);
+            config.redis.cluster.clear();
+        }
+        if let Some(seeds) = &self.redis_cluster {
+            config.redis.cluster.clone_from(seeds);
+            config.redis.url.clear();
         }
         if let Some(links) = &self.links {
             config.links.file = Some(links.clone());
@@ -88,7 +105,9 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let rt = runtime()?;
     rt.block_on(async {
         let listen = config.server.listen;
-        let app = App::build(config, Clock::System).map_err(|e| Failure::usage(e.context("invalid configuration")))?;
+        let app = App::build(config, Clock::System)
+            .await
+            .map_err(|e| Failure::usage(e.context("invalid configuration")))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))

@@ -1,11 +1,11 @@
-//! `ridegate.v1.HealthFeed`: statuses pushed at run time, applied to the embedded store
-//! and to this instance's cache at once. Only the health platform and the back end may
-//! publish (authenticated like every non-gate caller).
-
-use std::sync::Arc;
+//! `ridegate.v1.HealthFeed`: statuses pushed at run time, stored (in this process or in
+//! the shared tier, which announces them to every instance) and applied to this
+//! instance's cache at once. Only the health platform and the back end may publish,
+//! authenticated like every non-gate caller. An update the store cannot take is
+//! reported as rejected, so the publisher can send it again: nothing is lost silently.
 
 use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::health::{Applied, MemoryHealth};
+use ridegate_adapters::health::Applied;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::model::{Colour, HealthStatus, UnixMillis};
 use ridegate_proto::pb;
@@ -13,22 +13,23 @@ use tonic::{Request, Response, Status};
 
 use super::status::BatchTooLarge;
 use crate::cache::HealthCache;
+use crate::stores::HealthBackend;
 
 /// Most updates per `Publish` call.
 pub const MAX_UPDATES: usize = 10_000;
 
 /// Applies pushed statuses.
 pub(super) struct FeedService {
-    statuses: Arc<MemoryHealth>,
-    cache: HealthCache<MemoryHealth>,
+    statuses: HealthBackend,
+    cache: HealthCache<HealthBackend>,
     pseudonymizer: Pseudonymizer,
 }
 
 impl FeedService {
     /// A feed writing into `statuses` and refreshing `cache`.
     pub(super) fn new(
-        statuses: Arc<MemoryHealth>,
-        cache: HealthCache<MemoryHealth>,
+        statuses: HealthBackend,
+        cache: HealthCache<HealthBackend>,
         pseudonymizer: Pseudonymizer,
     ) -> Self {
         Self {
@@ -38,7 +39,7 @@ impl FeedService {
         }
     }
 
-    fn apply(&self, update: pb::StatusUpdate) -> Result<(), String> {
+    fn parse(&self, update: pb::StatusUpdate) -> Result<(IdentityId, HealthStatus), String> {
         use pb::status_update::Subject;
         let identity = match update.subject {
             Some(Subject::Identity(hex)) => {
@@ -59,13 +60,26 @@ impl FeedService {
         if update.set_at_unix_ms <= 0 {
             return Err("set_at_unix_ms: must be a positive time".into());
         }
-        let status = HealthStatus {
-            colour,
-            set_at: UnixMillis(update.set_at_unix_ms),
-            negative_test_at: (update.negative_test_at_unix_ms > 0)
-                .then_some(UnixMillis(update.negative_test_at_unix_ms)),
-        };
-        if self.statuses.put(identity, status) == Applied::Stored {
+        let negative_test_at =
+            (update.negative_test_at_unix_ms > 0).then_some(UnixMillis(update.negative_test_at_unix_ms));
+        Ok((
+            identity,
+            HealthStatus {
+                colour,
+                set_at: UnixMillis(update.set_at_unix_ms),
+                negative_test_at,
+            },
+        ))
+    }
+
+    async fn apply(&self, update: pb::StatusUpdate) -> Result<(), String> {
+        let (identity, status) = self.parse(update)?;
+        let applied = self
+            .statuses
+            .put(identity, status)
+            .await
+            .map_err(|e| format!("not stored, send it again: {e}"))?;
+        if applied == Applied::Stored {
             self.cache.store(identity, status);
         }
         Ok(())
@@ -91,7 +105,7 @@ impl pb::health_feed_server::HealthFeed for FeedService {
         }
         let mut response = pb::PublishResponse::default();
         for (index, update) in updates.into_iter().enumerate() {
-            match self.apply(update) {
+            match self.apply(update).await {
                 Ok(()) => response.applied += 1,
                 Err(reason) => response.rejected.push(pb::RejectedUpdate {
                     index: index as u32,

@@ -10,13 +10,14 @@ use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::{Caller, CallerKind};
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer, ResidentId};
-use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, LinkStore, Linked, MemoryLinks};
+use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, LinkStore, Linked};
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
 use super::convert::{InvalidRequest, card_medium, ticket_kind};
 use crate::linking::{self, LinkCommand, LinkDenied, LinkRules, RawTarget};
+use crate::stores::LinkBackend;
 
 /// Most rows in one bulk-link batch.
 pub const MAX_BATCH_ROWS: usize = 10_000;
@@ -24,7 +25,7 @@ pub const MAX_BATCH_ROWS: usize = 10_000;
 /// Serves the link API.
 #[derive(Clone)]
 pub(super) struct LinkService {
-    links: Arc<MemoryLinks>,
+    links: LinkBackend,
     pseudonymizer: Pseudonymizer,
     rules: LinkRules,
     issuers: Arc<HashSet<String>>,
@@ -34,7 +35,7 @@ pub(super) struct LinkService {
 impl LinkService {
     /// A service over `links`, accepting ride accounts of `issuers`.
     pub(super) fn new(
-        links: Arc<MemoryLinks>,
+        links: LinkBackend,
         pseudonymizer: Pseudonymizer,
         rules: LinkRules,
         issuers: HashSet<String>,

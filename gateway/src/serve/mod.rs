@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use ridegate_adapters::shared::changes;
 use ridegate_proto::pb::gate_server::GateServer;
 use ridegate_proto::pb::health_feed_server::HealthFeedServer;
 use ridegate_proto::pb::links_server::LinksServer;
@@ -21,11 +22,16 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
 
 pub use convert::InvalidRequest;
 pub use deadline::{Deadlines, grpc_timeout};
 pub use feed::MAX_UPDATES;
 pub use links::MAX_BATCH_ROWS;
+
+/// The health-checking service name that reports whether the shared tier (Redis)
+/// answers. The gate service keeps serving while it does not, with degraded answers.
+pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
 
@@ -89,6 +95,35 @@ pub async fn serve(
             authenticator,
         ));
     }
+    // The shared tier: probe it while it is down, report its state as the health of
+    // `ridegate.v1.SharedState` (the gate service keeps serving, degraded, meanwhile),
+    // and follow the change stream into this instance's caches.
+    let shared_tasks = app.shared.clone().map(|tier| {
+        let prober = {
+            let (tier, reporter, every) = (tier.clone(), health_reporter.clone(), app.config.redis.probe_interval);
+            tokio::spawn(async move {
+                let mut reported = None;
+                loop {
+                    let up = tier.is_up() || tier.probe().await;
+                    if reported != Some(up) {
+                        let status = if up {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        };
+                        reporter.set_service_status(SHARED_STATE_SERVICE, status).await;
+                        reported = Some(up);
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        let follower = {
+            let app = app.clone();
+            changes::follow(tier, move |change| app.apply_change(change))
+        };
+        [prober, follower]
+    });
     // Single-journey ticket links stop resolving at the end of their day; sweep them
     // out of memory every hour.
     let sweeper = {
@@ -158,6 +193,9 @@ pub async fn serve(
         }
     };
     sweeper.abort();
+    for task in shared_tasks.into_iter().flatten() {
+        task.abort();
+    }
     app.audit.close();
     tracing::info!("stopped");
     outcome

@@ -1,0 +1,122 @@
+//! Health statuses in the shared tier, behind each instance's local cache. A status is
+//! stored as compact text, `<colour>:<set_at ms>:<negative test ms or 0>`; a newer
+//! status always wins, whichever instance writes it and in whatever order.
+
+use std::sync::Arc;
+
+use super::{Applied, HealthSource, SourceError};
+use crate::ids::IdentityId;
+use crate::model::{Colour, HealthStatus, UnixMillis};
+use crate::shared::changes::Change;
+use crate::shared::{SharedError, SharedTier};
+
+/// Stores `ARGV[1]` at `KEYS[1]` unless the status there was set later than `ARGV[2]`.
+const PUT_IF_NEWER: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held then
+  local held_at = tonumber(string.match(held, '^%a:(%d+)'))
+  if held_at and held_at > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+
+/// The text form of a status.
+pub(crate) fn encode_status(status: &HealthStatus) -> String {
+    let colour = match status.colour {
+        Colour::Green => 'g',
+        Colour::Yellow => 'y',
+        Colour::Red => 'r',
+    };
+    format!(
+        "{colour}:{}:{}",
+        status.set_at.0,
+        status.negative_test_at.map_or(0, |t| t.0)
+    )
+}
+
+/// A status from its text form.
+pub(crate) fn decode_status(text: &str) -> Option<HealthStatus> {
+    let mut parts = text.split(':');
+    let colour = match parts.next()? {
+        "g" => Colour::Green,
+        "y" => Colour::Yellow,
+        "r" => Colour::Red,
+        _ => return None,
+    };
+    let set_at = UnixMillis(parts.next()?.parse().ok()?);
+    let tested: i64 = parts.next()?.parse().ok()?;
+    Some(HealthStatus {
+        colour,
+        set_at,
+        negative_test_at: (tested > 0).then_some(UnixMillis(tested)),
+    })
+}
+
+/// Statuses in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisHealth {
+    tier: Arc<SharedTier>,
+}
+
+impl RedisHealth {
+    /// Statuses in `tier`.
+    pub fn new(tier: Arc<SharedTier>) -> Self {
+        Self { tier }
+    }
+
+    /// Stores `status` unless a later one is held, and announces it to every instance.
+    pub async fn put(&self, identity: IdentityId, status: HealthStatus) -> Result<Applied, SharedError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUT_IF_NEWER)
+            .arg(1)
+            .arg(self.tier.key("h", identity))
+            .arg(encode_status(&status))
+            .arg(status.set_at.0);
+        let stored: i64 = self.tier.send(&cmd, None).await?;
+        if stored == 0 {
+            return Ok(Applied::Older);
+        }
+        self.tier.publish(&Change::Status { identity, status }).await?;
+        Ok(Applied::Stored)
+    }
+}
+
+impl HealthSource for RedisHealth {
+    async fn fetch(&self, identity: IdentityId) -> Result<Option<HealthStatus>, SourceError> {
+        let text: Option<String> = self
+            .tier
+            .query(redis::cmd("GET").arg(self.tier.key("h", identity)), None)
+            .await
+            .map_err(|e| match e {
+                SharedError::Timeout => SourceError::Timeout,
+                other => SourceError::Unavailable(other.to_string()),
+            })?;
+        Ok(text.as_deref().and_then(decode_status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_their_text_form() {
+        for status in [
+            HealthStatus {
+                colour: Colour::Green,
+                set_at: UnixMillis(1_654_732_800_000),
+                negative_test_at: Some(UnixMillis(5)),
+            },
+            HealthStatus {
+                colour: Colour::Red,
+                set_at: UnixMillis(7),
+                negative_test_at: None,
+            },
+        ] {
+            assert_eq!(decode_status(&encode_status(&status)), Some(status));
+        }
+        assert_eq!(decode_status("x:1:0"), None);
+        assert_eq!(decode_status("g:abc:0"), None);
+    }
+}

@@ -1,0 +1,286 @@
+//! The shared tier: Redis (one server) or Redis Cluster, holding what every ridegate
+//! instance behind a load balancer must agree on — links, health statuses, used ride
+//! codes, idempotency records — and the change stream that keeps their local caches
+//! fresh (see [`changes`]).
+//!
+//! Keys, all under one prefix (default `rg`), each naming no person:
+//!
+//! | key | value |
+//! |---|---|
+//! | `rg:l:<credential id>` | a link record: identity pseudonym, class, consent, who, when, until |
+//! | `rg:i:<identity id>` | hash of the identity's credentials and its card slots |
+//! | `rg:h:<identity id>` | a health status: colour, set-at, negative-test time |
+//! | `rg:c:<code key>` | a used ride code: the request that used it, expiring with the code |
+//! | `rg:r:<request key>` | an answer, for retries, expiring after the retry window |
+//! | `rg:changes` | the change stream (status changes, link changes), trimmed |
+//!
+//! Every command is bounded by the operation timeout and by the tap's own deadline.
+//! When a command fails the tier is marked down and callers fall back at once (no
+//! waiting on a dead server for every tap) until a probe finds it up again.
+
+pub mod changes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisFuture, Value};
+use tokio::time::Instant;
+
+/// Where the shared tier is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server: `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS.
+    Single(String),
+    /// A Redis Cluster, found through these seed nodes (`redis://` / `rediss://` URLs).
+    Cluster(Vec<String>),
+}
+
+/// How to reach and use the shared tier.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    /// Single server or cluster.
+    pub topology: Topology,
+    /// Username (overrides any in the URLs).
+    pub username: Option<String>,
+    /// Password (overrides any in the URLs).
+    pub password: Option<String>,
+    /// Key prefix.
+    pub prefix: String,
+    /// Longest wait for one command (the tap's deadline may cut it shorter).
+    pub operation_timeout: Duration,
+    /// Longest wait to connect.
+    pub connect_timeout: Duration,
+    /// Change-stream length kept (approximately); an instance that falls further behind
+    /// clears its caches instead of catching up.
+    pub changes_max_len: u64,
+}
+
+/// The shared tier could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SharedError {
+    /// It is known to be down; the command was not sent.
+    #[error("shared tier down")]
+    Down,
+    /// No answer within the time allowed.
+    #[error("shared tier timed out")]
+    Timeout,
+    /// It answered with an error, or the connection failed.
+    #[error("shared tier error: {0}")]
+    Redis(String),
+    /// The configuration cannot be used (bad URL).
+    #[error("shared tier configuration: {0}")]
+    Config(String),
+}
+
+/// A connection to either topology; both multiplex and reconnect on their own.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    /// Commands that failed or timed out.
+    pub errors: AtomicU64,
+    /// Commands not sent because the tier was down.
+    pub skipped: AtomicU64,
+}
+
+/// The shared tier.
+pub struct SharedTier {
+    settings: SharedSettings,
+    connection: Connection,
+    up: AtomicBool,
+    stats: SharedStats,
+}
+
+impl std::fmt::Debug for SharedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedTier({:?}, up: {})", self.settings.topology, self.is_up())
+    }
+}
+
+impl SharedTier {
+    /// Prepares the connection without waiting for the server: ridegate starts (marked
+    /// degraded) while Redis is down, and connects when it comes up.
+    pub fn connect(settings: SharedSettings) -> Result<Arc<Self>, SharedError> {
+        let connection = open(&settings, settings.operation_timeout)?;
+        Ok(Arc::new(Self {
+            settings,
+            connection,
+            up: AtomicBool::new(false),
+            stats: SharedStats::default(),
+        }))
+    }
+
+    /// A fresh connection of its own, for a blocking reader (the change stream), whose
+    /// reads may wait `read_timeout`.
+    pub(crate) fn dedicated(&self, read_timeout: Duration) -> Result<Connection, SharedError> {
+        open(&self.settings, read_timeout)
+    }
+
+    /// The key `<prefix>:<kind>:<id>`.
+    pub fn key(&self, kind: &str, id: impl std::fmt::Display) -> String {
+        format!("{}:{kind}:{id}", self.settings.prefix)
+    }
+
+    /// The settings it was built from.
+    pub fn settings(&self) -> &SharedSettings {
+        &self.settings
+    }
+
+    /// Whether the last command or probe succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &SharedStats {
+        &self.stats
+    }
+
+    /// Runs `cmd`, bounded by the operation timeout and `deadline`. While the tier is
+    /// down, fails at once with [`SharedError::Down`].
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Option<Instant>) -> Result<T, SharedError> {
+        if !self.is_up() {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(SharedError::Down);
+        }
+        self.send(cmd, deadline).await
+    }
+
+    /// Runs `cmd` whether or not the tier is marked down (probes, writes that must not
+    /// be skipped silently).
+    pub async fn send<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Option<Instant>) -> Result<T, SharedError> {
+        let limit = Instant::now() + self.settings.operation_timeout;
+        let deadline = deadline.map_or(limit, |d| d.min(limit));
+        let mut connection = self.connection.clone();
+        let result = match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Redis(e.to_string())),
+            Ok(Err(e)) => {
+                self.mark_down();
+                Err(SharedError::Redis(e.to_string()))
+            }
+            Err(_) => {
+                self.mark_down();
+                Err(SharedError::Timeout)
+            }
+        };
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        } else if !self.is_up() {
+            self.mark_up();
+        }
+        result
+    }
+
+    /// Pings the tier and records whether it is up; returns the new state.
+    pub async fn probe(&self) -> bool {
+        let ok = self.send::<String>(&redis::cmd("PING"), None).await.is_ok();
+        if ok {
+            self.mark_up();
+        }
+        ok
+    }
+
+    fn mark_down(&self) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!("shared tier (Redis) down: answering from local caches, marked degraded");
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("shared tier (Redis) up");
+        }
+    }
+}
+
+/// An error the server answered with (wrong type, script error) is not an outage.
+fn is_reply_error(e: &redis::RedisError) -> bool {
+    !(e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error())
+}
+
+fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connection, SharedError> {
+    let config_error = |e: redis::RedisError| SharedError::Config(e.to_string());
+    match &settings.topology {
+        Topology::Single(url) => {
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(config_error)?;
+            let mut redis_settings = info.redis_settings().clone();
+            if let Some(password) = &settings.password {
+                redis_settings = redis_settings.set_password(password);
+            }
+            if let Some(username) = &settings.username {
+                redis_settings = redis_settings.set_username(username);
+            }
+            let info = info.set_redis_settings(redis_settings);
+            let client = redis::Client::open(info).map_err(config_error)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(2));
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map(Connection::Single)
+                .map_err(config_error)
+        }
+        Topology::Cluster(seeds) => {
+            let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(response_timeout)
+                .retries(1);
+            if let Some(password) = &settings.password {
+                builder = builder.password(password.clone());
+            }
+            if let Some(username) = &settings.username {
+                builder = builder.username(username.clone());
+            }
+            let client = builder.build().map_err(config_error)?;
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(settings.connect_timeout)
+                .set_response_timeout(response_timeout);
+            Ok(Connection::Cluster(
+                client.get_pending_async_connection_with_config(config),
+            ))
+        }
+    }
+}

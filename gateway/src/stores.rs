@@ -1,0 +1,243 @@
+//! Where state lives: in this process (embedded, the default) or in the shared tier
+//! (Redis or Redis Cluster) when several instances serve one city. Each store is an
+//! enum over the two — no generics through the decision path, no dynamic dispatch per
+//! tap — and its hot-path methods take the tap's deadline.
+//!
+//! When the shared tier is down: links come from the local cache, statuses from the
+//! health cache within their staleness bound, retries are decided afresh, and ride
+//! codes are checked against this instance's own memory of used codes. That last
+//! fallback is a documented risk: while Redis is down, a code used at one instance
+//! could be used once more at another. Every answer given meanwhile is marked degraded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ridegate_adapters::health::{Applied, HealthSource, MemoryHealth, RedisHealth, SourceError};
+use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency, RedisIdempotency};
+use ridegate_adapters::ids::{CodeKey, CredentialId, IdentityId, RequestKey};
+use ridegate_adapters::link::{LinkError, LinkRecord, LinkStore, Linked, MemoryLinks, RedisLinks};
+use ridegate_adapters::model::{Answer, HealthStatus, UnixMillis};
+use ridegate_adapters::replay::{Claim, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
+use tokio::time::{Instant, timeout_at};
+
+/// The link store.
+#[derive(Clone)]
+pub enum LinkBackend {
+    /// In this process.
+    Memory(Arc<MemoryLinks>),
+    /// In Redis, behind a local cache.
+    Shared(Arc<RedisLinks>),
+}
+
+impl LinkBackend {
+    /// The gate's question, answered by `deadline`.
+    pub async fn resolve_by(
+        &self,
+        credential: CredentialId,
+        now: UnixMillis,
+        deadline: Instant,
+    ) -> Result<Option<IdentityId>, LinkError> {
+        match self {
+            Self::Memory(m) => Ok(m.resolve_now(&credential, now)),
+            Self::Shared(r) => timeout_at(deadline, r.resolve(credential, now))
+                .await
+                .unwrap_or_else(|_| Err(LinkError::Unavailable("no answer within the tap's budget".into()))),
+        }
+    }
+
+    /// Forgets what this instance cached about `credential`.
+    pub fn invalidate(&self, credential: &CredentialId) {
+        if let Self::Shared(r) = self {
+            r.invalidate(credential);
+        }
+    }
+
+    /// Forgets everything this instance cached.
+    pub fn clear_cache(&self) {
+        if let Self::Shared(r) = self {
+            r.clear_cache();
+        }
+    }
+
+    /// Credentials linked, when the store is in this process.
+    pub fn local_len(&self) -> Option<usize> {
+        match self {
+            Self::Memory(m) => Some(m.len()),
+            Self::Shared(_) => None,
+        }
+    }
+
+    /// Removes expired day-bound links held in this process.
+    pub fn sweep_expired(&self, now: UnixMillis) -> usize {
+        match self {
+            Self::Memory(m) => m.sweep_expired(now),
+            // Redis records carry their own end; nothing to sweep here.
+            Self::Shared(_) => 0,
+        }
+    }
+}
+
+impl LinkStore for LinkBackend {
+    async fn resolve(&self, credential: CredentialId, now: UnixMillis) -> Result<Option<IdentityId>, LinkError> {
+        match self {
+            Self::Memory(m) => m.resolve(credential, now).await,
+            Self::Shared(r) => r.resolve(credential, now).await,
+        }
+    }
+
+    async fn link(&self, credential: CredentialId, record: LinkRecord) -> Result<Linked, LinkError> {
+        match self {
+            Self::Memory(m) => m.link(credential, record).await,
+            Self::Shared(r) => r.link(credential, record).await,
+        }
+    }
+
+    async fn unlink(&self, credential: CredentialId) -> Result<Option<LinkRecord>, LinkError> {
+        match self {
+            Self::Memory(m) => m.unlink(credential).await,
+            Self::Shared(r) => r.unlink(credential).await,
+        }
+    }
+
+    async fn get(&self, credential: CredentialId, now: UnixMillis) -> Result<Option<LinkRecord>, LinkError> {
+        match self {
+            Self::Memory(m) => m.get(credential, now).await,
+            Self::Shared(r) => r.get(credential, now).await,
+        }
+    }
+
+    async fn links_of(
+        &self,
+        identity: IdentityId,
+        now: UnixMillis,
+    ) -> Result<Vec<(CredentialId, LinkRecord)>, LinkError> {
+        match self {
+            Self::Memory(m) => m.links_of(identity, now).await,
+            Self::Shared(r) => r.links_of(identity, now).await,
+        }
+    }
+}
+
+/// Where health statuses live (the source behind the health cache).
+#[derive(Clone)]
+pub enum HealthBackend {
+    /// In this process, fed from a file and the feed.
+    Memory(Arc<MemoryHealth>),
+    /// In Redis, shared by every instance.
+    Shared(RedisHealth),
+}
+
+/// A status could not be stored.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl HealthBackend {
+    /// Stores a status unless a later one is held; in Redis, announces it to every
+    /// instance.
+    pub async fn put(&self, identity: IdentityId, status: HealthStatus) -> Result<Applied, StoreError> {
+        match self {
+            Self::Memory(m) => Ok(m.put(identity, status)),
+            Self::Shared(r) => r.put(identity, status).await.map_err(|e| StoreError(e.to_string())),
+        }
+    }
+
+    /// Statuses held, when they are held in this process.
+    pub fn local_len(&self) -> Option<usize> {
+        match self {
+            Self::Memory(m) => Some(m.len()),
+            Self::Shared(_) => None,
+        }
+    }
+}
+
+impl HealthSource for HealthBackend {
+    async fn fetch(&self, identity: IdentityId) -> Result<Option<HealthStatus>, SourceError> {
+        match self {
+            Self::Memory(m) => m.fetch(identity).await,
+            Self::Shared(r) => r.fetch(identity).await,
+        }
+    }
+}
+
+/// The single-use guard for ride codes.
+pub enum ReplayBackend {
+    /// This process's memory.
+    Memory(MemoryReplayGuard),
+    /// Redis, with this process's memory as the fallback while Redis is unreachable.
+    Shared {
+        /// The shared guard.
+        redis: RedisReplayGuard,
+        /// What this instance itself has seen: kept always, used when Redis fails.
+        local: MemoryReplayGuard,
+        /// Claims decided by the local guard because Redis did not answer.
+        fallbacks: AtomicU64,
+    },
+}
+
+impl ReplayBackend {
+    /// Claims `code` for `request`, by `deadline`.
+    pub async fn claim_by(
+        &self,
+        code: CodeKey,
+        request: RequestKey,
+        valid_until: UnixMillis,
+        now: UnixMillis,
+        deadline: Instant,
+    ) -> Claim {
+        match self {
+            Self::Memory(m) => m.claim_now(code, request, valid_until, now),
+            Self::Shared {
+                redis,
+                local,
+                fallbacks,
+            } => {
+                let local_claim = local.claim_now(code, request, valid_until, now);
+                match timeout_at(deadline, redis.claim(code, request, valid_until, now)).await {
+                    Ok(Ok(claim)) => claim,
+                    _ => {
+                        fallbacks.fetch_add(1, Ordering::Relaxed);
+                        local_claim
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims decided locally because Redis did not answer.
+    pub fn fallbacks(&self) -> u64 {
+        match self {
+            Self::Memory(_) => 0,
+            Self::Shared { fallbacks, .. } => fallbacks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Idempotency records.
+pub enum IdempotencyBackend {
+    /// This process's memory.
+    Memory(MemoryIdempotency),
+    /// Redis: a retry reaching another instance still gets the original answer.
+    Shared(RedisIdempotency),
+}
+
+impl IdempotencyBackend {
+    /// Records `answer` unless one is held (then returns it), by `deadline`. A store
+    /// that cannot answer in time records nothing: the retry is decided afresh.
+    pub async fn record_by(
+        &self,
+        request: RequestKey,
+        answer: Answer,
+        until: UnixMillis,
+        now: UnixMillis,
+        deadline: Instant,
+    ) -> Option<Answer> {
+        match self {
+            Self::Memory(m) => m.record_now(request, answer, until, now),
+            Self::Shared(r) => timeout_at(deadline, r.record(request, answer, until, now))
+                .await
+                .ok()?
+                .ok()?,
+        }
+    }
+}
