@@ -246,7 +246,7 @@ impl Answer {
         };
         out[21] = self
             .shadow
-            .map_or(0, |(v, r)| verdict_byte(v) << 6 | r.index() as u8 + 1);
+            .map_or(0, |(v, r)| (verdict_byte(v) << 6) | (r.index() as u8 + 1));
         out
     }
 

@@ -9,4 +9,5 @@ mod feed;
 mod gate;
 mod links;
 mod operations;
+mod shared;
 mod support;

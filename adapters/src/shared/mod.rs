@@ -189,7 +189,16 @@ impl SharedTier {
         let limit = Instant::now() + self.settings.operation_timeout;
         let deadline = deadline.map_or(limit, |d| d.min(limit));
         let mut connection = self.connection.clone();
-        let result = match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut connection)).await {
+        let attempt = async {
+            match cmd.query_async::<T>(&mut connection).await {
+                // A connection that broke since the last command (Redis restarted) is
+                // re-established by the connection manager: try once more. Safe, since
+                // every ridegate write is idempotent or a compare-and-set.
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => cmd.query_async::<T>(&mut connection).await,
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Redis(e.to_string())),
             Ok(Err(e)) => {
@@ -211,11 +220,7 @@ impl SharedTier {
 
     /// Pings the tier and records whether it is up; returns the new state.
     pub async fn probe(&self) -> bool {
-        let ok = self.send::<String>(&redis::cmd("PING"), None).await.is_ok();
-        if ok {
-            self.mark_up();
-        }
-        ok
+        self.send::<String>(&redis::cmd("PING"), None).await.is_ok()
     }
 
     fn mark_down(&self) {

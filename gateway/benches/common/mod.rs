@@ -15,6 +15,7 @@ use ridegate::authorize::{Authorizer, Parts};
 use ridegate::cache::{CacheSettings, HealthCache};
 use ridegate::config::PolicyConfig;
 use ridegate::decision::{GateContext, GateRequest, Policy};
+use ridegate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend};
 use ridegate_adapters::audit::JsonLinesAudit;
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::clock::Clock;
@@ -24,9 +25,11 @@ use ridegate_adapters::credential::ride_code::{
     CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
 };
 use ridegate_adapters::health::MemoryHealth;
+use ridegate_adapters::idempotency::MemoryIdempotency;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::link::{Consent, LinkRecord, LinkTarget, MemoryLinks};
 use ridegate_adapters::model::{Colour, Direction, HealthStatus, UnixMillis};
+use ridegate_adapters::replay::MemoryReplayGuard;
 use tokio::time::Instant;
 
 pub const RIDERS: u64 = 1_000_000;
@@ -118,7 +121,7 @@ pub fn world(rt: &tokio::runtime::Runtime) -> World {
         identities.push(identity);
     }
     let health = HealthCache::new(
-        statuses,
+        Arc::new(HealthBackend::Memory(statuses)),
         CacheSettings {
             ttl: Duration::from_secs(3600),
             max_staleness: Duration::from_secs(7200),
@@ -138,8 +141,11 @@ pub fn world(rt: &tokio::runtime::Runtime) -> World {
         clock,
         pseudonymizer,
         verifier,
-        links,
+        links: LinkBackend::Memory(links),
         health,
+        replay: ReplayBackend::Memory(MemoryReplayGuard::default()),
+        idempotency: IdempotencyBackend::Memory(MemoryIdempotency::default()),
+        shared: None,
         policy: Policy::new(&PolicyConfig::default()),
         suspend_electronic_tickets: true,
         // Every benchmarked tap has a new request id, and the benchmark taps ~1,000× faster

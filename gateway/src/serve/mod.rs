@@ -95,7 +95,7 @@ pub async fn serve(
             authenticator,
         ));
     }
-    // The shared tier: probe it while it is down, report its state as the health of
+    // The shared tier: probe it every interval, report its state as the health of
     // `ridegate.v1.SharedState` (the gate service keeps serving, degraded, meanwhile),
     // and follow the change stream into this instance's caches.
     let shared_tasks = app.shared.clone().map(|tier| {
@@ -104,7 +104,9 @@ pub async fn serve(
             tokio::spawn(async move {
                 let mut reported = None;
                 loop {
-                    let up = tier.is_up() || tier.probe().await;
+                    // Probe even while up: an idle instance notices an outage (and
+                    // reconnects after it) before a tap has to.
+                    let up = tier.probe().await;
                     if reported != Some(up) {
                         let status = if up {
                             ServingStatus::Serving

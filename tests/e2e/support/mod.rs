@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod raw;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -67,6 +68,7 @@ pub const UNTESTED: Status = Status {
 };
 
 /// An issuer the fixture configures, with its signing key.
+#[derive(Clone)]
 pub struct Issuer {
     /// Its id.
     pub id: String,
@@ -253,8 +255,9 @@ impl GatewayBuilder {
         &self.issuers
     }
 
-    /// Writes the files and starts the process; returns once it listens.
-    pub async fn start(self) -> (Gateway, Vec<Issuer>) {
+    /// Writes the files and starts a process; returns once it listens. Call it again
+    /// for a second instance with the same keys, population and configuration.
+    pub async fn start(&self) -> (Gateway, Vec<Issuer>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = self.write_files(dir.path());
         let mut command = Command::new(binary());
@@ -283,7 +286,7 @@ impl GatewayBuilder {
                 addr,
                 dir,
             },
-            self.issuers,
+            self.issuers.clone(),
         )
     }
 

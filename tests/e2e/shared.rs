@@ -1,0 +1,354 @@
+//! Two ridegate instances sharing one Redis, and one Redis Cluster: a ride code used on
+//! one is replayed on the other, a link made through one resolves on the other, a
+//! status pushed through one changes the other's next decision within a second — and
+//! when Redis dies mid-stream every tap is still answered before its deadline, until
+//! Redis is back and used again.
+
+use std::time::{Duration, Instant};
+
+use ridegate_adapters::caller::CallerKind;
+use ridegate_adapters::credential::ride_code::SigningAlg;
+use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_proto::pb::health_feed_client::HealthFeedClient;
+use ridegate_proto::pb::{self, Reason, Verdict};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::codes;
+use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::*;
+
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+fn builder(flag: &str, target: &str) -> GatewayBuilder {
+    GatewayBuilder::new()
+        .issuer("alipay", SigningAlg::EdDsa)
+        .account("alipay", "acct-1", 1)
+        .status(1, GREEN)
+        .card("1000000000000002", 2)
+        .status(2, GREEN)
+        .status(3, GREEN)
+        .feed()
+        .arg(flag)
+        .arg(target)
+}
+
+async fn shared_state(gateway: &Gateway) -> Option<ServingStatus> {
+    let mut health = HealthClient::new(gateway.channel().await);
+    let response = health
+        .check(HealthCheckRequest {
+            service: "ridegate.v1.SharedState".into(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().status())
+}
+
+async fn wait_shared_state(gateway: &Gateway, want: ServingStatus, within: Duration) {
+    let started = Instant::now();
+    while shared_state(gateway).await != Some(want) {
+        assert!(
+            started.elapsed() < within,
+            "SharedState not {want:?} within {within:?}:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Taps `credential` at `gateway` until `want` comes back; returns how long it took.
+async fn until_reason(gateway: &Gateway, credential: &pb::authorize_request::Credential, want: Reason) -> Duration {
+    let mut gate = gateway.gate().await;
+    let started = Instant::now();
+    loop {
+        let response = gate.authorize(tap(credential.clone())).await.unwrap().into_inner();
+        if response.reason() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < 5 * PROPAGATION,
+            "still {:?} after 5 s",
+            response.reason()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn link_card(gateway: &Gateway, number: &str, person: u64) {
+    let token = gateway.token(CallerKind::UpgradeService, "upgrade", None);
+    let request = pb::LinkRequest {
+        credential: Some(pb::LinkCredential {
+            credential: Some(pb::link_credential::Credential::Card(pb::Card {
+                medium: pb::CardMedium::Physical.into(),
+                number: number.into(),
+            })),
+        }),
+        id_number: synthetic_resident_id(person),
+        consent: pb::Consent::UpgradeService.into(),
+        staff_operator_id: String::new(),
+    };
+    gateway.links().await.link(authed(request, &token)).await.unwrap();
+}
+
+async fn publish(gateway: &Gateway, person: u64, colour: pb::HealthColour) {
+    let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
+    let update = pb::StatusUpdate {
+        subject: Some(pb::status_update::Subject::IdNumber(synthetic_resident_id(person))),
+        colour: colour.into(),
+        set_at_unix_ms: now().0,
+        negative_test_at_unix_ms: now().0 - 3_600_000,
+    };
+    let response = HealthFeedClient::new(gateway.channel().await)
+        .publish(authed(pb::PublishRequest { updates: vec![update] }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((response.applied, response.rejected.len()), (1, 0), "{response:?}");
+}
+
+async fn two_instances_agree(flag: &str, target: &str) {
+    let builder = builder(flag, target);
+    let (a, issuers) = builder.start().await;
+    let (b, _) = builder.start().await;
+    wait_shared_state(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
+    wait_shared_state(&b, ServingStatus::Serving, Duration::from_secs(5)).await;
+    let (mut gate_a, mut gate_b) = (a.gate().await, b.gate().await);
+
+    // A ride code used on one instance is a replay on the other; a retry of the same
+    // request on the other gets the first answer.
+    let qr = codes::valid(&issuers[0].minter, "acct-1");
+    let first = gate_a.authorize(tap(code(&qr)).id("tap-1")).await.unwrap().into_inner();
+    assert_eq!(outcome(&first), (Verdict::Allow, Reason::HealthGreen));
+    let replayed = gate_b.authorize(tap(code(&qr)).id("tap-2")).await.unwrap().into_inner();
+    assert_eq!(outcome(&replayed), (Verdict::Deny, Reason::CodeReplayed));
+    let retried = gate_b.authorize(tap(code(&qr)).id("tap-1")).await.unwrap().into_inner();
+    assert_eq!(
+        (retried.retry, retried.decision_id.as_str()),
+        (true, first.decision_id.as_str())
+    );
+
+    // A link made through one resolves on the other (whose cache said "not linked").
+    assert_eq!(
+        outcome(
+            &gate_b
+                .authorize(tap(card("1000000000000003")))
+                .await
+                .unwrap()
+                .into_inner()
+        )
+        .1,
+        Reason::NotLinked
+    );
+    link_card(&a, "1000000000000003", 3).await;
+    let took = until_reason(&b, &card("1000000000000003"), Reason::HealthGreen).await;
+    assert!(took < PROPAGATION, "link reached the other instance after {took:?}");
+
+    // A status pushed through one changes the other's next decision within a second.
+    assert_eq!(
+        outcome(
+            &gate_b
+                .authorize(tap(card("1000000000000002")))
+                .await
+                .unwrap()
+                .into_inner()
+        )
+        .1,
+        Reason::HealthGreen
+    );
+    publish(&a, 2, pb::HealthColour::Red).await;
+    let took = until_reason(&b, &card("1000000000000002"), Reason::HealthRed).await;
+    assert!(took < PROPAGATION, "status reached the other instance after {took:?}");
+    eprintln!("propagation to the other instance: {took:?}");
+}
+
+#[tokio::test]
+async fn two_instances_share_one_redis() {
+    let redis = RedisServer::start();
+    two_instances_agree("--redis", &redis.url()).await;
+    // Nothing personal in Redis: keys and values name pseudonyms only.
+    let dump = redis.cli(&["--scan"]);
+    assert!(
+        !dump.contains("1000000000000003") && !dump.contains(&synthetic_resident_id(3)),
+        "{dump}"
+    );
+    for key in dump.lines().filter(|k| k.starts_with("rg:l:")).take(5) {
+        let value = redis.cli(&["GET", key]);
+        assert!(
+            !value.contains(&synthetic_resident_id(3)) && !value.contains("1000000000000003"),
+            "{value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_instances_share_a_three_master_redis_cluster() {
+    let cluster = RedisCluster::start();
+    two_instances_agree("--redis-cluster", &cluster.seeds()).await;
+    // The keys really are spread over the masters.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).trim() != "0")
+        .count();
+    assert!(holding >= 2, "keys on {holding} of 3 masters");
+}
+
+#[tokio::test]
+async fn when_redis_dies_every_tap_is_answered_in_time_and_redis_is_used_again_when_back() {
+    let mut redis = RedisServer::start();
+    let builder = builder("--redis", &redis.url());
+    let (a, issuers) = builder.start().await;
+    let (b, _) = builder.start().await;
+    wait_shared_state(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
+    let budget = Duration::from_millis(200);
+    // Warm A's caches for the card and the ride account, then tap steadily while Redis
+    // is killed.
+    until_reason(&a, &card("1000000000000002"), Reason::HealthGreen).await;
+    let warm = codes::valid(&issuers[0].minter, "acct-1");
+    assert_eq!(
+        outcome(&a.gate().await.authorize(tap(code(&warm))).await.unwrap().into_inner()).1,
+        Reason::HealthGreen
+    );
+    let taps = {
+        let gate = a.gate().await;
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..60 {
+                let mut gate = gate.clone();
+                let mut request = tonic::Request::new(tap(card("1000000000000002")).id(&format!("steady-{i}")));
+                request.set_timeout(budget);
+                let started = Instant::now();
+                let response = gate.authorize(request).await;
+                results.push((response.map(tonic::Response::into_inner), started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.kill();
+    wait_shared_state(&a, ServingStatus::NotServing, Duration::from_secs(3)).await;
+    // A ride code during the outage: checked against A's own memory of used codes, the
+    // link and status from A's caches; answered, and marked degraded.
+    let qr = codes::valid(&issuers[0].minter, "acct-1");
+    let during = a.gate().await.authorize(tap(code(&qr))).await.unwrap().into_inner();
+    assert_eq!(outcome(&during), (Verdict::Allow, Reason::HealthGreen));
+    assert!(during.degraded);
+    let again = a.gate().await.authorize(tap(code(&qr))).await.unwrap().into_inner();
+    assert_eq!(
+        outcome(&again).1,
+        Reason::CodeReplayed,
+        "the local guard still refuses a second use here"
+    );
+    // A credential A never saw cannot be resolved: the unavailable-policy answers.
+    let unknown = a
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000009")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (outcome(&unknown), unknown.degraded),
+        ((Verdict::Assist, Reason::HealthUnavailable), true)
+    );
+    let results = taps.await.unwrap();
+    let mut degraded = 0;
+    for (i, (response, took)) in results.iter().enumerate() {
+        let response = response.as_ref().unwrap_or_else(|e| panic!("tap {i} failed: {e}"));
+        assert!(*took < budget, "tap {i} answered after {took:?}");
+        assert_eq!(outcome(response), (Verdict::Allow, Reason::HealthGreen), "tap {i}");
+        degraded += usize::from(response.degraded);
+    }
+    assert!(
+        degraded > 10,
+        "answers during the outage are marked degraded ({degraded})"
+    );
+
+    // Redis comes back (empty: it keeps nothing on disk) and is used again.
+    redis.restart();
+    wait_shared_state(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
+    wait_shared_state(&b, ServingStatus::Serving, Duration::from_secs(5)).await;
+    let qr = codes::valid(&issuers[0].minter, "acct-1");
+    a.gate().await.authorize(tap(code(&qr)).id("after-1")).await.unwrap();
+    let replayed = b
+        .gate()
+        .await
+        .authorize(tap(code(&qr)).id("after-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        outcome(&replayed),
+        (Verdict::Deny, Reason::CodeReplayed),
+        "the used code is shared again\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(!replayed.degraded);
+    // And the change stream carries changes again. Redis came back empty, so the
+    // rider's status is gone too: B first sees "not linked", then (the link arriving)
+    // "no health record", then (the status arriving) green.
+    let fresh_card = card("1000000000000003");
+    assert_eq!(
+        outcome(
+            &b.gate()
+                .await
+                .authorize(tap(fresh_card.clone()))
+                .await
+                .unwrap()
+                .into_inner()
+        )
+        .1,
+        Reason::NotLinked
+    );
+    link_card(&a, "1000000000000003", 3).await;
+    let took = until_reason(&b, &fresh_card, Reason::NoHealthRecord).await;
+    assert!(
+        took < PROPAGATION,
+        "after the restart a link reached the other instance after {took:?}"
+    );
+    publish(&a, 3, pb::HealthColour::Green).await;
+    let took = until_reason(&b, &fresh_card, Reason::HealthGreen).await;
+    assert!(
+        took < PROPAGATION,
+        "after the restart a status reached the other instance after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_started_while_redis_is_down_serves_degraded_then_uses_redis_when_it_appears() {
+    // A port where nothing listens yet; Redis will be started there.
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let (gateway, _) = builder("--redis", &url).start().await;
+    wait_shared_state(&gateway, ServingStatus::NotServing, Duration::from_secs(3)).await;
+    let response = gateway
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (outcome(&response), response.degraded),
+        ((Verdict::Assist, Reason::HealthUnavailable), true)
+    );
+    redis.restart();
+    wait_shared_state(&gateway, ServingStatus::Serving, Duration::from_secs(5)).await;
+    link_card(&gateway, "1000000000000004", 3).await;
+    publish(&gateway, 3, pb::HealthColour::Green).await;
+    let response = gateway
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000004")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (outcome(&response), response.degraded),
+        ((Verdict::Allow, Reason::HealthGreen), false)
+    );
+}
