@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/ridegate/v1/gate.proto",
     "proto/ridegate/v1/health_feed.proto",
     "proto/ridegate/v1/links.proto",
+    "proto/ridegate/v1/platform.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -88,6 +88,7 @@ fn main() {
         max_staleness: Duration::from_secs(7200),
         capacity: n + n / 10,
         fetch_timeout: Duration::from_secs(1),
+        refresh_ahead: 0.0,
     };
     let before = resident_bytes();
     match mode.as_str() {

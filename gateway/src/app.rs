@@ -14,7 +14,7 @@ use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
 use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifierLimits};
-use ridegate_adapters::health::{MemoryHealth, RedisHealth, read_statuses};
+use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
 use ridegate_adapters::idempotency::{MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::Pseudonymizer;
 use ridegate_adapters::lines::ImportReport;
@@ -107,7 +107,15 @@ impl App {
                 Some(tier)
             }
         };
-        let (links, statuses, replay, idempotency) = match &shared {
+        let platform = match config.health.platform.remote_settings() {
+            None => None,
+            Some(settings) => {
+                let remote = RemoteHealth::connect(settings).context("health.platform")?;
+                tracing::info!(url = %config.health.platform.url, "health statuses come from the health-code platform");
+                Some(Arc::new(remote))
+            }
+        };
+        let (links, mut statuses, replay, idempotency) = match &shared {
             None => (
                 LinkBackend::Memory(Arc::new(MemoryLinks::new(config.links.second_card))),
                 HealthBackend::Memory(Arc::new(MemoryHealth::default())),
@@ -130,6 +138,13 @@ impl App {
                 IdempotencyBackend::Shared(RedisIdempotency::new(tier.clone())),
             ),
         };
+        if let Some(remote) = platform {
+            statuses = HealthBackend::Platform {
+                remote,
+                tier: shared.clone().map(RedisHealth::new),
+                ttl: config.health.cache_ttl,
+            };
+        }
         load_files(&config, &pseudonymizer, &clock, &links, &statuses).await?;
 
         let health = HealthCache::new(
@@ -139,6 +154,7 @@ impl App {
                 max_staleness: config.health.max_staleness,
                 capacity: config.health.cache_capacity,
                 fetch_timeout: config.health.fetch_timeout,
+                refresh_ahead: config.health.refresh_ahead,
             },
             clock.clone(),
         );
@@ -193,6 +209,17 @@ impl App {
         }
     }
 
+    /// Applies what the health platform's change feed says to the caches.
+    pub fn apply_platform_event(&self, event: WatchEvent) {
+        match event {
+            WatchEvent::Change(identity, status) => {
+                self.health.store(identity, status);
+                self.statuses.keep(identity, status);
+            }
+            WatchEvent::Reset => self.health.clear(),
+        }
+    }
+
     /// Removes day-bound links (single-journey tickets) that have stopped resolving.
     pub fn sweep_links(&self) -> usize {
         self.links.sweep_expired(self.clock.now())
@@ -235,6 +262,11 @@ impl App {
                 load(&stats.unavailable),
             ),
             (
+                "ridegate_health_refreshes",
+                "Background refreshes of ageing entries (counter).",
+                load(&stats.refreshes),
+            ),
+            (
                 "ridegate_audit_pending",
                 "Audit events queued but not yet written.",
                 self.audit.pending(),
@@ -258,6 +290,56 @@ impl App {
                 "Statuses held by the embedded source.",
                 n as u64,
             ));
+        }
+        if let Some(remote) = self.statuses.platform() {
+            let platform = remote.stats();
+            gauges.extend([
+                (
+                    "ridegate_platform_calls",
+                    "Calls sent to the health platform, hedges included (counter).",
+                    load(&platform.calls),
+                ),
+                (
+                    "ridegate_platform_hedges",
+                    "Second calls sent because the first was slow (counter).",
+                    load(&platform.hedges),
+                ),
+                (
+                    "ridegate_platform_retries",
+                    "Second calls sent because the first failed fast (counter).",
+                    load(&platform.retries),
+                ),
+                (
+                    "ridegate_platform_failures",
+                    "Platform fetches that failed or timed out (counter).",
+                    load(&platform.failures),
+                ),
+                (
+                    "ridegate_platform_short_circuited",
+                    "Fetches not sent because the circuit breaker was open (counter).",
+                    load(&platform.short_circuited),
+                ),
+                (
+                    "ridegate_platform_breaker_opened",
+                    "Times the circuit breaker opened (counter).",
+                    load(&platform.breaker_opened),
+                ),
+                (
+                    "ridegate_platform_breaker_open",
+                    "1 while the circuit breaker keeps calls away from the platform.",
+                    u64::from(remote.is_open()),
+                ),
+                (
+                    "ridegate_platform_changes",
+                    "Changes received on the platform's change feed (counter).",
+                    load(&platform.changes),
+                ),
+                (
+                    "ridegate_platform_resets",
+                    "Times the change feed lost its place and the cache was cleared (counter).",
+                    load(&platform.resets),
+                ),
+            ]);
         }
         if let Some(tier) = &self.shared {
             gauges.push((

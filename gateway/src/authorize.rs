@@ -58,6 +58,39 @@ impl DecisionIds {
     }
 }
 
+/// Logs degraded answers as a WARN at most once per `DEGRADED_LOG_EVERY`, with how many
+/// there were since the last line: an outage must show in the log without flooding it.
+#[derive(Debug, Default)]
+struct DegradedLog {
+    since_last: AtomicU64,
+    last_logged: parking_lot::Mutex<Option<Instant>>,
+}
+
+/// At most one degraded-answers log line this often.
+const DEGRADED_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl DegradedLog {
+    fn note(&self, answer: &Answer, station_id: &str) {
+        self.since_last.fetch_add(1, Ordering::Relaxed);
+        // A tap never waits for the log: if another one is logging, this one is counted.
+        let Some(mut last) = self.last_logged.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|at| now - at < DEGRADED_LOG_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        let answers = self.since_last.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            answers,
+            reason = answer.reason.label(),
+            station_id,
+            "degraded answers: the health platform or the shared tier did not answer in time"
+        );
+    }
+}
+
 /// What the decision learned along the way, for the audit record.
 #[derive(Debug, Default)]
 struct Trace {
@@ -82,6 +115,7 @@ pub struct Authorizer {
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
     ids: DecisionIds,
+    degraded_log: DegradedLog,
 }
 
 /// Everything [`Authorizer::new`] takes.
@@ -132,6 +166,7 @@ impl Authorizer {
             audit: parts.audit,
             metrics: parts.metrics,
             ids: DecisionIds::new(),
+            degraded_log: DegradedLog::default(),
         }
     }
 
@@ -246,7 +281,11 @@ impl Authorizer {
                 }
             }
         };
-        Policy::apply_mode(mode, self.policy.judge(subject, now))
+        Policy::apply_mode(
+            mode,
+            self.policy
+                .judge(subject, now, &request.gate.station_id, &request.gate.line_id),
+        )
     }
 
     fn record(
@@ -260,6 +299,9 @@ impl Authorizer {
     ) {
         let latency = received.elapsed();
         self.metrics.record(&answer, retry, latency);
+        if answer.degraded {
+            self.degraded_log.note(&answer, &request.gate.station_id);
+        }
         let GateRequest { gate, credential, .. } = request;
         self.audit.record(AuditEvent {
             at: now,

@@ -4,9 +4,11 @@
 //! that, the tap asks the source again; if the source cannot answer before the tap's
 //! deadline, the old answer is still used — marked degraded — until it is
 //! `max_staleness` old, after which the status is *unavailable* and the policy's
-//! unavailable-verdict applies. Concurrent misses for one identity share one fetch, and
-//! a fetch runs to completion (bounded by `fetch_timeout`) even when the tap that
-//! started it has already been answered, so the next tap finds it cached.
+//! unavailable-verdict applies. Concurrent misses for one identity share one fetch; the
+//! fetch carries the remaining budget of the tap that started it (never more than
+//! `fetch_timeout`) and keeps running after that tap is answered, so the next tap finds
+//! the status cached. A hit on an entry past `refresh_ahead` of its freshness starts a
+//! background refresh: the rider in the queue does not pay for the fetch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +38,9 @@ pub struct CacheSettings {
     pub capacity: u64,
     /// Upper bound on one fetch from the source.
     pub fetch_timeout: Duration,
+    /// Share of `ttl` after which a hit also refreshes the entry in the background
+    /// (0 turns refresh-ahead off).
+    pub refresh_ahead: f64,
 }
 
 /// The source's answer for one identity: a status, or `None` for "no record".
@@ -59,6 +64,8 @@ pub struct CacheStats {
     pub fetches: AtomicU64,
     /// Fetches that failed or timed out.
     pub fetch_errors: AtomicU64,
+    /// Background refreshes started by hits on ageing entries.
+    pub refreshes: AtomicU64,
     /// Lookups answered from an entry past its freshness (degraded).
     pub stale: AtomicU64,
     /// Lookups with nothing usable (degraded, unavailable-policy).
@@ -72,6 +79,7 @@ struct Inner<S> {
     ttl_ms: i64,
     max_staleness_ms: i64,
     fetch_timeout: Duration,
+    refresh_after_ms: Option<i64>,
     clock: Clock,
     stats: CacheStats,
 }
@@ -109,6 +117,8 @@ impl<S: HealthSource> HealthCache<S> {
                 ttl_ms: millis(settings.ttl),
                 max_staleness_ms: millis(settings.max_staleness),
                 fetch_timeout: settings.fetch_timeout,
+                refresh_after_ms: (settings.refresh_ahead > 0.0)
+                    .then(|| (millis(settings.ttl) as f64 * settings.refresh_ahead.min(1.0)) as i64),
                 clock,
                 stats: CacheStats::default(),
             }),
@@ -131,6 +141,10 @@ impl<S: HealthSource> HealthCache<S> {
             Some(entry) if now.since(entry.confirmed_at) < inner.ttl_ms => {
                 inner.stats.hits.fetch_add(1, Ordering::Relaxed);
                 let age_ms = now.since(entry.confirmed_at).max(0);
+                if inner.refresh_after_ms.is_some_and(|after| age_ms >= after) {
+                    inner.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+                    drop(self.fetch(identity, Instant::now() + inner.fetch_timeout));
+                }
                 Ok(HealthView::Known {
                     status: entry.status,
                     age_ms,
@@ -152,9 +166,17 @@ impl<S: HealthSource> HealthCache<S> {
     ) -> HealthView {
         let inner = &self.inner;
         inner.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let fetch = self.fetch(identity);
-        // With the budget already spent, do not even wait one poll: answer now, and let
-        // the fetch fill the cache for the next tap.
+        // The fetch gets the tap's remaining budget; with the budget spent, it gets
+        // `fetch_timeout` and fills the cache for the next tap.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let fetch_deadline = Instant::now()
+            + if remaining.is_zero() {
+                inner.fetch_timeout
+            } else {
+                remaining.min(inner.fetch_timeout)
+            };
+        let fetch = self.fetch(identity, fetch_deadline);
+        // With the budget already spent, do not even wait one poll: answer now.
         if Instant::now() < deadline
             && let Ok(Ok(status)) = tokio::time::timeout_at(deadline, fetch).await
         {
@@ -186,8 +208,8 @@ impl<S: HealthSource> HealthCache<S> {
         self.inner.store(identity, Some(status));
     }
 
-    /// The fetch for `identity` in flight, or a new one.
-    fn fetch(&self, identity: IdentityId) -> Fetch {
+    /// The fetch for `identity` in flight, or a new one that gives up at `deadline`.
+    fn fetch(&self, identity: IdentityId, deadline: Instant) -> Fetch {
         let mut inflight = self.inner.inflight.lock();
         if let Some(fetch) = inflight.get(&identity) {
             return fetch.clone();
@@ -204,7 +226,7 @@ impl<S: HealthSource> HealthCache<S> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             inner.stats.fetches.fetch_add(1, Ordering::Relaxed);
-            let result = tokio::time::timeout(inner.fetch_timeout, inner.source.fetch(identity))
+            let result = tokio::time::timeout_at(deadline, inner.source.fetch(identity, deadline))
                 .await
                 .unwrap_or(Err(SourceError::Timeout));
             match &result {
@@ -277,6 +299,7 @@ mod tests {
             max_staleness: Duration::from_secs(600),
             capacity: 1_000,
             fetch_timeout: Duration::from_secs(1),
+            refresh_ahead: 0.0,
         }
     }
 
@@ -298,7 +321,7 @@ mod tests {
     }
 
     impl HealthSource for Scripted {
-        async fn fetch(&self, identity: IdentityId) -> Result<Option<HealthStatus>, SourceError> {
+        async fn fetch(&self, identity: IdentityId, _deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let delay = *self.delay.lock();
             tokio::time::sleep(delay).await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use ridegate_adapters::credential::ride_code::{IssuerSpec, SigningAlg, VerifierLimits};
+use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
 use ridegate_adapters::link::SecondCard;
 use ridegate_adapters::model::{Mode, Verdict};
@@ -324,6 +325,70 @@ pub struct HealthConfig {
     pub fetch_timeout: Duration,
     /// Serve `ridegate.v1.HealthFeed` so statuses can be pushed at run time.
     pub feed_enabled: bool,
+    /// Share of `cache_ttl` after which a tap that hits the entry also refreshes it in
+    /// the background, so the rider in the queue does not pay for the fetch (0: off).
+    pub refresh_ahead: f64,
+    /// The health-code platform, when statuses come from it over the network.
+    pub platform: PlatformConfig,
+}
+
+/// `[health.platform]`: the health-code platform (`ridegate.v1.HealthPlatform`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// The platform's address, `http://host:port`; empty: no platform (statuses come
+    /// from `health.file`, the feed, or Redis).
+    pub url: String,
+    /// Send a second request when the first is slower than this percentile of recent
+    /// calls (0 turns hedging off).
+    pub hedge_percentile: f64,
+    /// The hedge delay is kept between these bounds.
+    #[serde(with = "humantime_serde")]
+    pub hedge_min_delay: Duration,
+    /// See `hedge_min_delay`.
+    #[serde(with = "humantime_serde")]
+    pub hedge_max_delay: Duration,
+    /// Failures in a row that open the circuit breaker: taps stop waiting for the
+    /// platform and are answered from the cache, degraded.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one call probes the platform again.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// Longest wait to connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Follow the platform's change feed and apply changes to the cache at once.
+    pub watch: bool,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            hedge_percentile: 0.95,
+            hedge_min_delay: Duration::from_millis(2),
+            hedge_max_delay: Duration::from_millis(100),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            watch: true,
+        }
+    }
+}
+
+impl PlatformConfig {
+    /// The client settings, or `None` when no platform is configured.
+    pub fn remote_settings(&self) -> Option<RemoteSettings> {
+        (!self.url.is_empty()).then(|| RemoteSettings {
+            url: self.url.clone(),
+            hedge_percentile: self.hedge_percentile,
+            hedge_min_delay: self.hedge_min_delay,
+            hedge_max_delay: self.hedge_max_delay,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
+            connect_timeout: self.connect_timeout,
+        })
+    }
 }
 
 impl Default for HealthConfig {
@@ -335,6 +400,8 @@ impl Default for HealthConfig {
             cache_capacity: 2_000_000,
             fetch_timeout: Duration::from_millis(150),
             feed_enabled: false,
+            refresh_ahead: 0.8,
+            platform: PlatformConfig::default(),
         }
     }
 }
@@ -362,6 +429,10 @@ pub struct PolicyConfig {
     pub not_covered: Verdict,
     /// Verdict when no status can be had within the budget and the staleness bound.
     pub unavailable: Verdict,
+    /// `unavailable` by station id (wins over the line's).
+    pub unavailable_stations: BTreeMap<String, Verdict>,
+    /// `unavailable` by line id.
+    pub unavailable_lines: BTreeMap<String, Verdict>,
     /// Refuse electronic single-journey tickets (suspended; refunded by the seller).
     pub electronic_single_journey_suspended: bool,
     /// Mode where no station or line mode is set.
@@ -384,6 +455,8 @@ impl Default for PolicyConfig {
             no_record: Verdict::Assist,
             not_covered: Verdict::Assist,
             unavailable: Verdict::Assist,
+            unavailable_stations: BTreeMap::new(),
+            unavailable_lines: BTreeMap::new(),
             electronic_single_journey_suspended: true,
             default_mode: Mode::Enforce,
             stations: BTreeMap::new(),
@@ -554,6 +627,39 @@ impl Config {
         }
         if h.fetch_timeout.is_zero() {
             return Err(invalid("health.fetch_timeout", "must be more than 0"));
+        }
+        if !(0.0..=1.0).contains(&h.refresh_ahead) {
+            return Err(invalid("health.refresh_ahead", "must be between 0 and 1"));
+        }
+        let p = &h.platform;
+        if !p.url.is_empty() {
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(invalid(
+                    "health.platform.url",
+                    "must be http://host:port or https://host:port",
+                ));
+            }
+            if h.file.is_some() {
+                return Err(invalid(
+                    "health.file",
+                    "cannot be used with health.platform.url: the platform is the source of statuses",
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&p.hedge_percentile) {
+            return Err(invalid(
+                "health.platform.hedge_percentile",
+                "must be at least 0 and below 1",
+            ));
+        }
+        if p.hedge_min_delay > p.hedge_max_delay {
+            return Err(invalid(
+                "health.platform.hedge_min_delay",
+                "must not exceed hedge_max_delay",
+            ));
+        }
+        if p.breaker_failures == 0 {
+            return Err(invalid("health.platform.breaker_failures", "must be more than 0"));
         }
         if self.ride_codes.max_code_bytes == 0 || self.ride_codes.max_code_bytes > self.server.max_request_bytes {
             return Err(invalid(

@@ -11,8 +11,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use ridegate_adapters::health::{Applied, HealthSource, MemoryHealth, RedisHealth, SourceError};
+use ridegate_adapters::health::{Applied, HealthSource, MemoryHealth, RedisHealth, RemoteHealth, SourceError};
 use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::{CodeKey, CredentialId, IdentityId, RequestKey};
 use ridegate_adapters::link::{LinkError, LinkRecord, LinkStore, Linked, MemoryLinks, RedisLinks};
@@ -125,6 +126,16 @@ pub enum HealthBackend {
     Memory(Arc<MemoryHealth>),
     /// In Redis, shared by every instance.
     Shared(RedisHealth),
+    /// The health-code platform over the network; with Redis configured, statuses it
+    /// gave are kept there for `cache_ttl`, so one instance's fetch serves them all.
+    Platform {
+        /// The platform.
+        remote: Arc<RemoteHealth>,
+        /// Redis in front of it, when configured.
+        tier: Option<RedisHealth>,
+        /// How long a fetched status is kept in Redis.
+        ttl: Duration,
+    },
 }
 
 /// A status could not be stored.
@@ -134,28 +145,64 @@ pub struct StoreError(pub String);
 
 impl HealthBackend {
     /// Stores a status unless a later one is held; in Redis, announces it to every
-    /// instance.
+    /// instance. With the platform and no Redis, there is no store of its own: the
+    /// caller's cache is all there is (`Applied::Stored`).
     pub async fn put(&self, identity: IdentityId, status: HealthStatus) -> Result<Applied, StoreError> {
-        match self {
-            Self::Memory(m) => Ok(m.put(identity, status)),
-            Self::Shared(r) => r.put(identity, status).await.map_err(|e| StoreError(e.to_string())),
-        }
+        let redis = match self {
+            Self::Memory(m) => return Ok(m.put(identity, status)),
+            Self::Shared(r) | Self::Platform { tier: Some(r), .. } => r,
+            Self::Platform { tier: None, .. } => return Ok(Applied::Stored),
+        };
+        redis.put(identity, status).await.map_err(|e| StoreError(e.to_string()))
     }
 
     /// Statuses held, when they are held in this process.
     pub fn local_len(&self) -> Option<usize> {
         match self {
             Self::Memory(m) => Some(m.len()),
-            Self::Shared(_) => None,
+            Self::Shared(_) | Self::Platform { .. } => None,
+        }
+    }
+
+    /// The platform client, when statuses come from the platform.
+    pub fn platform(&self) -> Option<&Arc<RemoteHealth>> {
+        match self {
+            Self::Platform { remote, .. } => Some(remote),
+            Self::Memory(_) | Self::Shared(_) => None,
+        }
+    }
+
+    /// Keeps a status the platform announced in Redis too (when configured), in the
+    /// background.
+    pub fn keep(&self, identity: IdentityId, status: HealthStatus) {
+        if let Self::Platform {
+            tier: Some(redis), ttl, ..
+        } = self
+        {
+            let (redis, ttl) = (redis.clone(), *ttl);
+            tokio::spawn(async move { redis.cache(identity, status, ttl).await });
         }
     }
 }
 
 impl HealthSource for HealthBackend {
-    async fn fetch(&self, identity: IdentityId) -> Result<Option<HealthStatus>, SourceError> {
+    async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         match self {
-            Self::Memory(m) => m.fetch(identity).await,
-            Self::Shared(r) => r.fetch(identity).await,
+            Self::Memory(m) => m.fetch(identity, deadline).await,
+            Self::Shared(r) => r.fetch(identity, deadline).await,
+            Self::Platform { remote, tier, .. } => {
+                // Redis first (an error there is no reason not to ask the platform).
+                if let Some(redis) = tier
+                    && let Ok(Some(status)) = redis.fetch(identity, deadline).await
+                {
+                    return Ok(Some(status));
+                }
+                let status = remote.fetch(identity, deadline).await?;
+                if let Some(status) = status {
+                    self.keep(identity, status);
+                }
+                Ok(status)
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use parking_lot::RwLock;
+use tokio::time::Instant;
 
 use super::{HealthSource, SourceError};
 use crate::ids::{IdHasher, IdentityId};
@@ -74,7 +75,7 @@ impl MemoryHealth {
 }
 
 impl HealthSource for MemoryHealth {
-    async fn fetch(&self, identity: IdentityId) -> Result<Option<HealthStatus>, SourceError> {
+    async fn fetch(&self, identity: IdentityId, _deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         Ok(self.get(&identity))
     }
 }

@@ -1,16 +1,21 @@
 //! The health-code source: where an identity's status comes from when the cache does
 //! not have it. The embedded source is a store in memory, fed from a file and updated
-//! at run time; a remote platform client implements the same contract.
+//! at run time; Redis holds statuses every instance shares; the remote platform client
+//! asks the health-code platform itself.
 
 mod import;
 mod memory;
 pub(crate) mod redis;
+mod remote;
 
 use std::future::Future;
 
 pub use import::{StatusLine, read_statuses};
 pub use memory::{Applied, MemoryHealth};
 pub use redis::RedisHealth;
+pub use remote::{RemoteHealth, RemoteSettings, RemoteStats, WatchEvent, from_wire, to_wire};
+
+use tokio::time::Instant;
 
 use crate::ids::IdentityId;
 use crate::model::HealthStatus;
@@ -28,6 +33,11 @@ pub enum SourceError {
 
 /// Fetches health statuses.
 pub trait HealthSource: Send + Sync + 'static {
-    /// The status of `identity`; `None` when the platform has no record of it.
-    fn fetch(&self, identity: IdentityId) -> impl Future<Output = Result<Option<HealthStatus>, SourceError>> + Send;
+    /// The status of `identity`, by `deadline` (a remote source tells the far end);
+    /// `None` when there is no record of it.
+    fn fetch(
+        &self,
+        identity: IdentityId,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<HealthStatus>, SourceError>> + Send;
 }

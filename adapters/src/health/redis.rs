@@ -3,6 +3,9 @@
 //! status always wins, whichever instance writes it and in whatever order.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{Applied, HealthSource, SourceError};
 use crate::ids::IdentityId;
@@ -10,14 +13,19 @@ use crate::model::{Colour, HealthStatus, UnixMillis};
 use crate::shared::changes::Change;
 use crate::shared::{SharedError, SharedTier};
 
-/// Stores `ARGV[1]` at `KEYS[1]` unless the status there was set later than `ARGV[2]`.
+/// Stores `ARGV[1]` at `KEYS[1]` unless the status there was set later than `ARGV[2]`;
+/// with `ARGV[3]` > 0, it expires after that many milliseconds.
 const PUT_IF_NEWER: &str = r"
 local held = redis.call('GET', KEYS[1])
 if held then
   local held_at = tonumber(string.match(held, '^%a:(%d+)'))
   if held_at and held_at > tonumber(ARGV[2]) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 return 1
 ";
 
@@ -72,7 +80,8 @@ impl RedisHealth {
             .arg(1)
             .arg(self.tier.key("h", identity))
             .arg(encode_status(&status))
-            .arg(status.set_at.0);
+            .arg(status.set_at.0)
+            .arg(0);
         let stored: i64 = self.tier.send(&cmd, None).await?;
         if stored == 0 {
             return Ok(Applied::Older);
@@ -80,13 +89,27 @@ impl RedisHealth {
         self.tier.publish(&Change::Status { identity, status }).await?;
         Ok(Applied::Stored)
     }
+
+    /// Keeps a status the health platform gave for `ttl`, unless a later one is held,
+    /// without announcing it: every instance follows the platform's change feed itself.
+    pub async fn cache(&self, identity: IdentityId, status: HealthStatus, ttl: Duration) -> Result<(), SharedError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUT_IF_NEWER)
+            .arg(1)
+            .arg(self.tier.key("h", identity))
+            .arg(encode_status(&status))
+            .arg(status.set_at.0)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let _: i64 = self.tier.send(&cmd, None).await?;
+        Ok(())
+    }
 }
 
 impl HealthSource for RedisHealth {
-    async fn fetch(&self, identity: IdentityId) -> Result<Option<HealthStatus>, SourceError> {
+    async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         let text: Option<String> = self
             .tier
-            .query(redis::cmd("GET").arg(self.tier.key("h", identity)), None)
+            .query(redis::cmd("GET").arg(self.tier.key("h", identity)), Some(deadline))
             .await
             .map_err(|e| match e {
                 SharedError::Timeout => SourceError::Timeout,

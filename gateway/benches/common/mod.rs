@@ -127,6 +127,7 @@ pub fn world(rt: &tokio::runtime::Runtime) -> World {
             max_staleness: Duration::from_secs(7200),
             capacity: 2 * RIDERS,
             fetch_timeout: Duration::from_secs(1),
+            refresh_ahead: 0.0,
         },
         clock.clone(),
     );

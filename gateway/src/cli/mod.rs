@@ -1,9 +1,11 @@
-//! The command line: `ridegate serve`, `ridegate demo`, `ridegate keys`.
+//! The command line: `ridegate serve`, `ridegate demo`, `ridegate keys`,
+//! `ridegate health-sim`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
 //! invalid configuration (the message names the field).
 
 mod demo;
+mod health_sim;
 mod keys;
 mod serve;
 
@@ -36,6 +38,8 @@ enum Command {
     /// Generate issuer keys and mint signed ride codes.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Simulate the health-code platform (for demos, tests and load tests).
+    HealthSim(health_sim::HealthSimArgs),
 }
 
 /// A failure with the exit code it should end the process with.
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Keys(command) => keys::run(command),
+        Command::HealthSim(args) => health_sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,9 @@ pub(super) struct ServeArgs {
     /// Serve ridegate.v1.HealthFeed so statuses can be pushed at run time.
     #[arg(long, env = "RIDEGATE_HEALTH_FEED")]
     health_feed: Option<bool>,
+    /// The health-code platform, `http://host:port`: statuses come from it.
+    #[arg(long, env = "RIDEGATE_HEALTH_PLATFORM")]
+    health_platform: Option<String>,
     /// Redis server for the shared tier: `redis://host:port` (`rediss://` for TLS).
     #[arg(long, env = "RIDEGATE_REDIS")]
     redis: Option<String>,
@@ -79,6 +82,9 @@ impl ServeArgs {
         if let Some(health) = &self.health {
             config.health.file = Some(health.clone());
         }
+        if let Some(url) = &self.health_platform {
+            config.health.platform.url.clone_from(url);
+        }
         if let Some(audit) = &self.audit {
             config.audit.path.clone_from(audit);
         }
@@ -123,7 +129,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
 }
 
 /// Writes the bound address atomically (temp file, then rename).
-fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+pub(super) fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::json!({ "addr": addr.to_string() }).to_string())
         .with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -94,6 +94,8 @@ pub struct Policy {
     no_record: Verdict,
     not_covered: Verdict,
     unavailable: Verdict,
+    unavailable_stations: HashMap<String, Verdict>,
+    unavailable_lines: HashMap<String, Verdict>,
     default_mode: Mode,
     stations: HashMap<String, Mode>,
     lines: HashMap<String, Mode>,
@@ -112,6 +114,12 @@ impl Policy {
             no_record: config.no_record,
             not_covered: config.not_covered,
             unavailable: config.unavailable,
+            unavailable_stations: config
+                .unavailable_stations
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            unavailable_lines: config.unavailable_lines.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             default_mode: config.default_mode,
             stations: config.stations.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             lines: config.lines.iter().map(|(k, v)| (k.clone(), *v)).collect(),
@@ -127,6 +135,16 @@ impl Policy {
             .unwrap_or(self.default_mode)
     }
 
+    /// The verdict when no status can be had, at a station: its own, else its line's,
+    /// else the default.
+    pub fn unavailable_at(&self, station_id: &str, line_id: &str) -> Verdict {
+        self.unavailable_stations
+            .get(station_id)
+            .or_else(|| self.unavailable_lines.get(line_id))
+            .copied()
+            .unwrap_or(self.unavailable)
+    }
+
     /// The answer for a tap that needs no health check — an exit, or a station with
     /// the check off — or `None` when the check runs.
     pub fn without_check(direction: Direction, mode: Mode) -> Option<Judgement> {
@@ -137,13 +155,13 @@ impl Policy {
         }
     }
 
-    /// The health check's verdict for an entry.
-    pub fn judge(&self, subject: Subject, now: UnixMillis) -> Judgement {
+    /// The health check's verdict for an entry at a station.
+    pub fn judge(&self, subject: Subject, now: UnixMillis, station_id: &str, line_id: &str) -> Judgement {
         match subject {
             Subject::NotCovered => Judgement::plain(self.not_covered, Reason::NotCovered),
             Subject::NotLinked => Judgement::plain(self.not_linked, Reason::NotLinked),
             Subject::Linked(HealthView::Unavailable) => Judgement {
-                verdict: self.unavailable,
+                verdict: self.unavailable_at(station_id, line_id),
                 reason: Reason::HealthUnavailable,
                 degraded: true,
                 status_age_ms: None,
@@ -238,7 +256,7 @@ mod tests {
     }
 
     fn verdict(p: &Policy, s: Subject) -> (Verdict, Reason) {
-        let j = p.judge(s, NOW);
+        let j = p.judge(s, NOW, "S1", "L1");
         (j.verdict, j.reason)
     }
 
@@ -310,7 +328,7 @@ mod tests {
             degraded: false,
         });
         assert_eq!(verdict(&p, no_record), (Verdict::Assist, Reason::NoHealthRecord));
-        let j = p.judge(Subject::Linked(HealthView::Unavailable), NOW);
+        let j = p.judge(Subject::Linked(HealthView::Unavailable), NOW, "S1", "L1");
         assert_eq!(
             (j.verdict, j.reason, j.degraded),
             (Verdict::Assist, Reason::HealthUnavailable, true)
@@ -337,7 +355,7 @@ mod tests {
             age_ms: 90_000,
             degraded: true,
         });
-        let j = p.judge(stale, NOW);
+        let j = p.judge(stale, NOW, "S1", "L1");
         assert_eq!(
             (j.verdict, j.degraded, j.status_age_ms),
             (Verdict::Deny, true, Some(90_000))
@@ -386,5 +404,20 @@ mod tests {
         assert_eq!(p.mode("S1", "L10"), Mode::Off);
         assert_eq!(p.mode("S2", "L10"), Mode::Shadow);
         assert_eq!(p.mode("S2", "L4"), Mode::Enforce);
+    }
+
+    #[test]
+    fn the_unavailable_verdict_can_be_set_per_station_and_line() {
+        let mut config = PolicyConfig::default();
+        config.unavailable_lines.insert("L10".into(), Verdict::Allow);
+        config.unavailable_stations.insert("S1".into(), Verdict::Deny);
+        let p = Policy::new(&config);
+        let unavailable = |station, line| {
+            p.judge(Subject::Linked(HealthView::Unavailable), NOW, station, line)
+                .verdict
+        };
+        assert_eq!(unavailable("S1", "L10"), Verdict::Deny);
+        assert_eq!(unavailable("S2", "L10"), Verdict::Allow);
+        assert_eq!(unavailable("S2", "L4"), Verdict::Assist);
     }
 }

@@ -4,21 +4,62 @@
 //! authenticated like every non-gate caller. An update the store cannot take is
 //! reported as rejected, so the publisher can send it again: nothing is lost silently.
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::health::Applied;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::model::{Colour, HealthStatus, UnixMillis};
 use ridegate_proto::pb;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::status::BatchTooLarge;
 use crate::cache::HealthCache;
 use crate::stores::HealthBackend;
 
-/// Most updates per `Publish` call.
+/// Most updates per `Publish` call or `Ingest` batch.
 pub const MAX_UPDATES: usize = 10_000;
 
+/// A pushed status update, checked: the identity it is for (an ID number is turned
+/// into its pseudonym at once) and the status; or why it cannot be used.
+pub fn parse_update(
+    pseudonymizer: &Pseudonymizer,
+    update: pb::StatusUpdate,
+) -> Result<(IdentityId, HealthStatus), String> {
+    use pb::status_update::Subject;
+    let identity = match update.subject {
+        Some(Subject::Identity(hex)) => {
+            let id = hex.parse::<IdentityId>().map_err(|e| format!("identity: {e}"))?;
+            pseudonymizer.subject(None, Some(id))
+        }
+        Some(Subject::IdNumber(number)) => pseudonymizer.subject(Some(&number), None),
+        None => return Err("subject: one of identity or id_number is required".into()),
+    }
+    .map_err(|e| e.to_string())?;
+    let colour = match pb::HealthColour::try_from(update.colour) {
+        Ok(pb::HealthColour::Green) => Colour::Green,
+        Ok(pb::HealthColour::Yellow) => Colour::Yellow,
+        Ok(pb::HealthColour::Red) => Colour::Red,
+        Ok(pb::HealthColour::Unspecified) => return Err("colour: is required".into()),
+        Err(_) => return Err(format!("colour: unknown value {}", update.colour)),
+    };
+    if update.set_at_unix_ms <= 0 {
+        return Err("set_at_unix_ms: must be a positive time".into());
+    }
+    let negative_test_at = (update.negative_test_at_unix_ms > 0).then_some(UnixMillis(update.negative_test_at_unix_ms));
+    Ok((
+        identity,
+        HealthStatus {
+            colour,
+            set_at: UnixMillis(update.set_at_unix_ms),
+            negative_test_at,
+        },
+    ))
+}
+
 /// Applies pushed statuses.
+#[derive(Clone)]
 pub(super) struct FeedService {
     statuses: HealthBackend,
     cache: HealthCache<HealthBackend>,
@@ -39,41 +80,8 @@ impl FeedService {
         }
     }
 
-    fn parse(&self, update: pb::StatusUpdate) -> Result<(IdentityId, HealthStatus), String> {
-        use pb::status_update::Subject;
-        let identity = match update.subject {
-            Some(Subject::Identity(hex)) => {
-                let id = hex.parse::<IdentityId>().map_err(|e| format!("identity: {e}"))?;
-                self.pseudonymizer.subject(None, Some(id))
-            }
-            Some(Subject::IdNumber(number)) => self.pseudonymizer.subject(Some(&number), None),
-            None => return Err("subject: one of identity or id_number is required".into()),
-        }
-        .map_err(|e| e.to_string())?;
-        let colour = match pb::HealthColour::try_from(update.colour) {
-            Ok(pb::HealthColour::Green) => Colour::Green,
-            Ok(pb::HealthColour::Yellow) => Colour::Yellow,
-            Ok(pb::HealthColour::Red) => Colour::Red,
-            Ok(pb::HealthColour::Unspecified) => return Err("colour: is required".into()),
-            Err(_) => return Err(format!("colour: unknown value {}", update.colour)),
-        };
-        if update.set_at_unix_ms <= 0 {
-            return Err("set_at_unix_ms: must be a positive time".into());
-        }
-        let negative_test_at =
-            (update.negative_test_at_unix_ms > 0).then_some(UnixMillis(update.negative_test_at_unix_ms));
-        Ok((
-            identity,
-            HealthStatus {
-                colour,
-                set_at: UnixMillis(update.set_at_unix_ms),
-                negative_test_at,
-            },
-        ))
-    }
-
     async fn apply(&self, update: pb::StatusUpdate) -> Result<(), String> {
-        let (identity, status) = self.parse(update)?;
+        let (identity, status) = parse_update(&self.pseudonymizer, update)?;
         let applied = self
             .statuses
             .put(identity, status)
@@ -84,17 +92,67 @@ impl FeedService {
         }
         Ok(())
     }
+
+    /// Applies `updates` in order: how many were applied, and the rejected ones by index.
+    async fn apply_all(&self, updates: Vec<pb::StatusUpdate>) -> (u32, Vec<pb::RejectedUpdate>) {
+        let mut applied = 0;
+        let mut rejected = Vec::new();
+        for (index, update) in updates.into_iter().enumerate() {
+            match self.apply(update).await {
+                Ok(()) => applied += 1,
+                Err(reason) => rejected.push(pb::RejectedUpdate {
+                    index: index as u32,
+                    reason,
+                }),
+            }
+        }
+        (applied, rejected)
+    }
+
+    /// Applies one batch from an ingest stream.
+    async fn ingest_batch(&self, batch: pb::StatusBatch) -> Result<pb::IngestAck, Status> {
+        let sequence = batch.sequence;
+        if batch.updates.len() > MAX_UPDATES {
+            let too_large = BatchTooLarge {
+                got: batch.updates.len(),
+                limit: MAX_UPDATES,
+            };
+            return Err(Status::invalid_argument(format!("batch {sequence}: {too_large}")));
+        }
+        let (applied, rejected) = self.apply_all(batch.updates).await;
+        tracing::debug!(
+            sequence,
+            applied,
+            rejected = rejected.len(),
+            "health status batch ingested"
+        );
+        Ok(pb::IngestAck {
+            sequence,
+            applied,
+            rejected,
+        })
+    }
 }
+
+/// Only the health platform and the back end may push statuses.
+fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
+    let caller = super::auth::caller(request)?;
+    if matches!(caller.kind, CallerKind::HealthPlatform | CallerKind::BackEnd) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            "only the health platform or the back end may publish statuses",
+        ))
+    }
+}
+
+/// The `Ingest` acknowledgement stream.
+pub(super) type AckStream = Pin<Box<dyn Stream<Item = Result<pb::IngestAck, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::health_feed_server::HealthFeed for FeedService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
-        let caller = super::auth::caller(&request)?;
-        if !matches!(caller.kind, CallerKind::HealthPlatform | CallerKind::BackEnd) {
-            return Err(Status::permission_denied(
-                "only the health platform or the back end may publish statuses",
-            ));
-        }
+        authorize(&request)?;
         let updates = request.into_inner().updates;
         if updates.len() > MAX_UPDATES {
             return Err(BatchTooLarge {
@@ -103,21 +161,30 @@ impl pb::health_feed_server::HealthFeed for FeedService {
             }
             .into());
         }
-        let mut response = pb::PublishResponse::default();
-        for (index, update) in updates.into_iter().enumerate() {
-            match self.apply(update).await {
-                Ok(()) => response.applied += 1,
-                Err(reason) => response.rejected.push(pb::RejectedUpdate {
-                    index: index as u32,
-                    reason,
-                }),
-            }
-        }
-        tracing::info!(
-            applied = response.applied,
-            rejected = response.rejected.len(),
-            "health statuses published"
-        );
-        Ok(Response::new(response))
+        let (applied, rejected) = self.apply_all(updates).await;
+        tracing::info!(applied, rejected = rejected.len(), "health statuses published");
+        Ok(Response::new(pb::PublishResponse { applied, rejected }))
+    }
+
+    type IngestStream = AckStream;
+
+    async fn ingest(&self, request: Request<Streaming<pb::StatusBatch>>) -> Result<Response<AckStream>, Status> {
+        authorize(&request)?;
+        tracing::info!("health status ingest stream opened");
+        let this = self.clone();
+        // Batches are applied one after another and acknowledged in order; a broken or
+        // oversize batch ends the stream with its error, after the earlier acks.
+        let acks = request
+            .into_inner()
+            .then(move |batch| {
+                let this = this.clone();
+                async move { this.ingest_batch(batch?).await }
+            })
+            .scan(false, |ended, ack| {
+                let item = (!*ended).then_some(ack);
+                *ended |= item.as_ref().is_some_and(Result::is_err);
+                std::future::ready(item)
+            });
+        Ok(Response::new(Box::pin(acks)))
     }
 }

@@ -26,7 +26,7 @@ use tonic_health::ServingStatus;
 
 pub use convert::InvalidRequest;
 pub use deadline::{Deadlines, grpc_timeout};
-pub use feed::MAX_UPDATES;
+pub use feed::{MAX_UPDATES, parse_update};
 pub use links::MAX_BATCH_ROWS;
 
 /// The health-checking service name that reports whether the shared tier (Redis)
@@ -126,6 +126,15 @@ pub async fn serve(
         };
         [prober, follower]
     });
+    // The health platform's change feed, applied to the cache as changes happen.
+    let platform_watch = app
+        .statuses
+        .platform()
+        .filter(|_| app.config.health.platform.watch)
+        .map(|remote| {
+            let app = app.clone();
+            remote.clone().watch(move |event| app.apply_platform_event(event))
+        });
     // Single-journey ticket links stop resolving at the end of their day; sweep them
     // out of memory every hour.
     let sweeper = {
@@ -195,7 +204,7 @@ pub async fn serve(
         }
     };
     sweeper.abort();
-    for task in shared_tasks.into_iter().flatten() {
+    for task in shared_tasks.into_iter().flatten().chain(platform_watch) {
         task.abort();
     }
     app.audit.close();

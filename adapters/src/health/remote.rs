@@ -1,0 +1,470 @@
+//! The health-code platform over the network (`ridegate.v1.HealthPlatform`).
+//!
+//! - Each call carries a deadline taken from the tap's remaining budget, sent as
+//!   `grpc-timeout` so the platform stops working when nobody waits any more.
+//! - Hedging: when a call is slower than the configured percentile of recent calls, a
+//!   second identical call is sent; the first good answer wins. A call that fails fast
+//!   (UNAVAILABLE) is retried once while the budget lasts.
+//! - A circuit breaker: after `breaker_failures` failures in a row the platform is not
+//!   called for `breaker_cooldown`; then one call probes it. While open, fetches fail at
+//!   once and taps are answered from the cache (degraded) without waiting.
+//! - [`RemoteHealth::watch`] follows the change feed into the caches, resuming from the
+//!   last change seen after a break; when the platform no longer has that change, the
+//!   caches are told to forget everything ([`WatchEvent::Reset`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ridegate_proto::pb;
+use ridegate_proto::pb::health_platform_client::HealthPlatformClient;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{HealthSource, SourceError};
+use crate::ids::IdentityId;
+use crate::model::{Colour, HealthStatus, UnixMillis};
+
+/// How to call the platform.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    /// The platform's address, `http://host:port`.
+    pub url: String,
+    /// Hedge when a call is slower than this percentile of recent calls (0 disables).
+    pub hedge_percentile: f64,
+    /// The hedge delay is kept within these bounds.
+    pub hedge_min_delay: Duration,
+    /// See `hedge_min_delay`.
+    pub hedge_max_delay: Duration,
+    /// Failures in a row that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one call probes the platform.
+    pub breaker_cooldown: Duration,
+    /// Longest wait to connect.
+    pub connect_timeout: Duration,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct RemoteStats {
+    /// Calls sent (hedges included).
+    pub calls: AtomicU64,
+    /// Second calls sent because the first was slow.
+    pub hedges: AtomicU64,
+    /// Second calls sent because the first failed fast (UNAVAILABLE).
+    pub retries: AtomicU64,
+    /// Fetches refused at once because the breaker was open.
+    pub short_circuited: AtomicU64,
+    /// Fetches that failed or timed out.
+    pub failures: AtomicU64,
+    /// Times the breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Changes received on the change feed.
+    pub changes: AtomicU64,
+    /// Times the change feed lost its place (the caches were told to forget).
+    pub resets: AtomicU64,
+}
+
+/// What the change feed tells the caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// An identity's status changed.
+    Change(IdentityId, HealthStatus),
+    /// Changes may have been missed: forget every cached status.
+    Reset,
+}
+
+#[derive(Debug)]
+enum Breaker {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe call is out; if it never reports (cancelled), another may go after
+    /// the cooldown.
+    HalfOpen {
+        probe_sent: Instant,
+    },
+}
+
+/// The most recent call latencies, for the hedge percentile.
+const WINDOW: usize = 512;
+/// Fewer samples than this: no hedging yet.
+const MIN_SAMPLES: usize = 20;
+/// Wait before resubscribing to the change feed, doubling up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// See `MIN_BACKOFF`.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The health-code platform.
+pub struct RemoteHealth {
+    client: HealthPlatformClient<Channel>,
+    settings: RemoteSettings,
+    latencies: Mutex<VecDeque<Duration>>,
+    breaker: Mutex<Breaker>,
+    stats: RemoteStats,
+}
+
+impl std::fmt::Debug for RemoteHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteHealth({})", self.settings.url)
+    }
+}
+
+/// A status as the platform sends it.
+pub fn to_wire(status: &HealthStatus) -> pb::PlatformStatus {
+    let colour = match status.colour {
+        Colour::Green => pb::HealthColour::Green,
+        Colour::Yellow => pb::HealthColour::Yellow,
+        Colour::Red => pb::HealthColour::Red,
+    };
+    pb::PlatformStatus {
+        colour: colour as i32,
+        set_at_unix_ms: status.set_at.0,
+        negative_test_at_unix_ms: status.negative_test_at.map_or(0, |t| t.0),
+    }
+}
+
+/// A status from the wire; `None` for an unusable one.
+pub fn from_wire(status: Option<pb::PlatformStatus>) -> Option<HealthStatus> {
+    let status = status?;
+    let colour = match pb::HealthColour::try_from(status.colour).ok()? {
+        pb::HealthColour::Green => Colour::Green,
+        pb::HealthColour::Yellow => Colour::Yellow,
+        pb::HealthColour::Red => Colour::Red,
+        pb::HealthColour::Unspecified => return None,
+    };
+    Some(HealthStatus {
+        colour,
+        set_at: UnixMillis(status.set_at_unix_ms),
+        negative_test_at: (status.negative_test_at_unix_ms > 0).then_some(UnixMillis(status.negative_test_at_unix_ms)),
+    })
+}
+
+type Call = (Result<tonic::Response<pb::GetStatusResponse>, tonic::Status>, Duration);
+
+impl RemoteHealth {
+    /// A client for the platform at `settings.url`; connects on first use, so ridegate
+    /// starts while the platform is down.
+    pub fn connect(settings: RemoteSettings) -> Result<Self, SourceError> {
+        let endpoint = Endpoint::from_shared(settings.url.clone())
+            .map_err(|e| SourceError::Unavailable(format!("bad platform url: {e}")))?
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            client: HealthPlatformClient::new(endpoint.connect_lazy()),
+            settings,
+            latencies: Mutex::new(VecDeque::with_capacity(WINDOW)),
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+            stats: RemoteStats::default(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RemoteStats {
+        &self.stats
+    }
+
+    /// True while the breaker keeps calls away from the platform.
+    pub fn is_open(&self) -> bool {
+        matches!(*self.breaker.lock(), Breaker::Open { .. })
+    }
+
+    /// Whether the breaker lets a call through now (and, half-open, claims the probe).
+    fn allow(&self) -> bool {
+        let mut breaker = self.breaker.lock();
+        let now = Instant::now();
+        match *breaker {
+            Breaker::Closed { .. } => true,
+            Breaker::Open { until } if now < until => false,
+            Breaker::HalfOpen { probe_sent } if now < probe_sent + self.settings.breaker_cooldown => false,
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => {
+                *breaker = Breaker::HalfOpen { probe_sent: now };
+                true
+            }
+        }
+    }
+
+    fn succeeded(&self, latency: Duration) {
+        *self.breaker.lock() = Breaker::Closed { failures: 0 };
+        let mut latencies = self.latencies.lock();
+        if latencies.len() == WINDOW {
+            latencies.pop_front();
+        }
+        latencies.push_back(latency);
+    }
+
+    fn failed(&self) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let mut breaker = self.breaker.lock();
+        let open = match *breaker {
+            Breaker::Closed { failures } if failures + 1 >= self.settings.breaker_failures => true,
+            Breaker::Closed { failures } => {
+                *breaker = Breaker::Closed { failures: failures + 1 };
+                false
+            }
+            Breaker::HalfOpen { .. } => true,
+            Breaker::Open { .. } => false,
+        };
+        if open {
+            *breaker = Breaker::Open {
+                until: Instant::now() + self.settings.breaker_cooldown,
+            };
+            self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(cooldown = ?self.settings.breaker_cooldown, "health platform failing: circuit open");
+        }
+    }
+
+    /// How long to wait before hedging, if hedging applies.
+    fn hedge_delay(&self) -> Option<Duration> {
+        if self.settings.hedge_percentile <= 0.0 {
+            return None;
+        }
+        let latencies = self.latencies.lock();
+        if latencies.len() < MIN_SAMPLES {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = latencies.iter().copied().collect();
+        drop(latencies);
+        sorted.sort_unstable();
+        let index = ((sorted.len() - 1) as f64 * self.settings.hedge_percentile.min(1.0)).round() as usize;
+        Some(sorted[index].clamp(self.settings.hedge_min_delay, self.settings.hedge_max_delay))
+    }
+
+    async fn call(&self, identity: &str, deadline: Instant) -> Call {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(pb::GetStatusRequest {
+            identity: identity.to_owned(),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let started = Instant::now();
+        let result = client.get_status(request).await;
+        (result, started.elapsed())
+    }
+
+    /// The first call; a hedge if it is slow, or one retry if it fails fast with
+    /// UNAVAILABLE while there is budget left. The first good answer wins.
+    async fn hedged(&self, identity: &str, deadline: Instant) -> Call {
+        let first = self.call(identity, deadline);
+        tokio::pin!(first);
+        let finished = match self.hedge_delay() {
+            None => Some((&mut first).await),
+            Some(delay) => tokio::select! {
+                result = &mut first => Some(result),
+                () = tokio::time::sleep(delay) => None,
+            },
+        };
+        if let Some(result) = finished {
+            let retry = matches!(&result.0, Err(status) if status.code() == tonic::Code::Unavailable)
+                && Instant::now() < deadline;
+            if !retry {
+                return result;
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            return self.call(identity, deadline).await;
+        }
+        self.stats.hedges.fetch_add(1, Ordering::Relaxed);
+        let second = self.call(identity, deadline);
+        tokio::pin!(second);
+        tokio::select! {
+            result = &mut first => if result.0.is_ok() { result } else { second.await },
+            result = &mut second => if result.0.is_ok() { result } else { first.await },
+        }
+    }
+
+    /// Follows the change feed for as long as the returned task runs, resubscribing
+    /// after a break from the last change seen. Never gives up.
+    pub fn watch(self: Arc<Self>, apply: impl Fn(WatchEvent) + Send + Sync + 'static) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let mut client = self.client.clone();
+                let lost_place = match client
+                    .watch_changes(pb::WatchChangesRequest { after_sequence: last })
+                    .await
+                {
+                    Ok(stream) => {
+                        backoff = MIN_BACKOFF;
+                        self.follow(stream.into_inner(), &mut last, &apply).await
+                    }
+                    Err(status) => status.code() == tonic::Code::OutOfRange,
+                };
+                if lost_place {
+                    tracing::warn!(
+                        after = last,
+                        "health change feed lost its place: clearing cached statuses"
+                    );
+                    self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                    apply(WatchEvent::Reset);
+                    last = 0;
+                    continue;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+
+    /// Applies changes from one subscription until it ends; true when the platform
+    /// says the cursor is too old (changes were lost).
+    async fn follow(
+        &self,
+        mut stream: tonic::Streaming<pb::StatusChange>,
+        last: &mut u64,
+        apply: &impl Fn(WatchEvent),
+    ) -> bool {
+        loop {
+            match stream.message().await {
+                Ok(Some(change)) => {
+                    if *last != 0 && change.sequence != *last + 1 {
+                        return true;
+                    }
+                    *last = change.sequence;
+                    self.stats.changes.fetch_add(1, Ordering::Relaxed);
+                    let identity = change.identity.parse::<IdentityId>().ok();
+                    if let (Some(identity), Some(status)) = (identity, from_wire(change.status)) {
+                        apply(WatchEvent::Change(identity, status));
+                    }
+                }
+                Ok(None) => return false,
+                Err(status) => return status.code() == tonic::Code::OutOfRange,
+            }
+        }
+    }
+}
+
+impl HealthSource for RemoteHealth {
+    async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
+        if !self.allow() {
+            self.stats.short_circuited.fetch_add(1, Ordering::Relaxed);
+            return Err(SourceError::Unavailable("circuit open".into()));
+        }
+        let hex = identity.to_string();
+        match tokio::time::timeout_at(deadline, self.hedged(&hex, deadline)).await {
+            Ok((Ok(response), latency)) => {
+                self.succeeded(latency);
+                let response = response.into_inner();
+                if !response.found {
+                    return Ok(None);
+                }
+                from_wire(response.status)
+                    .map(Some)
+                    .ok_or_else(|| SourceError::Unavailable("unusable status".into()))
+            }
+            Ok((Err(status), _)) => {
+                self.failed();
+                Err(match status.code() {
+                    tonic::Code::DeadlineExceeded => SourceError::Timeout,
+                    _ => SourceError::Unavailable(status.message().to_owned()),
+                })
+            }
+            Err(_) => {
+                self.failed();
+                Err(SourceError::Timeout)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(url: &str) -> RemoteHealth {
+        RemoteHealth::connect(RemoteSettings {
+            url: url.into(),
+            hedge_percentile: 0.9,
+            hedge_min_delay: Duration::from_millis(2),
+            hedge_max_delay: Duration::from_millis(50),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(100),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_failures_in_a_row_and_one_probe_closes_it() {
+        let r = remote("http://127.0.0.1:9");
+        r.failed();
+        r.failed();
+        r.succeeded(Duration::from_millis(1));
+        r.failed();
+        r.failed();
+        assert!(r.allow() && !r.is_open(), "a success resets the count");
+        r.failed();
+        assert!(r.is_open());
+        assert!(!r.allow(), "open: refused during the cooldown");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.allow(), "one probe after the cooldown");
+        assert!(!r.allow(), "only one");
+        r.failed();
+        assert!(r.is_open() && !r.allow(), "a failed probe opens it again");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.allow());
+        // A probe that never reports (its fetch was cancelled) does not wedge it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.allow());
+        r.succeeded(Duration::from_millis(1));
+        assert!(r.allow() && r.allow(), "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hedge_waits_for_the_percentile_within_bounds_once_there_are_samples() {
+        let r = remote("http://127.0.0.1:9");
+        for ms in 1..MIN_SAMPLES as u64 {
+            r.succeeded(Duration::from_millis(ms));
+        }
+        assert_eq!(r.hedge_delay(), None, "too few samples");
+        for ms in MIN_SAMPLES as u64..=100 {
+            r.succeeded(Duration::from_millis(ms));
+        }
+        // p90 of 1..=100 ms is 90 ms, clamped to the 50 ms maximum.
+        assert_eq!(r.hedge_delay(), Some(Duration::from_millis(50)));
+        let fast = remote("http://127.0.0.1:9");
+        for _ in 0..100 {
+            fast.succeeded(Duration::from_micros(300));
+        }
+        assert_eq!(
+            fast.hedge_delay(),
+            Some(Duration::from_millis(2)),
+            "clamped to the minimum"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_platform_fails_fast_then_short_circuits() {
+        // Nothing listens on the discard port of loopback.
+        let r = remote("http://127.0.0.1:9");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            let err = r.fetch(IdentityId([1; 16]), deadline).await.unwrap_err();
+            assert!(matches!(err, SourceError::Unavailable(_)), "{err:?}");
+        }
+        assert!(r.is_open());
+        let started = Instant::now();
+        assert!(r.fetch(IdentityId([1; 16]), deadline).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(1), "no call while open");
+        assert_eq!(r.stats().short_circuited.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn statuses_round_trip_through_the_wire_form() {
+        let status = HealthStatus {
+            colour: Colour::Yellow,
+            set_at: UnixMillis(1_654_732_800_000),
+            negative_test_at: None,
+        };
+        assert_eq!(from_wire(Some(to_wire(&status))), Some(status));
+        assert_eq!(from_wire(Some(pb::PlatformStatus::default())), None, "no colour");
+        assert_eq!(from_wire(None), None);
+    }
+}
