@@ -51,6 +51,17 @@ fn invalid_configuration_exits_2_naming_the_field() {
         ("[links]\nfile = \"/nonexistent-links.jsonl\"\n", "links.file"),
         ("[log]\nfilter = \"[[[\"\n", "log.filter"),
         ("[server]\nlisten = \"not an address\"\n", "listen"),
+        ("[health]\nrefresh_ahead = 1.5\n", "health.refresh_ahead"),
+        ("[health.platform]\nurl = \"platform:1\"\n", "health.platform.url"),
+        (
+            "[health.platform]\nhedge_percentile = 1.0\n",
+            "health.platform.hedge_percentile",
+        ),
+        (
+            "[health]\nfile = \"/x.jsonl\"\n[health.platform]\nurl = \"http://127.0.0.1:1\"\n",
+            "health.file",
+        ),
+        ("[policy.unavailable_stations]\nS1 = \"maybe\"\n", "maybe"),
     ];
     for (toml, field) in cases {
         let output = serve_with_config(toml);
@@ -219,4 +230,62 @@ fn the_demo_runs_every_scenario_and_checks_its_own_answers() {
         !stdout.lines().any(|l| l.get(2..3) == Some("!")),
         "a scenario got an unexpected answer:\n{stdout}"
     );
+}
+
+#[test]
+fn health_sim_refuses_bad_options_with_exit_2_and_says_which() {
+    let secret = ("RIDEGATE_IDENTITY_SECRET", SECRET);
+    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+        (&["health-sim", "--listen", "127.0.0.1:0"], &[], "--secret"),
+        (
+            &["health-sim", "--listen", "127.0.0.1:0"],
+            &[("RIDEGATE_IDENTITY_SECRET", "short")],
+            "--secret",
+        ),
+        (
+            &["health-sim", "--listen", "127.0.0.1:0", "--error-rate", "1.5"],
+            &[secret],
+            "--error-rate",
+        ),
+        (
+            &[
+                "health-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--statuses",
+                "/nonexistent.jsonl",
+            ],
+            &[secret],
+            "--statuses",
+        ),
+        (
+            &[
+                "health-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--riders",
+                "10",
+                "--red",
+                "0.9",
+                "--yellow",
+                "0.9",
+            ],
+            &[secret],
+            "health shares",
+        ),
+    ];
+    for (args, envs, named) in cases {
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(args)
+            .env_remove("RIDEGATE_IDENTITY_SECRET")
+            .envs(envs.iter().copied());
+        let output = command.output().expect("run ridegate");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(named),
+            "{named} not named in: {}",
+            stderr(&output)
+        );
+    }
 }

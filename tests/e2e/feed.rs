@@ -185,3 +185,92 @@ async fn publishing_needs_a_health_platform_or_back_end_token() {
         Code::PermissionDenied
     );
 }
+
+#[tokio::test]
+async fn an_ingest_stream_acknowledges_each_batch_in_order_and_ends_on_an_oversize_one() {
+    let (gateway, _) = GatewayBuilder::new()
+        .feed()
+        .card("1000000000000011", 11)
+        .status(11, GREEN)
+        .card("1000000000000012", 12)
+        .start()
+        .await;
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let mut gate = gateway.gate().await;
+    let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = feed
+        .ingest(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Batch 7 turns rider 11 red; its second row has no subject and is rejected.
+    let bad = pb::StatusUpdate {
+        subject: None,
+        ..update(by_id_number(12), pb::HealthColour::Green, now().0)
+    };
+    let batch = pb::StatusBatch {
+        sequence: 7,
+        updates: vec![update(by_id_number(11), pb::HealthColour::Red, now().0), bad],
+    };
+    tx.send(batch).await.unwrap();
+    let ack = acks.message().await.unwrap().unwrap();
+    assert_eq!((ack.sequence, ack.applied), (7, 1));
+    assert_eq!(ack.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+    let response = gate
+        .authorize(tap(card("1000000000000011")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        outcome(&response),
+        (Verdict::Deny, Reason::HealthRed),
+        "applied when acknowledged"
+    );
+
+    // The rejected row, sent again, lands; acks come back in order.
+    for sequence in [8, 9] {
+        let batch = pb::StatusBatch {
+            sequence,
+            updates: vec![update(by_id_number(12), pb::HealthColour::Green, now().0)],
+        };
+        tx.send(batch).await.unwrap();
+    }
+    for sequence in [8, 9] {
+        let ack = acks.message().await.unwrap().unwrap();
+        assert_eq!((ack.sequence, ack.applied, ack.rejected.len()), (sequence, 1, 0));
+    }
+    let response = gate
+        .authorize(tap(card("1000000000000012")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&response), (Verdict::Allow, Reason::HealthGreen));
+
+    let oversize = pb::StatusBatch {
+        sequence: 10,
+        updates: vec![update(by_id_number(12), pb::HealthColour::Green, 5); 10_001],
+    };
+    tx.send(oversize).await.unwrap();
+    let status = acks.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("batch 10:"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn an_ingest_stream_needs_a_health_platform_or_back_end_token() {
+    let (gateway, _) = GatewayBuilder::new().feed().start().await;
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let status = feed
+        .ingest(tokio_stream::iter(Vec::<pb::StatusBatch>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let app = gateway.token(CallerKind::App, "alipay-backend", Some("alipay"));
+    let status = feed
+        .ingest(authed(tokio_stream::iter(Vec::<pb::StatusBatch>::new()), &app))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+}

@@ -9,5 +9,6 @@ mod feed;
 mod gate;
 mod links;
 mod operations;
+mod platform;
 mod shared;
 mod support;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use ridegate_adapters::credential::ride_code::SigningAlg;
 use ridegate_adapters::ids::synthetic_resident_id;
 use ridegate_proto::pb::{Reason, Verdict};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -27,16 +26,6 @@ async fn health_status(gateway: &Gateway, service: &str) -> Result<ServingStatus
         })
         .await?;
     Ok(response.into_inner().status())
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await.unwrap();
-    text
 }
 
 #[tokio::test]
@@ -80,7 +69,7 @@ async fn metrics_count_decisions_by_verdict_and_reason() {
         gate.authorize(tap(card("1000000000000001"))).await.unwrap();
     }
     gate.authorize(tap(card("1000000000000009"))).await.unwrap();
-    let page = http_get(&gateway.addr, "/metrics").await;
+    let page = gateway.metrics().await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
         page.contains("ridegate_decisions_total{verdict=\"deny\",reason=\"health_red\"} 3"),
@@ -167,7 +156,7 @@ async fn no_rider_data_reaches_logs_audit_or_metrics() {
     let qr = codes::valid(&issuers[0].minter, "2088000011112222");
     gate.authorize(tap(code(&qr))).await.unwrap();
     gate.authorize(tap(code(&qr))).await.unwrap();
-    let metrics = http_get(&gateway.addr, "/metrics").await;
+    let metrics = gateway.metrics().await;
     let (_, gateway) = gateway.terminate().await;
     let audit = std::fs::read_to_string(gateway.dir.path().join("audit.jsonl")).unwrap();
     assert_eq!(audit.lines().count(), 4);

@@ -160,6 +160,7 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot listen on {}", args.listen))
             .map_err(Failure::runtime)?;
         let addr = listener.local_addr().map_err(Failure::runtime)?;
+        let shutdown = shutdown_signal()?;
         if let Some(path) = &args.ready_file {
             write_ready_file(path, addr).map_err(Failure::runtime)?;
         }
@@ -168,7 +169,7 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
         Server::builder()
             .add_service(HealthPlatformServer::new(service.clone()))
             .add_service(HealthSimulatorServer::new(service))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown_signal())
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
             .await
             .context("simulator server failed")
             .map_err(Failure::runtime)

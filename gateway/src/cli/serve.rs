@@ -118,13 +118,12 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))
             .map_err(Failure::runtime)?;
+        let shutdown = shutdown_signal()?;
         if let Some(path) = &args.ready_file {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
             write_ready_file(path, addr).map_err(Failure::runtime)?;
         }
-        crate::serve(app, listener, shutdown_signal())
-            .await
-            .map_err(Failure::runtime)
+        crate::serve(app, listener, shutdown).await.map_err(Failure::runtime)
     })
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)] // each test module uses a different part
 
 pub mod codes;
+pub mod platform;
 pub mod raw;
 pub mod redis;
 
@@ -93,6 +94,8 @@ pub struct GatewayBuilder {
     args: Vec<String>,
     server: String,
     links_extra: String,
+    health_extra: String,
+    platform: Option<String>,
     callers: bool,
     caller_key: SigningKey,
 }
@@ -128,6 +131,8 @@ impl GatewayBuilder {
             args: Vec::new(),
             server: String::new(),
             links_extra: String::new(),
+            health_extra: String::new(),
+            platform: None,
             callers: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
         }
@@ -238,6 +243,20 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a line to the `[health]` section.
+    pub fn health_setting(mut self, line: &str) -> Self {
+        self.health_extra.push_str(line);
+        self.health_extra.push('\n');
+        self
+    }
+
+    /// Takes statuses from the health platform at `url` (instead of a statuses file),
+    /// with extra `[health.platform]` lines.
+    pub fn platform(mut self, url: &str, settings: &str) -> Self {
+        self.platform = Some(format!("url = \"{url}\"\n{settings}\n"));
+        self
+    }
+
     /// Configures no caller keys.
     pub fn without_callers(mut self) -> Self {
         self.callers = false;
@@ -277,7 +296,12 @@ impl GatewayBuilder {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn ridegate");
-        let addr = wait_ready(&dir.path().join("ready.json"), &dir.path().join("stderr.log")).await;
+        let addr = wait_ready(
+            &dir.path().join("ready.json"),
+            &dir.path().join("stderr.log"),
+            "ridegate",
+        )
+        .await;
         let callers = CallerTokenMinter::new(self.caller_key.clone());
         (
             Gateway {
@@ -303,12 +327,20 @@ impl GatewayBuilder {
         std::fs::write(&statuses, self.statuses.join("\n")).expect("statuses");
         let _ = write!(
             toml,
-            "[links]\nfile = \"{}\"\n{}\n[health]\nfile = \"{}\"\nfeed_enabled = {}\n\n",
+            "[links]\nfile = \"{}\"\n{}\n[health]\nfeed_enabled = {}\n{}",
             links.display(),
             self.links_extra,
-            statuses.display(),
-            self.feed
+            self.feed,
+            self.health_extra
         );
+        match &self.platform {
+            None => {
+                let _ = write!(toml, "file = \"{}\"\n\n", statuses.display());
+            }
+            Some(platform) => {
+                let _ = write!(toml, "\n[health.platform]\n{platform}\n");
+            }
+        }
         if self.callers {
             let callers = dir.join("callers.jwks.json");
             let set = serde_json::json!({ "keys": [self.caller_key.public_jwk().expect("jwk")] });
@@ -342,7 +374,8 @@ impl GatewayBuilder {
     }
 }
 
-async fn wait_ready(ready: &Path, log: &Path) -> String {
+/// Waits for a process started with `--ready-file` to write its address.
+pub async fn wait_ready(ready: &Path, log: &Path, what: &str) -> String {
     for _ in 0..600 {
         if let Ok(text) = std::fs::read_to_string(ready) {
             let value: serde_json::Value = serde_json::from_str(&text).expect("ready file is JSON");
@@ -351,7 +384,7 @@ async fn wait_ready(ready: &Path, log: &Path) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
-        "ridegate did not become ready; its log:\n{}",
+        "{what} did not become ready; its log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
 }
@@ -392,6 +425,28 @@ impl Gateway {
     /// A Links client.
     pub async fn links(&self) -> LinksClient<Channel> {
         LinksClient::new(self.channel().await)
+    }
+
+    /// The Prometheus page at `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(&self.addr).await.expect("connect");
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        tcp.write_all(request.as_bytes()).await.expect("send");
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.expect("read");
+        text
+    }
+
+    /// The value of an unlabelled metric (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let page = self.metrics().await;
+        page.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Everything the process logged.
