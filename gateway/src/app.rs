@@ -305,6 +305,11 @@ impl App {
                     load(&platform.hedges),
                 ),
                 (
+                    "ridegate_platform_hedges_refused",
+                    "Slow calls not hedged because the hedge budget was spent (counter).",
+                    load(&platform.hedges_refused),
+                ),
+                (
                     "ridegate_platform_retries",
                     "Second calls sent because the first failed fast (counter).",
                     load(&platform.retries),

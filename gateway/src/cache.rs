@@ -143,7 +143,7 @@ impl<S: HealthSource> HealthCache<S> {
                 let age_ms = now.since(entry.confirmed_at).max(0);
                 if inner.refresh_after_ms.is_some_and(|after| age_ms >= after) {
                     inner.stats.refreshes.fetch_add(1, Ordering::Relaxed);
-                    drop(self.fetch(identity, Instant::now() + inner.fetch_timeout));
+                    drop(self.fetch(identity, Some(entry.confirmed_at), Instant::now() + inner.fetch_timeout));
                 }
                 Ok(HealthView::Known {
                     status: entry.status,
@@ -175,7 +175,7 @@ impl<S: HealthSource> HealthCache<S> {
             } else {
                 remaining.min(inner.fetch_timeout)
             };
-        let fetch = self.fetch(identity, fetch_deadline);
+        let fetch = self.fetch(identity, cached.map(|e| e.confirmed_at), fetch_deadline);
         // With the budget already spent, do not even wait one poll: answer now.
         if Instant::now() < deadline
             && let Ok(Ok(status)) = tokio::time::timeout_at(deadline, fetch).await
@@ -209,10 +209,20 @@ impl<S: HealthSource> HealthCache<S> {
     }
 
     /// The fetch for `identity` in flight, or a new one that gives up at `deadline`.
-    fn fetch(&self, identity: IdentityId, deadline: Instant) -> Fetch {
+    /// `seen` is when the entry the caller looked at was confirmed: if a fetch has
+    /// confirmed it since (and left the in-flight map), its answer is used instead of
+    /// asking the source again.
+    fn fetch(&self, identity: IdentityId, seen: Option<UnixMillis>, deadline: Instant) -> Fetch {
         let mut inflight = self.inner.inflight.lock();
         if let Some(fetch) = inflight.get(&identity) {
             return fetch.clone();
+        }
+        // A fetch stores its answer before it leaves the map, so under the map's lock
+        // a completed fetch's answer is visible here.
+        if let Some(entry) = self.inner.entries.get(&identity)
+            && Some(entry.confirmed_at) != seen
+        {
+            return futures::future::ready(Ok(entry.status)).boxed().shared();
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let fetch: Fetch = async move {
@@ -394,6 +404,52 @@ mod tests {
                 .all(|v| matches!(v, HealthView::Known { degraded: false, .. }))
         );
         assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_that_finds_a_fetch_just_completed_uses_its_answer() {
+        let source = Arc::new(Scripted::default());
+        let cache = HealthCache::new(source.clone(), settings(), Clock::manual(T0));
+        let id = IdentityId([7; 16]);
+        // The tap saw no entry; before it reached the in-flight map, a fetch stored
+        // the answer and left.
+        cache.inner.store(id, Some(status(Colour::Green, T0)));
+        let answer = cache.fetch(id, None, deadline_in(100)).await.unwrap();
+        assert_eq!(answer.map(|s| s.colour), Some(Colour::Green));
+        assert_eq!(source.calls.load(Ordering::SeqCst), 0, "the source was not asked again");
+        // A caller that saw this very entry (refreshing it) does ask.
+        let confirmed = cache.inner.entries.get(&id).unwrap().confirmed_at;
+        cache.fetch(id, Some(confirmed), deadline_in(100)).await.unwrap();
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ageing_entry_is_refreshed_by_a_hit_without_making_it_wait() {
+        let clock = Clock::manual(T0);
+        let source = Arc::new(Scripted::default());
+        let id = IdentityId([8; 16]);
+        source.store.put(id, status(Colour::Green, T0));
+        let cache = HealthCache::new(
+            source.clone(),
+            CacheSettings {
+                refresh_ahead: 0.5,
+                ..settings()
+            },
+            clock.clone(),
+        );
+        cache.lookup(id, clock.now(), deadline_in(100)).await;
+        *source.delay.lock() = Duration::from_millis(50);
+        clock.advance(Duration::from_secs(16));
+        let started = Instant::now();
+        let view = cache.lookup(id, clock.now(), deadline_in(100)).await;
+        assert_eq!(Instant::now(), started, "answered at once");
+        assert!(matches!(view, HealthView::Known { degraded: false, .. }));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2, "refreshed behind the hit");
+        // 31 s after the first fetch, 15 s after the refresh: still fresh.
+        clock.advance(Duration::from_secs(15));
+        cache.lookup(id, clock.now(), deadline_in(100)).await;
+        assert_eq!(cache.stats().misses.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -348,6 +348,9 @@ pub struct PlatformConfig {
     /// See `hedge_min_delay`.
     #[serde(with = "humantime_serde")]
     pub hedge_max_delay: Duration,
+    /// Most hedges per call on average (0.1: one call in ten), so a platform that slows
+    /// down is not sent twice its load.
+    pub hedge_budget: f64,
     /// Failures in a row that open the circuit breaker: taps stop waiting for the
     /// platform and are answered from the cache, degraded.
     pub breaker_failures: u32,
@@ -368,6 +371,7 @@ impl Default for PlatformConfig {
             hedge_percentile: 0.95,
             hedge_min_delay: Duration::from_millis(2),
             hedge_max_delay: Duration::from_millis(100),
+            hedge_budget: 0.1,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -384,6 +388,7 @@ impl PlatformConfig {
             hedge_percentile: self.hedge_percentile,
             hedge_min_delay: self.hedge_min_delay,
             hedge_max_delay: self.hedge_max_delay,
+            hedge_budget: self.hedge_budget,
             breaker_failures: self.breaker_failures,
             breaker_cooldown: self.breaker_cooldown,
             connect_timeout: self.connect_timeout,
@@ -651,6 +656,9 @@ impl Config {
                 "health.platform.hedge_percentile",
                 "must be at least 0 and below 1",
             ));
+        }
+        if !(0.0..=1.0).contains(&p.hedge_budget) {
+            return Err(invalid("health.platform.hedge_budget", "must be between 0 and 1"));
         }
         if p.hedge_min_delay > p.hedge_max_delay {
             return Err(invalid(

@@ -235,7 +235,8 @@ fn the_demo_runs_every_scenario_and_checks_its_own_answers() {
 #[test]
 fn health_sim_refuses_bad_options_with_exit_2_and_says_which() {
     let secret = ("RIDEGATE_IDENTITY_SECRET", SECRET);
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 5] = [
         (&["health-sim", "--listen", "127.0.0.1:0"], &[], "--secret"),
         (
             &["health-sim", "--listen", "127.0.0.1:0"],

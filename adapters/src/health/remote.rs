@@ -3,7 +3,8 @@
 //! - Each call carries a deadline taken from the tap's remaining budget, sent as
 //!   `grpc-timeout` so the platform stops working when nobody waits any more.
 //! - Hedging: when a call is slower than the configured percentile of recent calls, a
-//!   second identical call is sent; the first good answer wins. A call that fails fast
+//!   second identical call is sent, within a budget (a share of calls); the first good
+//!   answer wins. A call that fails fast
 //!   (UNAVAILABLE) is retried once while the budget lasts.
 //! - A circuit breaker: after `breaker_failures` failures in a row the platform is not
 //!   called for `breaker_cooldown`; then one call probes it. While open, fetches fail at
@@ -38,6 +39,9 @@ pub struct RemoteSettings {
     pub hedge_min_delay: Duration,
     /// See `hedge_min_delay`.
     pub hedge_max_delay: Duration,
+    /// Most hedges per call, on average (0.1: one call in ten may be hedged), so a
+    /// platform that slows down is not sent twice its load.
+    pub hedge_budget: f64,
     /// Failures in a row that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long the breaker stays open before one call probes the platform.
@@ -53,6 +57,8 @@ pub struct RemoteStats {
     pub calls: AtomicU64,
     /// Second calls sent because the first was slow.
     pub hedges: AtomicU64,
+    /// Slow calls not hedged because the hedge budget was spent.
+    pub hedges_refused: AtomicU64,
     /// Second calls sent because the first failed fast (UNAVAILABLE).
     pub retries: AtomicU64,
     /// Fetches refused at once because the breaker was open.
@@ -95,6 +101,22 @@ enum Breaker {
 const WINDOW: usize = 512;
 /// Fewer samples than this: no hedging yet.
 const MIN_SAMPLES: usize = 20;
+/// The hedge delay is recomputed after this many new samples.
+const RECOMPUTE_EVERY: usize = 32;
+/// One hedge, in the budget's units (thousandths of a hedge).
+const HEDGE: u32 = 1_000;
+/// Hedges that may be sent in a burst (the budget refills by `hedge_budget` a call).
+const MAX_HEDGE_TOKENS: u32 = 3 * HEDGE;
+
+/// What hedging decides from: recent latencies, the delay they give, and the budget.
+#[derive(Debug)]
+struct Hedging {
+    latencies: VecDeque<Duration>,
+    since_recompute: usize,
+    delay: Option<Duration>,
+    /// Thousandths of a hedge.
+    tokens: u32,
+}
 /// Wait before resubscribing to the change feed, doubling up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// See `MIN_BACKOFF`.
@@ -104,7 +126,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct RemoteHealth {
     client: HealthPlatformClient<Channel>,
     settings: RemoteSettings,
-    latencies: Mutex<VecDeque<Duration>>,
+    hedging: Mutex<Hedging>,
     breaker: Mutex<Breaker>,
     stats: RemoteStats,
 }
@@ -160,7 +182,12 @@ impl RemoteHealth {
         Ok(Self {
             client: HealthPlatformClient::new(endpoint.connect_lazy()),
             settings,
-            latencies: Mutex::new(VecDeque::with_capacity(WINDOW)),
+            hedging: Mutex::new(Hedging {
+                latencies: VecDeque::with_capacity(WINDOW),
+                since_recompute: 0,
+                delay: None,
+                tokens: MAX_HEDGE_TOKENS,
+            }),
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             stats: RemoteStats::default(),
         })
@@ -193,11 +220,20 @@ impl RemoteHealth {
 
     fn succeeded(&self, latency: Duration) {
         *self.breaker.lock() = Breaker::Closed { failures: 0 };
-        let mut latencies = self.latencies.lock();
-        if latencies.len() == WINDOW {
-            latencies.pop_front();
+        let mut hedging = self.hedging.lock();
+        if hedging.latencies.len() == WINDOW {
+            hedging.latencies.pop_front();
         }
-        latencies.push_back(latency);
+        hedging.latencies.push_back(latency);
+        hedging.since_recompute += 1;
+        let samples = hedging.latencies.len();
+        if samples >= MIN_SAMPLES && (hedging.delay.is_none() || hedging.since_recompute >= RECOMPUTE_EVERY) {
+            hedging.since_recompute = 0;
+            let mut sorted: Vec<Duration> = hedging.latencies.iter().copied().collect();
+            sorted.sort_unstable();
+            let index = ((samples - 1) as f64 * self.settings.hedge_percentile.min(1.0)).round() as usize;
+            hedging.delay = Some(sorted[index].clamp(self.settings.hedge_min_delay, self.settings.hedge_max_delay));
+        }
     }
 
     fn failed(&self) {
@@ -221,20 +257,26 @@ impl RemoteHealth {
         }
     }
 
-    /// How long to wait before hedging, if hedging applies.
+    /// How long to wait before hedging a call about to be sent, if hedging applies;
+    /// every call earns the budget its share of a hedge.
     fn hedge_delay(&self) -> Option<Duration> {
         if self.settings.hedge_percentile <= 0.0 {
             return None;
         }
-        let latencies = self.latencies.lock();
-        if latencies.len() < MIN_SAMPLES {
-            return None;
+        let mut hedging = self.hedging.lock();
+        let earned = (self.settings.hedge_budget.clamp(0.0, 1.0) * f64::from(HEDGE)).round() as u32;
+        hedging.tokens = (hedging.tokens + earned).min(MAX_HEDGE_TOKENS);
+        hedging.delay
+    }
+
+    /// Spends one hedge from the budget, if there is one left.
+    fn take_hedge(&self) -> bool {
+        let mut hedging = self.hedging.lock();
+        let left = hedging.tokens >= HEDGE;
+        if left {
+            hedging.tokens -= HEDGE;
         }
-        let mut sorted: Vec<Duration> = latencies.iter().copied().collect();
-        drop(latencies);
-        sorted.sort_unstable();
-        let index = ((sorted.len() - 1) as f64 * self.settings.hedge_percentile.min(1.0)).round() as usize;
-        Some(sorted[index].clamp(self.settings.hedge_min_delay, self.settings.hedge_max_delay))
+        left
     }
 
     async fn call(&self, identity: &str, deadline: Instant) -> Call {
@@ -260,6 +302,13 @@ impl RemoteHealth {
                 result = &mut first => Some(result),
                 () = tokio::time::sleep(delay) => None,
             },
+        };
+        let finished = match finished {
+            None if !self.take_hedge() => {
+                self.stats.hedges_refused.fetch_add(1, Ordering::Relaxed);
+                Some((&mut first).await)
+            }
+            finished => finished,
         };
         if let Some(result) = finished {
             let retry = matches!(&result.0, Err(status) if status.code() == tonic::Code::Unavailable)
@@ -384,6 +433,7 @@ mod tests {
             hedge_percentile: 0.9,
             hedge_min_delay: Duration::from_millis(2),
             hedge_max_delay: Duration::from_millis(50),
+            hedge_budget: 0.1,
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
@@ -438,6 +488,18 @@ mod tests {
             Some(Duration::from_millis(2)),
             "clamped to the minimum"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_are_limited_by_the_budget() {
+        let r = remote("http://127.0.0.1:9");
+        assert!((0..3).all(|_| r.take_hedge()), "a burst of three");
+        assert!(!r.take_hedge(), "then the budget is spent");
+        for _ in 0..10 {
+            r.hedge_delay(); // ten calls at a 10% budget earn one hedge
+        }
+        assert!(r.take_hedge());
+        assert!(!r.take_hedge());
     }
 
     #[tokio::test]
