@@ -1,6 +1,6 @@
 //! In-process cost of one gate decision (criterion), with its baselines in the same run:
 //!
-//! - `card`: a card tap on a health-cache hit with one million linked identities, next
+//! - `card`: a card tap (embedded link and status) with one million linked identities, next
 //!   to a moka `get` and a std `HashMap` lookup over a one-million-key working set, and
 //!   the cost of the harness itself;
 //! - `ride_code`: a full ride-code decision (verify, single-use claim, link, health,
@@ -52,7 +52,7 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let world = world(&rt);
+    let world = world();
     let order = shuffled(RIDERS);
     let cards: Vec<CardNumber> = order
         .iter()

@@ -5,7 +5,7 @@
 //! operations, in ABBA order (baseline first on even rounds, decision first on odd), and
 //! the report gives the median of the per-round ratios with the spread between rounds:
 //!
-//! - card decision on a cache hit (1M linked identities) vs a moka `get` (1M keys);
+//! - card decision, embedded link and status (1M linked identities) vs a moka `get` (1M keys);
 //! - ride-code decision vs the bare signature check it contains (key parsed once), per
 //!   algorithm and form.
 //!
@@ -105,16 +105,16 @@ fn main() {
         .build()
         .unwrap();
     eprintln!("building the world (1M riders)…");
-    let world = world(&rt);
+    let world = world();
     let order = shuffled(RIDERS);
     let (moka, _) = baseline_maps();
     let mut series = Vec::new();
     let mut seq = 0u64;
 
-    // Card taps on cache hits vs moka gets.
+    // Card taps (embedded) vs moka gets.
     const CARD_OPS: usize = 100_000;
     let mut card = Series {
-        name: "card tap, cache hit, 1M identities".into(),
+        name: "card tap, embedded, 1M identities".into(),
         baseline: "moka get, 1M keys",
         ratios: vec![],
         decision_ns: vec![],

@@ -182,7 +182,7 @@ async fn latency(dir: &std::path::Path, redis: &Redis) {
     let (e, h, m) = (median(e), median(h), median(m));
     println!("\n| configuration | median decision (in process) | ratio to embedded |");
     println!("|---|---|---|");
-    println!("| embedded, cache hit | {e:.1} µs | 1.00 |");
+    println!("| embedded (link and status in process) | {e:.1} µs | 1.00 |");
     println!(
         "| Redis, local caches warm (1 round trip: retry record) | {h:.1} µs | {:.2} |",
         h / e

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::decision::Policy;
 use crate::linking::LinkRules;
 use crate::metrics::Metrics;
-use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend};
+use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
 
 /// Writes to the shared tier kept in flight while loading files into it.
 const LOAD_CONCURRENCY: usize = 64;
@@ -44,8 +44,9 @@ pub struct App {
     pub links: LinkBackend,
     /// The health-status source.
     pub statuses: HealthBackend,
-    /// The health cache in front of it.
-    pub health: HealthCache<HealthBackend>,
+    /// Where decisions read statuses: the embedded store, or the cache in front of
+    /// Redis or the platform.
+    pub health: Statuses,
     /// The shared tier, when configured.
     pub shared: Option<Arc<SharedTier>>,
     /// Keyed hashing for ids.
@@ -147,17 +148,20 @@ impl App {
         }
         load_files(&config, &pseudonymizer, &clock, &links, &statuses).await?;
 
-        let health = HealthCache::new(
-            Arc::new(statuses.clone()),
-            CacheSettings {
-                ttl: config.health.cache_ttl,
-                max_staleness: config.health.max_staleness,
-                capacity: config.health.cache_capacity,
-                fetch_timeout: config.health.fetch_timeout,
-                refresh_ahead: config.health.refresh_ahead,
-            },
-            clock.clone(),
-        );
+        let health = match &statuses {
+            HealthBackend::Memory(store) => Statuses::Embedded(store.clone()),
+            HealthBackend::Shared(_) | HealthBackend::Platform { .. } => Statuses::Cached(HealthCache::new(
+                Arc::new(statuses.clone()),
+                CacheSettings {
+                    ttl: config.health.cache_ttl,
+                    max_staleness: config.health.max_staleness,
+                    capacity: config.health.cache_capacity,
+                    fetch_timeout: config.health.fetch_timeout,
+                    refresh_ahead: config.health.refresh_ahead,
+                },
+                clock.clone(),
+            )),
+        };
         let audit = Arc::new(open_audit(&config.audit.path)?);
         let metrics = Arc::new(Metrics::default());
         let authorizer = Arc::new(Authorizer::new(Parts {
@@ -227,45 +231,8 @@ impl App {
 
     /// The Prometheus text for `GET /metrics`.
     pub fn render_metrics(&self) -> String {
-        let stats = self.health.stats();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut gauges = vec![
-            ("ridegate_health_cache_entries", "Statuses cached.", self.health.len()),
-            (
-                "ridegate_health_cache_hits",
-                "Lookups answered fresh from the cache (counter).",
-                load(&stats.hits),
-            ),
-            (
-                "ridegate_health_cache_misses",
-                "Lookups that asked the source (counter).",
-                load(&stats.misses),
-            ),
-            (
-                "ridegate_health_fetches",
-                "Fetches sent to the source (counter).",
-                load(&stats.fetches),
-            ),
-            (
-                "ridegate_health_fetch_errors",
-                "Fetches that failed or timed out (counter).",
-                load(&stats.fetch_errors),
-            ),
-            (
-                "ridegate_health_stale_answers",
-                "Lookups answered from a stale entry (counter).",
-                load(&stats.stale),
-            ),
-            (
-                "ridegate_health_unavailable",
-                "Lookups with no usable status (counter).",
-                load(&stats.unavailable),
-            ),
-            (
-                "ridegate_health_refreshes",
-                "Background refreshes of ageing entries (counter).",
-                load(&stats.refreshes),
-            ),
             (
                 "ridegate_audit_pending",
                 "Audit events queued but not yet written.",
@@ -277,6 +244,47 @@ impl App {
                 self.audit.failed(),
             ),
         ];
+        if let Some(cache) = self.health.cache() {
+            let stats = cache.stats();
+            gauges.extend([
+                ("ridegate_health_cache_entries", "Statuses cached.", cache.len()),
+                (
+                    "ridegate_health_cache_hits",
+                    "Lookups answered fresh from the cache (counter).",
+                    load(&stats.hits),
+                ),
+                (
+                    "ridegate_health_cache_misses",
+                    "Lookups that asked the source (counter).",
+                    load(&stats.misses),
+                ),
+                (
+                    "ridegate_health_fetches",
+                    "Fetches sent to the source (counter).",
+                    load(&stats.fetches),
+                ),
+                (
+                    "ridegate_health_fetch_errors",
+                    "Fetches that failed or timed out (counter).",
+                    load(&stats.fetch_errors),
+                ),
+                (
+                    "ridegate_health_stale_answers",
+                    "Lookups answered from a stale entry (counter).",
+                    load(&stats.stale),
+                ),
+                (
+                    "ridegate_health_unavailable",
+                    "Lookups with no usable status (counter).",
+                    load(&stats.unavailable),
+                ),
+                (
+                    "ridegate_health_refreshes",
+                    "Background refreshes of ageing entries (counter).",
+                    load(&stats.refreshes),
+                ),
+            ]);
+        }
         if let Some(n) = self.links.local_len() {
             gauges.push((
                 "ridegate_linked_credentials",

@@ -3,7 +3,7 @@
 //! 1. The credential's own checks — ride-code signature, times, single use; suspended
 //!    tickets — refuse in every mode and direction.
 //! 2. Exits and stations with the check off need nothing more.
-//! 3. The credential resolves to an identity; its health status comes from the cache
+//! 3. The credential resolves to an identity; its health status comes from the store
 //!    within the deadline; the policy decides; the station's mode is applied.
 //! 4. The answer is recorded for retries — and if an answer for the same gate and
 //!    request id was recorded first, that one is given instead (a retry) — then
@@ -23,10 +23,9 @@ use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
 use tokio::time::Instant;
 
-use crate::cache::HealthCache;
 use crate::decision::{GateRequest, HealthView, Judgement, Outcome, Policy, Subject};
 use crate::metrics::Metrics;
-use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend};
+use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
 
 /// An answer and whether it was a stored one given again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +106,7 @@ pub struct Authorizer {
     replay: ReplayBackend,
     idempotency: IdempotencyBackend,
     links: LinkBackend,
-    health: HealthCache<HealthBackend>,
+    health: Statuses,
     shared: Option<Arc<SharedTier>>,
     policy: Policy,
     suspend_electronic_tickets: bool,
@@ -128,8 +127,8 @@ pub struct Parts {
     pub verifier: RideCodeVerifier,
     /// The link store.
     pub links: LinkBackend,
-    /// The health cache.
-    pub health: HealthCache<HealthBackend>,
+    /// Where statuses are read.
+    pub health: Statuses,
     /// The single-use guard.
     pub replay: ReplayBackend,
     /// Idempotency records.

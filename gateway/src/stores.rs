@@ -21,6 +21,9 @@ use ridegate_adapters::model::{Answer, HealthStatus, UnixMillis};
 use ridegate_adapters::replay::{Claim, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
 use tokio::time::{Instant, timeout_at};
 
+use crate::cache::HealthCache;
+use crate::decision::HealthView;
+
 /// The link store.
 #[derive(Clone)]
 pub enum LinkBackend {
@@ -203,6 +206,53 @@ impl HealthSource for HealthBackend {
                 }
                 Ok(status)
             }
+        }
+    }
+}
+
+/// Where the decision path reads health statuses.
+#[derive(Clone)]
+pub enum Statuses {
+    /// The embedded store, read directly: it is memory already and always current, so a
+    /// cache in front of it would only double the memory and the cost of a lookup.
+    Embedded(Arc<MemoryHealth>),
+    /// The health cache in front of Redis or the platform.
+    Cached(HealthCache<HealthBackend>),
+}
+
+impl Statuses {
+    /// The view for one decision, by `deadline` at the latest.
+    pub async fn lookup(&self, identity: IdentityId, now: UnixMillis, deadline: Instant) -> HealthView {
+        match self {
+            Self::Embedded(m) => HealthView::Known {
+                status: m.get(&identity),
+                age_ms: 0,
+                degraded: false,
+            },
+            Self::Cached(cache) => cache.lookup(identity, now, deadline).await,
+        }
+    }
+
+    /// Caches a status stored or announced elsewhere (the embedded store needs nothing:
+    /// the status was put into it).
+    pub fn store(&self, identity: IdentityId, status: HealthStatus) {
+        if let Self::Cached(cache) = self {
+            cache.store(identity, status);
+        }
+    }
+
+    /// Forgets every cached status.
+    pub fn clear(&self) {
+        if let Self::Cached(cache) = self {
+            cache.clear();
+        }
+    }
+
+    /// The cache, when there is one.
+    pub fn cache(&self) -> Option<&HealthCache<HealthBackend>> {
+        match self {
+            Self::Embedded(_) => None,
+            Self::Cached(cache) => Some(cache),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The world the decision benchmarks run in: one million riders, each with a card and a
-//! ride account at two issuers (ES256 and EdDSA), green and tested, every status cached.
+//! ride account at two issuers (ES256 and EdDSA), green and tested, statuses in the
+//! embedded store (as `ridegate serve` keeps them without Redis or a platform).
 
 #![allow(dead_code, unreachable_pub)] // each benchmark uses part of it
 
@@ -12,10 +13,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use ridegate::authorize::{Authorizer, Parts};
-use ridegate::cache::{CacheSettings, HealthCache};
 use ridegate::config::PolicyConfig;
 use ridegate::decision::{GateContext, GateRequest, Policy};
-use ridegate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend};
+use ridegate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
 use ridegate_adapters::audit::JsonLinesAudit;
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::clock::Clock;
@@ -30,7 +30,6 @@ use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::link::{Consent, LinkRecord, LinkTarget, MemoryLinks};
 use ridegate_adapters::model::{Colour, Direction, HealthStatus, UnixMillis};
 use ridegate_adapters::replay::MemoryReplayGuard;
-use tokio::time::Instant;
 
 pub const RIDERS: u64 = 1_000_000;
 
@@ -59,8 +58,8 @@ pub struct World {
 }
 
 /// One million riders, each with a card and a ride account at every issuer, green and
-/// tested, all cached.
-pub fn world(rt: &tokio::runtime::Runtime) -> World {
+/// tested.
+pub fn world() -> World {
     let clock = Clock::System;
     let now = clock.now();
     let pseudonymizer = Pseudonymizer::new(b"benchmark-secret-0123456789").unwrap();
@@ -120,23 +119,7 @@ pub fn world(rt: &tokio::runtime::Runtime) -> World {
         statuses.put(identity, status);
         identities.push(identity);
     }
-    let health = HealthCache::new(
-        Arc::new(HealthBackend::Memory(statuses)),
-        CacheSettings {
-            ttl: Duration::from_secs(3600),
-            max_staleness: Duration::from_secs(7200),
-            capacity: 2 * RIDERS,
-            fetch_timeout: Duration::from_secs(1),
-            refresh_ahead: 0.0,
-        },
-        clock.clone(),
-    );
-    rt.block_on(async {
-        let far = Instant::now() + Duration::from_secs(60);
-        for identity in &identities {
-            health.lookup(*identity, now, far).await;
-        }
-    });
+    let health = Statuses::Embedded(statuses);
     let audit = Arc::new(JsonLinesAudit::new(Box::new(std::io::sink())).unwrap());
     let authorizer = Authorizer::new(Parts {
         clock,

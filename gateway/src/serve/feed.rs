@@ -15,8 +15,7 @@ use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::BatchTooLarge;
-use crate::cache::HealthCache;
-use crate::stores::HealthBackend;
+use crate::stores::{HealthBackend, Statuses};
 
 /// Most updates per `Publish` call or `Ingest` batch.
 pub const MAX_UPDATES: usize = 10_000;
@@ -62,17 +61,13 @@ pub fn parse_update(
 #[derive(Clone)]
 pub(super) struct FeedService {
     statuses: HealthBackend,
-    cache: HealthCache<HealthBackend>,
+    cache: Statuses,
     pseudonymizer: Pseudonymizer,
 }
 
 impl FeedService {
     /// A feed writing into `statuses` and refreshing `cache`.
-    pub(super) fn new(
-        statuses: HealthBackend,
-        cache: HealthCache<HealthBackend>,
-        pseudonymizer: Pseudonymizer,
-    ) -> Self {
+    pub(super) fn new(statuses: HealthBackend, cache: Statuses, pseudonymizer: Pseudonymizer) -> Self {
         Self {
             statuses,
             cache,
