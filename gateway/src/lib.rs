@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision;
 pub mod healthsim;
 pub mod linking;
+pub mod load;
 pub mod metrics;
 pub mod population;
 pub mod serve;

@@ -25,7 +25,7 @@ pub enum Role {
 }
 
 /// Shares of the population by role; the rest is [`Role::Green`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HealthMix {
     /// Share of yellow codes.
     pub yellow: f64,

@@ -8,6 +8,7 @@ mod cli;
 mod feed;
 mod gate;
 mod links;
+mod load;
 mod operations;
 mod platform;
 mod shared;

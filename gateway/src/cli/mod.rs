@@ -1,5 +1,6 @@
 //! The command line: `ridegate serve`, `ridegate demo`, `ridegate keys`,
-//! `ridegate health-sim`.
+//! `ridegate health-sim`, and the load-testing tools `ridegate load`, `load-setup` and
+//! `baseline`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
 //! invalid configuration (the message names the field).
@@ -7,6 +8,7 @@
 mod demo;
 mod health_sim;
 mod keys;
+mod load;
 mod serve;
 
 use std::process::ExitCode;
@@ -40,6 +42,12 @@ enum Command {
     Keys(keys::KeysCommand),
     /// Simulate the health-code platform (for demos, tests and load tests).
     HealthSim(health_sim::HealthSimArgs),
+    /// Load-test a gate server with realistic taps (ghz's flags and report).
+    Load(load::LoadArgs),
+    /// Write a population, issuer keys and a configuration for `ridegate load`.
+    LoadSetup(load::LoadSetupArgs),
+    /// Serve the baseline: ridegate's contract and stack, answering a constant at once.
+    Baseline(load::BaselineArgs),
 }
 
 /// A failure with the exit code it should end the process with.
@@ -75,6 +83,9 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Keys(command) => keys::run(command),
         Command::HealthSim(args) => health_sim::run(args),
+        Command::Load(args) => load::run_load(args),
+        Command::LoadSetup(args) => load::run_setup(args),
+        Command::Baseline(args) => load::run_baseline(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,8 +31,9 @@ pub(super) struct ServeArgs {
     /// Serve ridegate.v1.HealthFeed so statuses can be pushed at run time.
     #[arg(long, env = "RIDEGATE_HEALTH_FEED")]
     health_feed: Option<bool>,
-    /// The health-code platform, `http://host:port`: statuses come from it.
-    #[arg(long, env = "RIDEGATE_HEALTH_PLATFORM")]
+    /// The health-code platform, `http://host:port`: statuses come from it (a
+    /// `health.file` in the configuration file is then not loaded).
+    #[arg(long, env = "RIDEGATE_HEALTH_PLATFORM", conflicts_with = "health")]
     health_platform: Option<String>,
     /// Redis server for the shared tier: `redis://host:port` (`rediss://` for TLS).
     #[arg(long, env = "RIDEGATE_REDIS")]
@@ -84,6 +85,7 @@ impl ServeArgs {
         }
         if let Some(url) = &self.health_platform {
             config.health.platform.url.clone_from(url);
+            config.health.file = None;
         }
         if let Some(audit) = &self.audit {
             config.audit.path.clone_from(audit);

@@ -2,6 +2,7 @@
 //! graceful drain.
 
 mod auth;
+pub mod baseline;
 mod convert;
 mod deadline;
 mod feed;
@@ -34,6 +35,30 @@ pub use links::MAX_BATCH_ROWS;
 pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
+use crate::config::ServerConfig;
+
+/// The tonic server with ridegate's transport settings (the baseline server uses the
+/// same, so benchmarks compare like with like).
+pub(crate) fn transport(config: &ServerConfig) -> Server {
+    Server::builder()
+        // Keep idle gate connections open through NATs and find dead ones.
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        // Bound the work one connection can queue; beyond it, calls wait.
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
+        .accept_http1(true)
+}
+
+/// Connections from `listener`, with ridegate's socket settings.
+pub(crate) fn incoming(listener: TcpListener, config: &ServerConfig) -> TcpIncoming {
+    // Gates send small requests and wait for each answer: never delay a packet (the
+    // builder's own nodelay setting does not reach a listener we bound ourselves).
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.tcp_keepalive))
+}
 
 /// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
@@ -171,22 +196,9 @@ pub async fn serve(
         let _ = draining_tx.send(true);
         let _ = drained_tx.send(());
     };
-    // Gates send small requests and wait for each answer: never delay a packet (the
-    // builder's own nodelay setting does not reach a listener we bound ourselves).
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(server_config.tcp_keepalive));
-    let server = Server::builder()
-        // Keep idle gate connections open through NATs and find dead ones.
-        .http2_keepalive_interval(Some(server_config.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(server_config.http2_keepalive_timeout))
-        // Bound the work one connection can queue; beyond it, calls wait.
-        .concurrency_limit_per_connection(server_config.concurrency_per_connection)
-        .max_concurrent_streams(server_config.max_concurrent_streams)
-        // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
-        .accept_http1(true)
+    let server = transport(&server_config)
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, drain);
+        .serve_with_incoming_shutdown(incoming(listener, &server_config), drain);
     tracing::info!(%addr, feed = app.config.health.feed_enabled, "ridegate serving");
 
     let grace_expired = async {

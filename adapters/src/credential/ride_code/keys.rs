@@ -139,6 +139,14 @@ impl VerifyingKey {
         self.alg
     }
 
+    /// Whether the compact JWS `header.payload.signature` carries a valid signature by
+    /// this key: the bare check every ride-code decision contains, for benchmarks to
+    /// compare a decision with.
+    pub fn verifies(&self, jws: &str) -> bool {
+        jws.rsplit_once('.')
+            .is_some_and(|(message, signature)| self.verify(message.as_bytes(), signature) == Ok(true))
+    }
+
     /// Whether `signature` (base64url, as in a compact JWS) is valid for `message`.
     /// `Err` means the signature was not even decodable.
     pub(crate) fn verify(&self, message: &[u8], signature: &str) -> Result<bool, ()> {
