@@ -140,6 +140,27 @@ async fn a_smoke_run_against_ridegate_reports_counts_that_add_up_and_every_kind_
     }
     assert!(report["reasons"].get("CODE_REPLAYED").is_none(), "every code is fresh");
     assert!(!report["signatureChecks"].as_array().unwrap().is_empty());
+
+    // --checks-only measures the bare signature checks and exits without a server.
+    let output = ridegate(&[
+        "load",
+        "--population",
+        population.to_str().unwrap(),
+        "--mix",
+        "codes=1",
+        "-n",
+        "50",
+        "--checks-only",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let checks: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checks = checks.as_array().unwrap();
+    assert!(!checks.is_empty());
+    for check in checks {
+        assert!(check["micros"].as_f64().unwrap() > 0.0, "{check}");
+        assert!(check["codes"].as_u64().unwrap() > 0, "{check}");
+    }
 }
 
 #[tokio::test]

@@ -97,6 +97,10 @@ pub(super) struct LoadArgs {
     /// `--data`), and exit.
     #[arg(long)]
     write_body: Option<PathBuf>,
+    /// Mint the requests, print the bare signature check of each kind of code as JSON,
+    /// and exit (benchmarks run it pinned to the server's core).
+    #[arg(long)]
+    checks_only: bool,
 }
 
 impl LoadArgs {
@@ -181,6 +185,13 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
         std::fs::write(path, &body)
             .with_context(|| format!("cannot write {}", path.display()))
             .map_err(Failure::runtime)?;
+        return Ok(());
+    }
+    if args.checks_only {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&templates.signature_checks).map_err(Failure::runtime)?
+        );
         return Ok(());
     }
     if args.mix.has_codes() && args.duration.is_some_and(|d| d > Duration::from_secs(45)) {
