@@ -11,6 +11,7 @@
 # Needs: cargo, h2load (nghttp2-client), jq, taskset (util-linux), redis-server.
 # Not part of CI: it takes long and only means something on an otherwise idle machine.
 set -euo pipefail
+export LC_ALL=C   # decimal points for printf, sort and awk
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}          # alternating baseline/ridegate pairs per scenario
@@ -33,7 +34,9 @@ cargo build --release --quiet
 B=$PWD/target/release/ridegate
 WORK=$(mktemp -d /tmp/ridegate-bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done; }
+# stop PID: kill and wait, so the next server does not share the core with a dying one.
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 trap cleanup EXIT
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -133,12 +136,18 @@ BASE_ADDR=$ADDR BASE_PID=$PID
 # 1. The load tool against h2load, both on the baseline.
 "$B" load --write-body "$WORK/body.bin"
 log "load tool vs h2load on the baseline"
-for r in $(seq 1 "$ROUNDS"); do
+[ $((C % CONNS)) -eq 0 ] || { echo "C ($C) must be a multiple of CONNS ($CONNS) for h2load's -m" >&2; exit 2; }
+tool() {
   taskset -c "$LOAD_CORE" "$B" load "$BASE_ADDR" --mix cards -z "${SECS}s" -c "$C" --connections "$CONNS" -O json \
-    -o "$WORK/tool-$r.json" 2>>"$WORK/load.log"
+    -o "$WORK/tool-$1.json" 2>>"$WORK/load.log"
+}
+h2() {
   taskset -c "$LOAD_CORE" h2load -D "$SECS" -c "$CONNS" -m $((C / CONNS)) -t 1 -d "$WORK/body.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' "http://$BASE_ADDR/ridegate.v1.Gate/Authorize" \
-    >"$WORK/h2load-$r.txt" 2>&1
+    >"$WORK/h2load-$1.txt" 2>&1
+}
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) -eq 1 ]; then tool "$r"; h2 "$r"; else h2 "$r"; tool "$r"; fi
 done
 TOOL_RPS=$(for r in $(seq 1 "$ROUNDS"); do jq .rps "$WORK/tool-$r.json"; done | median)
 H2_RPS=$(for r in $(seq 1 "$ROUNDS"); do awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt"; done | median)
@@ -150,12 +159,12 @@ done | median)
 start ridegate "$SERVER_CORE" "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0
 RG_ADDR=$ADDR RG_PID=$PID
 # One pass over the population first, so links and statuses are warm as in service.
-taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>&1
+taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
 scenario cards "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}"
 CHECKS=codes scenario codes "$RG_ADDR" "$RG_PID" --mix codes "${CLEAN[@]}"
 CHECKS=device-codes scenario device "$RG_ADDR" "$RG_PID" --mix device-codes "${CLEAN[@]}"
 scenario mixed "$RG_ADDR" "$RG_PID"
-kill "$RG_PID"
+stop "$RG_PID"
 
 # 3. Statuses from the health platform (health-sim on the load core: it is the outside
 #    world): every tap a cache miss at 5 ms, then the platform down.
@@ -167,11 +176,11 @@ printf '[health]\ncache_capacity = 1000\n\n[health.platform]\nurl = "http://%s"\
 start ridegate-platform "$SERVER_CORE" "$B" serve --config "$WORK/platform.toml" --listen 127.0.0.1:0
 RG_ADDR=$ADDR RG_PID=$PID
 scenario misses "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}" -t 200ms
-kill "$SIM_PID"; sleep 0.5
+stop "$SIM_PID"
 start sim-down "$LOAD_CORE" env RIDEGATE_IDENTITY_SECRET="$SECRET" "$B" health-sim --listen "$SIM_ADDR" \
   --riders 1 --down --log warn
 scenario down "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}" -t 200ms
-kill "$RG_PID"
+stop "$RG_PID"
 
 # 4. The shared tier: Redis on the server core.
 REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 56379)
@@ -181,9 +190,9 @@ sleep 0.5
 start ridegate-redis "$SERVER_CORE" "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 \
   --redis "redis://127.0.0.1:$REDIS_PORT"
 RG_ADDR=$ADDR RG_PID=$PID
-taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>&1
+taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
 scenario redis "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}"
-kill "$RG_PID"
+stop "$RG_PID"
 
 # 5. Memory: 10M linked credentials and 10M statuses, embedded.
 MEMORY_LINE="(skipped: MEMORY=0)"

@@ -150,6 +150,11 @@ impl std::hash::Hasher for IdHasherState {
     fn write_usize(&mut self, _: usize) {}
 }
 
+/// `N` random bytes (see [`random_bytes`]) as `2N` lowercase hex digits.
+pub fn random_hex<const N: usize>() -> String {
+    random_bytes::<N>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `N` bytes from the system's secure random generator. Should the generator fail (it
 /// does not on Linux once booted), the bytes come from the clock and process id instead:
 /// callers use them for uniqueness, and a panic would be worse.

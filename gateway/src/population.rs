@@ -144,13 +144,17 @@ impl Population {
     }
 }
 
-/// A number in `[0, 1)` drawn from `(seed, n)` (SplitMix64).
+/// A number in `[0, 1)` drawn from `(seed, n)`.
 pub fn unit(seed: u64, n: u64) -> f64 {
+    (draw(seed, n) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A 64-bit number drawn from `(seed, n)` (SplitMix64's mixer): deterministic, well spread.
+pub fn draw(seed: u64, n: u64) -> u64 {
     let mut z = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -167,7 +167,8 @@ async fn a_smoke_run_against_ridegate_reports_counts_that_add_up_and_every_kind_
 async fn the_baseline_answers_a_constant_and_the_summary_reads_like_ghz() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), "baseline", &["baseline", "--listen", "127.0.0.1:0"]).await;
-    let output = ridegate(&["load", &server.addr, "--mix", "cards", "-n", "200", "-c", "4"]).await;
+    // Without a population the load is card taps.
+    let output = ridegate(&["load", &server.addr, "-n", "200", "-c", "4"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let summary = String::from_utf8_lossy(&output.stdout);
     for line in [
@@ -200,12 +201,17 @@ async fn the_baseline_answers_a_constant_and_the_summary_reads_like_ghz() {
 
 #[tokio::test]
 async fn bad_load_options_exit_2_and_an_unreachable_server_exits_1() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["load", "--call", "ridegate.v1.Gate/Taps"], "--call"),
         (&["load", "-c", "0"], "concurrency"),
         (&["load", "--population", "/nonexistent"], "load-setup"),
         (&["load", "--mix", "codes=1"], "--population"),
         (&["load", "--mix", "buses=1"], "unknown kind"),
+        (&["load", "--mix", "cards=4000000000"], "whole number up to"),
+        (&["load", "-r", "NaN"], "--rps"),
+        (&["load", "-r", "0.00001"], "--rps"),
+        (&["load", "-z", "0s"], "--duration"),
+        (&["load", "-z", "1s", "--pool", "0"], "nothing to send"),
     ];
     for (args, named) in cases {
         let output = ridegate(args).await;

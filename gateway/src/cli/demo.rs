@@ -202,7 +202,7 @@ fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers, CallerTo
 
     config.server.listen = "127.0.0.1:0".parse()?;
     config.server.drain_grace = Duration::from_secs(1);
-    config.identity.secret = hex(&ridegate_adapters::ids::random_bytes::<16>());
+    config.identity.secret = ridegate_adapters::ids::random_hex::<16>();
     config.links.file = Some(dir.join("links.jsonl"));
     config.health.file = Some(dir.join("health.jsonl"));
     config.health.feed_enabled = true;
@@ -214,10 +214,6 @@ fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers, CallerTo
 
 fn now() -> UnixMillis {
     Clock::System.now()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn tap(credential: pb::authorize_request::Credential) -> pb::AuthorizeRequest {

@@ -13,8 +13,11 @@ use super::{Failure, runtime, shutdown_signal};
 use crate::config::ServerConfig;
 use crate::load::setup::{Manifest, write_setup};
 use crate::load::traffic::{Mix, Shares, Source, Templates};
-use crate::load::{Options, run};
+use crate::load::{MIN_RPS, Options, run};
 use crate::population::{HealthMix, MAX_RIDERS, Population};
+
+/// The most requests encoded ahead (cards cycle through them; codes are single-use).
+const MAX_ENCODED: usize = 1_000_000;
 
 /// The only method `ridegate load` calls.
 const AUTHORIZE: &str = "ridegate.v1.Gate/Authorize";
@@ -47,7 +50,8 @@ pub(super) struct LoadArgs {
     /// Connections the concurrency is spread over.
     #[arg(long, default_value_t = 1)]
     connections: usize,
-    /// Requests per second, all workers together (0: as fast as answered).
+    /// Requests per second, all workers together (0: as fast as answered; else at least
+    /// 0.001).
     #[arg(short = 'r', long, default_value_t = 0.0)]
     rps: f64,
     /// Send for this long, e.g. `10s` (with -n, whichever ends first).
@@ -65,9 +69,10 @@ pub(super) struct LoadArgs {
     /// Write the report here instead of stdout.
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
-    /// Credential kinds by weight.
-    #[arg(long, default_value = "cards=45,codes=35,device-codes=10,tickets=10")]
-    mix: Mix,
+    /// Credential kinds by weight [default with --population:
+    /// cards=45,codes=35,device-codes=10,tickets=10; without: cards].
+    #[arg(long)]
+    mix: Option<Mix>,
     /// Share of exits.
     #[arg(long, default_value_t = Shares::default().exits)]
     exits: f64,
@@ -104,6 +109,16 @@ pub(super) struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// The credential kinds to send: as asked, else realistic with a population and
+    /// cards without one.
+    fn mix(&self) -> Mix {
+        match (self.mix, &self.population) {
+            (Some(mix), _) => mix,
+            (None, Some(_)) => Mix::default(),
+            (None, None) => Mix::CARDS,
+        }
+    }
+
     fn path(&self) -> Result<String, Failure> {
         let call = self.call.replace('.', "/");
         if call != AUTHORIZE.replace('.', "/") {
@@ -139,16 +154,18 @@ impl LoadArgs {
             (None, None) => 200,
         };
         if n == 0 {
-            return Err(Failure::usage(anyhow::anyhow!("-n/--total: must be at least 1")));
-        }
-        // Cards cycle through the encoded requests; codes cannot be reused.
-        let cap = if self.mix.has_codes() { 5_000_000 } else { 1_000_000 };
-        if n > cap && self.mix.has_codes() {
             return Err(Failure::usage(anyhow::anyhow!(
-                "{n} requests with ride codes: at most {cap} can be minted ahead; use a smaller -n or a shorter -z"
+                "nothing to send: -n, -z, -r and --pool must each be above zero when given"
             )));
         }
-        Ok(usize::try_from(n.min(cap)).unwrap_or(usize::MAX))
+        // Cards cycle through the encoded requests; codes cannot be reused, and minting
+        // more than this takes most of their 60 s lifetime.
+        if n > MAX_ENCODED as u64 && self.mix().has_codes() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{n} requests with ride codes: at most {MAX_ENCODED} can be minted ahead; use a smaller -n, -z or --pool"
+            )));
+        }
+        Ok(usize::try_from(n).map_or(MAX_ENCODED, |n| n.min(MAX_ENCODED)))
     }
 }
 
@@ -156,8 +173,14 @@ impl LoadArgs {
 pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
     let path = args.path()?;
     let shares = args.shares()?;
-    if args.rps < 0.0 {
-        return Err(Failure::usage(anyhow::anyhow!("-r/--rps: must not be negative")));
+    if !(args.rps == 0.0 || args.rps.is_finite() && args.rps >= MIN_RPS) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "-r/--rps: must be 0 (as fast as answered) or at least {MIN_RPS}, got {}",
+            args.rps
+        )));
+    }
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err(Failure::usage(anyhow::anyhow!("-z/--duration: must be above zero")));
     }
     if args.concurrency == 0 || !(1..=args.concurrency).contains(&args.connections) {
         return Err(Failure::usage(anyhow::anyhow!(
@@ -176,9 +199,10 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
     let mix = if args.write_body.is_some() {
         Mix::CARDS
     } else {
-        args.mix
+        args.mix()
     };
     eprintln!("encoding {count} requests…");
+    let minting = std::time::Instant::now();
     let templates = Templates::build(&source, mix, shares, count, args.seed).map_err(Failure::usage)?;
     if let Some(path) = &args.write_body {
         let body = templates.request(0).context("no request").map_err(Failure::runtime)?;
@@ -194,8 +218,12 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    if args.mix.has_codes() && args.duration.is_some_and(|d| d > Duration::from_secs(45)) {
-        eprintln!("warning: ride codes are valid for 60 s from minting; a run this long will see CODE_EXPIRED");
+    let code_age_at_end = minting.elapsed() + args.duration.unwrap_or_default();
+    if mix.has_codes() && code_age_at_end > Duration::from_secs(50) {
+        eprintln!(
+            "warning: ride codes are valid for 60 s from minting; minting took {:.0?}, so late taps may see CODE_EXPIRED",
+            minting.elapsed()
+        );
     }
     let options = Options {
         target: args.target.clone(),

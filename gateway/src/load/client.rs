@@ -54,11 +54,10 @@ impl Connection {
             let _ = connection.await;
         });
         let uri: Uri = format!("http://{addr}{path}").parse()?;
-        let micros = timeout.as_micros().clamp(1, 99_999_999);
         Ok(Self {
             send,
             uri,
-            timeout: HeaderValue::from_str(&format!("{micros}u"))?,
+            timeout: HeaderValue::from_str(&grpc_timeout(timeout))?,
         })
     }
 
@@ -99,14 +98,79 @@ impl Connection {
             let message = field("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
             return Ok(Reply::error(code, message));
         }
-        let answer = (data.len() >= 5)
-            .then(|| pb::AuthorizeResponse::decode(&data[5..]).ok())
-            .flatten()
-            .map(|r| (r.verdict, r.reason));
+        let Some(answer) = decode_message(&data) else {
+            return Ok(Reply::error(
+                13,
+                "OK status, but the answer is not one AuthorizeResponse message",
+            ));
+        };
         Ok(Reply {
             code,
             message: String::new(),
-            answer,
+            answer: Some((answer.verdict, answer.reason)),
         })
+    }
+}
+
+/// The one uncompressed, length-prefixed message a unary answer carries.
+fn decode_message(data: &[u8]) -> Option<pb::AuthorizeResponse> {
+    let (prefix, message) = data.split_first_chunk::<5>()?;
+    let length = u32::from_be_bytes(prefix[1..].try_into().ok()?) as usize;
+    if prefix[0] != 0 || message.len() != length {
+        return None;
+    }
+    pb::AuthorizeResponse::decode(message).ok()
+}
+
+/// A `grpc-timeout` value: at most eight digits, in the finest unit that holds it.
+fn grpc_timeout(timeout: std::time::Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    match (timeout.as_micros(), timeout.as_millis(), timeout.as_secs()) {
+        (micros, _, _) if micros <= MAX => format!("{}u", micros.max(1)),
+        (_, millis, _) if millis <= MAX => format!("{millis}m"),
+        (_, _, secs) => format!("{}S", u128::from(secs).min(MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_use_the_finest_unit_that_fits_eight_digits() {
+        assert_eq!(grpc_timeout(Duration::ZERO), "1u");
+        assert_eq!(grpc_timeout(Duration::from_secs(20)), "20000000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(200)), "200000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(grpc_timeout(Duration::MAX), "99999999S");
+    }
+
+    #[test]
+    fn only_one_whole_uncompressed_message_decodes() {
+        let message = pb::AuthorizeResponse {
+            verdict: pb::Verdict::Allow.into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let framed = |flag: u8, length: usize, body: &[u8]| {
+            let mut data = vec![flag];
+            data.extend_from_slice(&(length as u32).to_be_bytes());
+            data.extend_from_slice(body);
+            data
+        };
+        let ok = framed(0, message.len(), &message);
+        assert_eq!(decode_message(&ok).unwrap().verdict, i32::from(pb::Verdict::Allow));
+        assert!(
+            decode_message(&framed(1, message.len(), &message)).is_none(),
+            "compressed"
+        );
+        assert!(
+            decode_message(&framed(0, message.len() + 1, &message)).is_none(),
+            "short"
+        );
+        assert!(decode_message(&ok[..4]).is_none(), "no prefix");
+        assert!(decode_message(&framed(0, 3, b"\xff\xff\xff")).is_none(), "garbage");
     }
 }

@@ -55,6 +55,14 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
         (1..=options.concurrency).contains(&options.connections),
         "--connections: must be between 1 and the concurrency"
     );
+    anyhow::ensure!(
+        options.total.is_some() || options.duration.is_some(),
+        "a run needs a count (-n) or a duration (-z)"
+    );
+    anyhow::ensure!(
+        options.rps.is_none_or(|rps| rps.is_finite() && rps >= MIN_RPS),
+        "-r/--rps: must be at least {MIN_RPS}"
+    );
     let mut connections = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
         connections.push(
@@ -65,34 +73,37 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
     }
     let limit = options.total.unwrap_or(u64::MAX);
     let next = Arc::new(AtomicU64::new(0));
-    let ran_out = Arc::new(AtomicU64::new(0));
+    let tallies: Vec<Tally> = (0..options.concurrency).map(|_| Tally::new()).collect();
     let server_before = options.server_pid.and_then(cpu_time);
     let client_before = cpu_time(std::process::id());
     let started_at = SystemTime::now();
     let started = Instant::now();
     let end = options.duration.map(|d| started + d);
-    let workers: Vec<_> = (0..options.concurrency)
-        .map(|w| {
+    let workers: Vec<_> = tallies
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut tally)| {
             let mut connection = connections[w % connections.len()].clone();
-            let (templates, next, ran_out) = (templates.clone(), next.clone(), ran_out.clone());
+            let (templates, next) = (templates.clone(), next.clone());
             let (rps, timeout) = (options.rps, options.timeout);
             tokio::spawn(async move {
-                let mut tally = Tally::new();
-                loop {
+                let stop = loop {
+                    if end.is_some_and(|end| Instant::now() >= end) {
+                        break Stop::Time;
+                    }
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= limit || end.is_some_and(|end| Instant::now() >= end) {
-                        break;
+                    if k >= limit {
+                        break Stop::Count;
                     }
                     if let Some(rps) = rps {
                         let due = started + Duration::from_secs_f64(k as f64 / rps);
                         if end.is_some_and(|end| due >= end) {
-                            break;
+                            break Stop::Time;
                         }
                         tokio::time::sleep_until(due).await;
                     }
                     let Some(body) = templates.request(k) else {
-                        ran_out.store(1, Ordering::Relaxed);
-                        break;
+                        break Stop::RanOut;
                     };
                     let sent = Instant::now();
                     let reply = match tokio::time::timeout(timeout, connection.call(body)).await {
@@ -104,33 +115,65 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
                         },
                     };
                     tally.record(sent.elapsed(), &reply);
-                }
-                tally
+                };
+                (tally, stop)
             })
         })
         .collect();
-    let mut tally = Tally::new();
+    let mut finished = Vec::with_capacity(workers.len());
     for worker in workers {
-        tally.merge(worker.await.context("a load worker failed")?);
+        finished.push(worker.await.context("a load worker failed")?);
     }
     let total = started.elapsed();
-    let since = |before: Option<Duration>, now: Option<Duration>| Some(now?.saturating_sub(before?));
-    let end_reason = if ran_out.load(Ordering::Relaxed) == 1 {
-        "codes used up"
-    } else if options.total.is_some_and(|n| next.load(Ordering::Relaxed) >= n) {
-        "normal"
-    } else {
-        "timeout"
-    };
+    let server_cpu = since(server_before, options.server_pid.and_then(cpu_time));
+    let client_cpu = since(client_before, cpu_time(std::process::id()));
+    let end_reason = [Stop::RanOut, Stop::Time, Stop::Count]
+        .into_iter()
+        .find(|stop| finished.iter().any(|(_, s)| s == stop))
+        .unwrap_or(Stop::Count);
+    let mut tally = Tally::new();
+    for (worker_tally, _) in finished {
+        tally.merge(worker_tally);
+    }
     let facts = RunFacts {
         name: options.path.trim_start_matches('/').to_owned(),
-        end_reason,
+        end_reason: end_reason.as_str(),
         started: started_at,
         options: serde_json::to_value(options).unwrap_or_default(),
         total,
-        server_cpu: since(server_before, options.server_pid.and_then(cpu_time)),
-        client_cpu: since(client_before, cpu_time(std::process::id())),
+        server_cpu,
+        client_cpu,
         signature_checks: templates.signature_checks.clone(),
     };
     Ok(Report::new(tally, facts))
+}
+
+/// The lowest rate `--rps` accepts: one request in about 17 minutes.
+pub const MIN_RPS: f64 = 0.001;
+
+/// Why a worker stopped; the run's end reason is the first of these any worker saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The single-use ride codes were used up.
+    RanOut,
+    /// The duration ran out.
+    Time,
+    /// Every request of the count was sent.
+    Count,
+}
+
+impl Stop {
+    /// ghz's names, and ours for codes used up.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::RanOut => "codes used up",
+            Self::Time => "timeout",
+            Self::Count => "normal",
+        }
+    }
+}
+
+/// The CPU time a process spent between two readings, if both were taken.
+fn since(before: Option<Duration>, now: Option<Duration>) -> Option<Duration> {
+    Some(now?.saturating_sub(before?))
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
-use ridegate_adapters::ids::random_bytes;
+use ridegate_adapters::ids::random_hex;
 use serde::{Deserialize, Serialize};
 
 use crate::population::{HealthMix, Population};
@@ -98,7 +98,7 @@ pub fn ticket_number(n: u64) -> String {
 /// replaced). Returns the paths of the configuration and the manifest.
 pub fn write_setup(dir: &Path, population: &Population) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir.join("issuers")).with_context(|| format!("cannot create {}", dir.display()))?;
-    let secret: String = random_bytes::<24>().iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_hex::<24>();
     let mut issuers = Vec::new();
     let mut issuer_toml = String::new();
     for (id, alg) in LOAD_ISSUERS {

@@ -17,12 +17,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey, VerifyingKey};
-use ridegate_adapters::ids::random_bytes;
+use ridegate_adapters::ids::random_hex;
 use ridegate_adapters::model::UnixMillis;
 use ridegate_proto::pb;
 
 use super::setup::{Manifest, ticket_number};
-use crate::population::{Population, Role};
+use crate::population::{self, Population, Role};
 
 /// Weights of the credential kinds in the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,9 @@ impl Mix {
     }
 }
 
+/// The largest weight a kind can have in a mix (so their sum cannot overflow).
+const MAX_WEIGHT: u32 = 1_000_000;
+
 impl FromStr for Mix {
     type Err = String;
 
@@ -80,9 +83,9 @@ impl FromStr for Mix {
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (kind, weight) = part.split_once('=').unwrap_or((part, "1"));
-            let weight: u32 = weight
-                .parse()
-                .map_err(|_| format!("{kind}: the weight must be a whole number, got {weight:?}"))?;
+            let weight: u32 = weight.parse().ok().filter(|w| *w <= MAX_WEIGHT).ok_or_else(|| {
+                format!("{kind}: the weight must be a whole number up to {MAX_WEIGHT}, got {weight:?}")
+            })?;
             match kind {
                 "cards" => mix.cards = weight,
                 "codes" => mix.codes = weight,
@@ -143,17 +146,21 @@ impl Shares {
     }
 }
 
-/// A small deterministic generator (SplitMix64).
+/// A deterministic stream of draws: [`population::draw`] over `(seed, 1), (seed, 2), …`.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+struct Rng {
+    seed: u64,
+    n: u64,
+}
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self { seed, n: 0 }
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.n += 1;
+        population::draw(self.seed, self.n)
     }
 
     fn unit(&mut self) -> f64 {
@@ -332,7 +339,7 @@ impl Templates {
             riders: &riders,
             issuers: &issuers,
             phones: &phones,
-            jti_prefix: random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect(),
+            jti_prefix: random_hex::<6>(),
             now,
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
@@ -344,7 +351,7 @@ impl Templates {
                     scope.spawn(move || {
                         let start = t * chunk;
                         let end = ((t + 1) * chunk).min(count);
-                        let mut rng = Rng(seed ^ (t as u64).wrapping_mul(0xa076_1d64_78bd_642f));
+                        let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0xa076_1d64_78bd_642f));
                         (start..end)
                             .map(|k| generator.frame(&mut rng, k))
                             .collect::<anyhow::Result<Vec<Bytes>>>()
@@ -363,16 +370,6 @@ impl Templates {
             single_use: mix.has_codes(),
             signature_checks,
         })
-    }
-
-    /// How many requests were encoded.
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    /// True when none were.
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
     }
 
     /// The framed request for the `k`-th call, with request id `k` in hex; `None` once
@@ -407,11 +404,11 @@ fn issuer_kit(id: &str, key: SigningKey) -> anyhow::Result<IssuerKit> {
 fn phones_of(kit: &IssuerKit, riders: &Riders, now: UnixMillis) -> anyhow::Result<Phones> {
     let device = SigningKey::generate(SigningAlg::EdDsa, "phone")?;
     let device_key = VerifyingKey::from_jwk(&device.public_jwk()?)?;
-    let mut rng = Rng(0x0ff1_14e5);
+    let mut rng = Rng::new(0x0ff1_14e5);
     let phone = |who: Who, rng: &mut Rng| -> anyhow::Result<DeviceCodeMinter> {
         let rider = riders.pick(who, rng);
         let account = Population::account(&kit.id, rider);
-        let cert_id: String = random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
+        let cert_id = random_hex::<8>();
         let cert = kit
             .minter
             .device_certificate(&account, &cert_id, &device, now, Duration::from_secs(86_400))?;
@@ -607,7 +604,7 @@ mod tests {
     #[test]
     fn card_requests_carry_their_own_request_ids_and_cycle() {
         let templates = Templates::build(&Source::Cards, "cards".parse().unwrap(), Shares::default(), 10, 1).unwrap();
-        assert_eq!(templates.len(), 10);
+        assert_eq!(templates.frames.len(), 10);
         let decode = |k| pb::AuthorizeRequest::decode(&templates.request(k).unwrap()[5..]).unwrap();
         assert_eq!(decode(3).request_id, "0000000000000003");
         assert_eq!(decode(13).request_id, "000000000000000d");
