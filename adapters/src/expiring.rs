@@ -1,10 +1,11 @@
 //! A sharded map whose entries expire: the embedded store behind single-use and
-//! idempotency records. Expired entries are invisible at once. A shard is swept on a
-//! write once a second, or sooner when it has doubled since its last sweep — so the
-//! map stays within about twice its live entries at any write rate, and sweeping stays
-//! amortised O(1) per write.
+//! idempotency records. Expired entries are invisible at once. Each shard also keeps its
+//! entries in insertion order, and every write removes a few expired ones from the
+//! front: expiry costs O(1) per write, with no sweep of a whole shard under its lock
+//! (at 30 k taps/s a two-minute retry window holds millions of records, and such a
+//! sweep stalled every tap behind it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
 
@@ -12,16 +13,16 @@ use crate::ids::IdHasher;
 use crate::model::UnixMillis;
 
 const SHARDS: usize = 32;
-const SWEEP_INTERVAL_MS: i64 = 1_000;
+
+/// Expired entries a write removes at most: more than one, so a backlog (after an idle
+/// spell) drains while writes go on, and few enough to keep each write short.
+const EXPIRE_PER_WRITE: usize = 8;
 
 struct Shard<V> {
     entries: HashMap<[u8; 16], (V, UnixMillis), IdHasher>,
-    next_sweep: UnixMillis,
-    sweep_at_len: usize,
+    /// Keys with their expiry, oldest write first.
+    order: VecDeque<([u8; 16], UnixMillis)>,
 }
-
-/// Shards smaller than this are only swept by time.
-const MIN_SWEEP_LEN: usize = 256;
 
 /// Maps 16-byte ids to values until each value's expiry time.
 pub(crate) struct ExpiringMap<V> {
@@ -34,8 +35,7 @@ impl<V: Clone> ExpiringMap<V> {
             .map(|_| {
                 Mutex::new(Shard {
                     entries: HashMap::with_hasher(IdHasher),
-                    next_sweep: UnixMillis(0),
-                    sweep_at_len: MIN_SWEEP_LEN,
+                    order: VecDeque::new(),
                 })
             })
             .collect();
@@ -60,11 +60,12 @@ impl<V: Clone> ExpiringMap<V> {
     /// Stores `value` unless a live value is already there; returns that value if so.
     pub(crate) fn insert_if_absent(&self, key: [u8; 16], value: V, until: UnixMillis, now: UnixMillis) -> Option<V> {
         let mut shard = self.shard(&key).lock();
-        shard.sweep(now);
+        shard.expire(now);
         match shard.entries.get(&key) {
             Some((existing, existing_until)) if *existing_until > now => Some(existing.clone()),
             _ => {
                 shard.entries.insert(key, (value, until));
+                shard.order.push_back((key, until));
                 None
             }
         }
@@ -77,11 +78,20 @@ impl<V: Clone> ExpiringMap<V> {
 }
 
 impl<V> Shard<V> {
-    fn sweep(&mut self, now: UnixMillis) {
-        if now >= self.next_sweep || self.entries.len() >= self.sweep_at_len {
-            self.entries.retain(|_, (_, until)| *until > now);
-            self.next_sweep = now.plus_ms(SWEEP_INTERVAL_MS);
-            self.sweep_at_len = (2 * self.entries.len()).max(MIN_SWEEP_LEN);
+    /// Removes up to [`EXPIRE_PER_WRITE`] expired entries from the front of the order.
+    /// An entry written again after it expired has a later place (and expiry) in the
+    /// order; its earlier place then no longer matches and only leaves the queue.
+    fn expire(&mut self, now: UnixMillis) {
+        for _ in 0..EXPIRE_PER_WRITE {
+            match self.order.front() {
+                Some(&(key, until)) if until <= now => {
+                    self.order.pop_front();
+                    if self.entries.get(&key).is_some_and(|(_, current)| *current == until) {
+                        self.entries.remove(&key);
+                    }
+                }
+                _ => return,
+            }
         }
     }
 }
@@ -91,7 +101,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_vanish_at_expiry_and_are_swept_on_later_writes() {
+    fn entries_vanish_at_expiry_and_their_slot_is_free() {
         let map = ExpiringMap::new();
         let key = [7u8; 16];
         assert_eq!(map.insert_if_absent(key, 1, UnixMillis(100), UnixMillis(0)), None);
@@ -113,44 +123,45 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_that_doubles_is_swept_before_the_second_is_up() {
+    fn each_write_removes_a_few_expired_entries_and_a_backlog_drains() {
         let map = ExpiringMap::new();
-        // Fill shard 0 with entries that expire at t=10, then keep writing live ones to
-        // it within the same second: the expired ones go once the shard has doubled.
-        for i in 0..MIN_SWEEP_LEN as u32 {
+        let key = |i: u32| {
             let mut key = [0u8; 16];
             key[..4].copy_from_slice(&i.to_le_bytes());
-            map.insert_if_absent(key, 0, UnixMillis(10), UnixMillis(0));
+            key
+        };
+        // 100 entries in shard 0 that expire at t=10.
+        for i in 0..100 {
+            map.insert_if_absent(key(i), 0, UnixMillis(10), UnixMillis(0));
         }
-        for i in 0..MIN_SWEEP_LEN as u32 {
-            let mut key = [1u8; 16];
-            key[15] = 0;
-            key[..4].copy_from_slice(&i.to_le_bytes());
-            map.insert_if_absent(key, 1, UnixMillis(900), UnixMillis(20));
+        assert_eq!(map.len(), 100);
+        // Each later write removes EXPIRE_PER_WRITE of them, then only itself is left.
+        map.insert_if_absent(key(1_000), 1, UnixMillis(5_000), UnixMillis(20));
+        assert_eq!(map.len(), 100 - EXPIRE_PER_WRITE + 1);
+        for i in 1_001..1_020 {
+            map.insert_if_absent(key(i), 1, UnixMillis(5_000), UnixMillis(20));
         }
-        assert!(
-            map.len() < 2 * MIN_SWEEP_LEN,
-            "expired entries were swept early: {}",
-            map.len()
-        );
+        assert_eq!(map.len(), 20, "the backlog drained, the live entries stayed");
     }
 
     #[test]
-    fn expired_entries_are_removed_by_the_sweep() {
+    fn an_entry_written_again_after_expiry_is_not_removed_by_its_old_place() {
         let map = ExpiringMap::new();
-        for i in 0..100u8 {
-            let mut key = [0u8; 16];
+        let key = |i: u8| {
+            let mut key = [3u8; 16];
             key[0] = i;
-            map.insert_if_absent(key, i, UnixMillis(10), UnixMillis(0));
+            key
+        };
+        // Enough entries ahead of it that the next write does not reach its old place.
+        for i in 0..EXPIRE_PER_WRITE as u8 {
+            map.insert_if_absent(key(100 + i), 0, UnixMillis(5), UnixMillis(0));
         }
-        assert_eq!(map.len(), 100);
-        let mut fresh = [0u8; 16];
-        fresh[0] = 200;
-        map.insert_if_absent(fresh, 0, UnixMillis(5_000), UnixMillis(2_000));
-        assert_eq!(
-            map.len(),
-            1,
-            "the sweep on the write removed the 100 expired entries in shard 0"
-        );
+        map.insert_if_absent(key(1), 1, UnixMillis(10), UnixMillis(0));
+        // Expired at 10; written again at 20, live until 1000.
+        assert_eq!(map.insert_if_absent(key(1), 2, UnixMillis(1_000), UnixMillis(20)), None);
+        // A later write reaches the old place: the new entry stays.
+        map.insert_if_absent(key(2), 3, UnixMillis(1_000), UnixMillis(30));
+        assert_eq!(map.get(&key(1), UnixMillis(30)), Some(2));
+        assert_eq!(map.len(), 2);
     }
 }

@@ -32,10 +32,7 @@ macro_rules! hash_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                for b in self.0 {
-                    write!(f, "{b:02x}")?;
-                }
-                Ok(())
+                f.write_str(hex_str(&hex16(&self.0)))
             }
         }
 
@@ -55,7 +52,7 @@ macro_rules! hash_id {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                s.serialize_str(hex_str(&hex16(&self.0)))
             }
         }
 
@@ -85,6 +82,24 @@ hash_id! {
 hash_id! {
     /// The keyed hash of a gate id and request id: what idempotency records are kept by.
     RequestKey
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// 16 bytes as 32 lowercase hex digits, by table: ids are rendered on every decision
+/// (for its audit record), and per-byte `{:02x}` formatting showed in profiles.
+fn hex16(bytes: &[u8; 16]) -> [u8; 32] {
+    let mut digits = [0u8; 32];
+    for (pair, b) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
+    }
+    digits
+}
+
+/// Hex digits as text (they are ASCII, so this never falls back to the empty string).
+fn hex_str(digits: &[u8]) -> &str {
+    std::str::from_utf8(digits).unwrap_or_default()
 }
 
 /// A hex id that is not 32 hex characters.
@@ -510,5 +525,14 @@ mod tests {
         assert_eq!(id.to_string().parse::<IdentityId>(), Ok(id));
         assert_eq!("xyz".parse::<IdentityId>(), Err(InvalidHexId));
         assert_eq!("g".repeat(32).parse::<IdentityId>(), Err(InvalidHexId));
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0x0f;
+        bytes[15] = 0xa9;
+        let known = IdentityId(bytes);
+        assert_eq!(known.to_string(), "0f0000000000000000000000000000a9");
+        assert_eq!(
+            serde_json::to_string(&known).unwrap(),
+            "\"0f0000000000000000000000000000a9\""
+        );
     }
 }
