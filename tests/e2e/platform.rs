@@ -453,3 +453,24 @@ async fn with_redis_one_instance_s_fetch_serves_the_others() {
     assert_eq!(tap_rider(&mut b.gate().await, rider).await.verdict(), Verdict::Allow);
     assert_eq!(sim.stats().await.get_status_calls, calls, "B found it in Redis");
 }
+
+#[tokio::test]
+async fn the_simulator_stops_on_sigterm_even_with_a_change_feed_open() {
+    let mut sim = HealthSim::start(10, &[]).await;
+    let channel = tonic::transport::Channel::from_shared(sim.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut feed = pb::health_platform_client::HealthPlatformClient::new(channel)
+        .watch_changes(pb::WatchChangesRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    wait_subscribed(&sim, 1).await;
+    let exit = sim.terminate().await;
+    assert!(exit.success(), "{exit:?}");
+    // The open stream ends (cleanly or with an error), rather than hanging.
+    let ended = tokio::time::timeout(Duration::from_secs(5), feed.message()).await;
+    assert!(matches!(ended, Ok(Ok(None) | Err(_))), "{ended:?}");
+}

@@ -166,12 +166,29 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
         }
         tracing::info!(%addr, ?faults, "health platform simulator serving");
         let service = SimService(sim);
-        Server::builder()
+        // On a stop request the server stops accepting; calls in flight get a short
+        // grace, and open `WatchChanges` streams (which never end by themselves) are
+        // closed when it expires.
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
             .add_service(HealthPlatformServer::new(service.clone()))
             .add_service(HealthSimulatorServer::new(service))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-            .await
-            .context("simulator server failed")
-            .map_err(Failure::runtime)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+                shutdown.await;
+                let _ = stopping_tx.send(());
+            });
+        let grace_expired = async {
+            match stopping_rx.await {
+                Ok(()) => tokio::time::sleep(STOP_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = server => result.context("simulator server failed").map_err(Failure::runtime),
+            () = grace_expired => Ok(()),
+        }
     })
 }
+
+/// How long calls in flight may take to finish once the simulator is asked to stop.
+const STOP_GRACE: Duration = Duration::from_secs(1);

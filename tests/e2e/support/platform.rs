@@ -77,6 +77,22 @@ impl HealthSim {
         }
     }
 
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("running");
+        let sent = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+            .await
+            .expect("health-sim exits within 10 s of SIGTERM")
+            .expect("wait")
+    }
+
     /// Starts it again on the same port, with a fresh change log.
     pub async fn restart(&mut self) {
         self.launch().await;
