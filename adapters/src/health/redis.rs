@@ -75,15 +75,7 @@ impl RedisHealth {
 
     /// Stores `status` unless a later one is held, and announces it to every instance.
     pub async fn put(&self, identity: IdentityId, status: HealthStatus) -> Result<Applied, SharedError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUT_IF_NEWER)
-            .arg(1)
-            .arg(self.tier.key("h", identity))
-            .arg(encode_status(&status))
-            .arg(status.set_at.0)
-            .arg(0);
-        let stored: i64 = self.tier.send(&cmd, None).await?;
-        if stored == 0 {
+        if !self.put_if_newer(identity, &status, 0).await? {
             return Ok(Applied::Older);
         }
         self.tier.publish(&Change::Status { identity, status }).await?;
@@ -93,15 +85,28 @@ impl RedisHealth {
     /// Keeps a status the health platform gave for `ttl`, unless a later one is held,
     /// without announcing it: every instance follows the platform's change feed itself.
     pub async fn cache(&self, identity: IdentityId, status: HealthStatus, ttl: Duration) -> Result<(), SharedError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.put_if_newer(identity, &status, ttl_ms).await?;
+        Ok(())
+    }
+
+    /// Stores `status` unless a later one is held, expiring after `ttl_ms` (0: never);
+    /// whether it was stored.
+    async fn put_if_newer(
+        &self,
+        identity: IdentityId,
+        status: &HealthStatus,
+        ttl_ms: u64,
+    ) -> Result<bool, SharedError> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(PUT_IF_NEWER)
             .arg(1)
             .arg(self.tier.key("h", identity))
-            .arg(encode_status(&status))
+            .arg(encode_status(status))
             .arg(status.set_at.0)
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-        let _: i64 = self.tier.send(&cmd, None).await?;
-        Ok(())
+            .arg(ttl_ms);
+        let stored: i64 = self.tier.send(&cmd, None).await?;
+        Ok(stored != 0)
     }
 }
 
