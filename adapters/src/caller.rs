@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::ride_code::{KeyError, SigningAlg, SigningKey, VerifyingKey};
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 /// The `aud` every caller token must carry.
 pub const AUDIENCE: &str = "ridegate";
@@ -132,7 +132,7 @@ impl CallerVerifier {
         let verified = moka::sync::Cache::builder().max_capacity(10_000).build();
         Ok(Self {
             keys: by_kid,
-            skew_ms: crate::clock::millis(clock_skew),
+            skew_ms: ridegate_core::clock::millis(clock_skew),
             verified,
         })
     }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use parking_lot::Mutex;
 
 use crate::ids::IdHasher;
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 const SHARDS: usize = 32;
 

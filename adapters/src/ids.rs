@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Sha256;
 
-use crate::credential::LinkKey;
+use ridegate_core::credential::LinkKey;
 
 /// A 128-bit keyed hash, rendered as 32 lowercase hex characters.
 macro_rules! hash_id {

@@ -10,7 +10,6 @@
 
 pub mod audit;
 pub mod caller;
-pub mod clock;
 pub mod credential;
 mod expiring;
 pub mod health;
@@ -18,6 +17,5 @@ pub mod idempotency;
 pub mod ids;
 pub mod lines;
 pub mod link;
-pub mod model;
 pub mod replay;
 pub mod shared;

@@ -21,9 +21,9 @@ use std::time::Duration;
 use common::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use ridegate::authorize::Decided;
-use ridegate_adapters::clock::Clock;
-use ridegate_adapters::credential::{CardMedium, CardNumber, Credential};
-use ridegate_adapters::model::Verdict;
+use ridegate_core::clock::Clock;
+use ridegate_core::credential::{CardMedium, CardNumber, Credential};
+use ridegate_core::model::Verdict;
 use tokio::time::Instant;
 
 /// The allocator the `ridegate` binary uses, so the benchmark allocates as it does.

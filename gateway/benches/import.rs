@@ -75,7 +75,7 @@ fn main() {
         let store = MemoryLinks::default();
         let started = Instant::now();
         let file = std::fs::File::open(&path).unwrap();
-        let now = ridegate_adapters::clock::Clock::System.now();
+        let now = ridegate_core::clock::Clock::System.now();
         let report = read_links(
             BufReader::with_capacity(1 << 20, file),
             &pseudonymizer,

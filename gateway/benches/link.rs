@@ -13,9 +13,9 @@
 use std::time::{Duration, Instant};
 
 use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
 use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_core::clock::Clock;
 use ridegate_proto::pb;
 use ridegate_proto::pb::links_client::LinksClient;
 use tokio_stream::StreamExt as _;

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use ridegate::cache::{CacheSettings, HealthCache};
 use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::health::MemoryHealth;
 use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer};
 use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, MemoryLinks};
-use ridegate_adapters::model::{Colour, HealthStatus};
+use ridegate_core::clock::Clock;
+use ridegate_core::model::{Colour, HealthStatus};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant as StdInstant};
 use aws_lc_rs::signature::ParsedPublicKey;
 use common::*;
 use ridegate::authorize::Authorizer;
-use ridegate::decision::GateRequest;
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::SigningAlg;
-use ridegate_adapters::credential::{CardMedium, CardNumber, Credential};
-use ridegate_adapters::model::Verdict;
+use ridegate_core::clock::Clock;
+use ridegate_core::credential::{CardMedium, CardNumber, Credential};
+use ridegate_core::decision::GateRequest;
+use ridegate_core::model::Verdict;
 use tokio::time::Instant;
 
 #[global_allocator]

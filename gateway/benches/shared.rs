@@ -16,13 +16,13 @@ use std::time::{Duration, Instant as StdInstant};
 
 use ridegate::App;
 use ridegate::config::Config;
-use ridegate::decision::{GateContext, GateRequest};
 use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
-use ridegate_adapters::credential::{CardMedium, CardNumber, Credential};
 use ridegate_adapters::ids::synthetic_resident_id;
-use ridegate_adapters::model::{Direction, UnixMillis, Verdict};
+use ridegate_core::clock::Clock;
+use ridegate_core::credential::{CardMedium, CardNumber, Credential};
+use ridegate_core::decision::{GateContext, GateRequest};
+use ridegate_core::model::{Direction, UnixMillis, Verdict};
 use ridegate_proto::pb;
 use tokio::time::Instant;
 

@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
 use ridegate_adapters::caller::CallerVerifier;
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifierLimits};
 use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
 use ridegate_adapters::idempotency::{MemoryIdempotency, RedisIdempotency};
@@ -22,11 +21,11 @@ use ridegate_adapters::link::{LinkStore, MemoryLinks, RedisLinks, read_links};
 use ridegate_adapters::replay::{MemoryReplayGuard, RedisReplayGuard};
 use ridegate_adapters::shared::SharedTier;
 use ridegate_adapters::shared::changes::Change;
+use ridegate_core::clock::Clock;
 
 use crate::authorize::{Authorizer, Parts};
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
-use crate::decision::Policy;
 use crate::linking::LinkRules;
 use crate::metrics::Metrics;
 use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
@@ -173,8 +172,7 @@ impl App {
             replay,
             idempotency,
             shared: shared.clone(),
-            policy: Policy::new(&config.policy),
-            suspend_electronic_tickets: config.policy.electronic_single_journey_suspended,
+            rules: config.policy.clone(),
             retry_window: config.deadline.retry_window,
             audit: audit.clone() as Arc<dyn AuditSink>,
             metrics: metrics.clone(),

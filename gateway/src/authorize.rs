@@ -1,10 +1,11 @@
 //! The decision path: from a validated tap to an answer, recorded.
 //!
-//! 1. The credential's own checks — ride-code signature, times, single use; suspended
-//!    tickets — refuse in every mode and direction.
-//! 2. Exits and stations with the check off need nothing more.
-//! 3. The credential resolves to an identity; its health status comes from the store
-//!    within the deadline; the policy decides; the station's mode is applied.
+//! 1. The credential's own checks: ride-code signature, times, single use.
+//! 2. If the rules need it ([`Rules::needs_rider`]: not for exits, stations with the
+//!    check off, refused credentials or credentials outside the scheme), the credential
+//!    resolves to an identity and its health status comes from the store within the
+//!    deadline.
+//! 3. The pure decision ([`Rules::decide`]) turns those facts into the outcome.
 //! 4. The answer is recorded for retries — and if an answer for the same gate and
 //!    request id was recorded first, that one is given instead (a retry) — then
 //!    counted, and audited off the hot path.
@@ -14,18 +15,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
-use ridegate_adapters::clock::{Clock, millis};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
-use ridegate_adapters::credential::{Credential, LinkKey, TicketKind};
 use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, random_bytes};
-use ridegate_adapters::model::{Answer, DecisionId, Mode, Reason, UnixMillis, Verdict};
 use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
+use ridegate_core::clock::{Clock, millis};
+use ridegate_core::credential::{Credential, CredentialKind, LinkKey};
+use ridegate_core::model::{Answer, DecisionId, Reason, UnixMillis};
 use tokio::time::Instant;
 
-use crate::decision::{GateRequest, HealthView, Judgement, Outcome, Policy, Subject};
 use crate::metrics::Metrics;
 use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
+use ridegate_core::decision::{CredentialCheck, GateRequest, HealthView, Outcome, Rules, Subject, Tap};
 
 /// An answer and whether it was a stored one given again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +109,7 @@ pub struct Authorizer {
     links: LinkBackend,
     health: Statuses,
     shared: Option<Arc<SharedTier>>,
-    policy: Policy,
-    suspend_electronic_tickets: bool,
+    rules: Rules,
     retry_window: Duration,
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
@@ -136,9 +136,7 @@ pub struct Parts {
     /// The shared tier, when configured: answers are degraded while it is down.
     pub shared: Option<Arc<SharedTier>>,
     /// The rules.
-    pub policy: Policy,
-    /// Refuse electronic single-journey tickets.
-    pub suspend_electronic_tickets: bool,
+    pub rules: Rules,
     /// How long retries get the stored answer.
     pub retry_window: Duration,
     /// Where decisions are recorded.
@@ -159,8 +157,7 @@ impl Authorizer {
             links: parts.links,
             health: parts.health,
             shared: parts.shared,
-            policy: parts.policy,
-            suspend_electronic_tickets: parts.suspend_electronic_tickets,
+            rules: parts.rules,
             retry_window: parts.retry_window,
             audit: parts.audit,
             metrics: parts.metrics,
@@ -180,8 +177,7 @@ impl Authorizer {
         // use of the code is then always a replay.
         let owner = request_key.unwrap_or_else(|| owner_of(decision_id));
         let mut trace = Trace::default();
-        let mode = self.policy.mode(&request.gate.station_id, &request.gate.line_id);
-        let outcome = self.decide(&request, mode, owner, now, deadline, &mut trace).await;
+        let outcome = self.decide(&request, owner, now, deadline, &mut trace).await;
         // While the shared tier is down, links and used codes are this instance's view
         // only: say so.
         let shared_down = self.shared.as_ref().is_some_and(|tier| !tier.is_up());
@@ -191,7 +187,7 @@ impl Authorizer {
             decision_id,
             degraded: outcome.degraded || shared_down,
             status_age_ms: outcome.status_age_ms,
-            mode,
+            mode: outcome.mode,
             shadow: outcome.shadow,
         };
         // A retry (same gate, same request id) gets the answer recorded for the first
@@ -220,71 +216,77 @@ impl Authorizer {
         self.metrics.record_invalid();
     }
 
+    /// Gathers the facts about a tap — the credential's own checks, then (only if the
+    /// rules need them) the rider's link and health status — and hands them to the
+    /// pure decision.
     async fn decide(
         &self,
         request: &GateRequest,
-        mode: Mode,
         owner: RequestKey,
         now: UnixMillis,
         deadline: Instant,
         trace: &mut Trace,
     ) -> Outcome {
-        let refuse = |reason| Policy::apply_mode(Mode::Enforce, Judgement::plain(Verdict::Deny, reason));
         let code: VerifiedCode;
-        let link_key = match &request.credential {
-            Credential::RideCode(text) => {
-                code = match self.verifier.verify(text, now) {
-                    Ok(code) => code,
-                    Err(e) => return refuse(e.reason()),
-                };
-                trace.issuer = Some(code.issuer.clone());
-                let key = code.code_key(&self.pseudonymizer);
-                if self.replay.claim_by(key, owner, code.valid_until, now, deadline).await == Claim::Replayed {
-                    return refuse(Reason::CodeReplayed);
-                }
-                Some(LinkKey::RideAccount {
-                    issuer: &code.issuer,
-                    account: &code.account,
-                })
-            }
-            Credential::Card { number, .. } => Some(LinkKey::Card {
-                number: number.as_str(),
-            }),
-            Credential::Ticket {
-                kind: TicketKind::ElectronicSingleJourney,
-                ..
-            } if self.suspend_electronic_tickets => {
-                return refuse(Reason::TicketSuspended);
-            }
-            Credential::Ticket { kind, number } => Some(LinkKey::Ticket {
-                kind: *kind,
-                number: number.as_str(),
-            }),
-            Credential::Uncovered(_) => None,
-        };
-        if let Some(judgement) = Policy::without_check(request.gate.direction, mode) {
-            return Policy::apply_mode(mode, judgement);
-        }
-        let subject = match link_key {
-            None => Subject::NotCovered,
-            Some(key) => {
-                let credential = self.pseudonymizer.credential(&key);
-                trace.credential = Some(credential);
-                match self.links.resolve_by(credential, now, deadline).await {
-                    Ok(None) => Subject::NotLinked,
-                    Ok(Some(identity)) => {
-                        trace.identity = Some(identity);
-                        Subject::Linked(self.health.lookup(identity, now, deadline).await)
+        let (check, link_key) = match &request.credential {
+            Credential::RideCode(text) => match self.verifier.verify(text, now) {
+                Err(e) => (CredentialCheck::Refused(e.reason()), None),
+                Ok(verified) => {
+                    code = verified;
+                    trace.issuer = Some(code.issuer.clone());
+                    let key = code.code_key(&self.pseudonymizer);
+                    if self.replay.claim_by(key, owner, code.valid_until, now, deadline).await == Claim::Replayed {
+                        (CredentialCheck::Refused(Reason::CodeReplayed), None)
+                    } else {
+                        let account = LinkKey::RideAccount {
+                            issuer: &code.issuer,
+                            account: &code.account,
+                        };
+                        (CredentialCheck::Passed(CredentialKind::RideCode), Some(account))
                     }
-                    Err(_) => Subject::Linked(HealthView::Unavailable),
                 }
-            }
+            },
+            Credential::Card { number, .. } => (
+                CredentialCheck::Passed(request.credential.kind()),
+                Some(LinkKey::Card {
+                    number: number.as_str(),
+                }),
+            ),
+            Credential::Ticket { kind, number } => (
+                CredentialCheck::Passed(request.credential.kind()),
+                Some(LinkKey::Ticket {
+                    kind: *kind,
+                    number: number.as_str(),
+                }),
+            ),
+            Credential::Uncovered(_) => (CredentialCheck::Passed(request.credential.kind()), None),
         };
-        Policy::apply_mode(
-            mode,
-            self.policy
-                .judge(subject, now, &request.gate.station_id, &request.gate.line_id),
-        )
+        let tap = Tap {
+            station_id: &request.gate.station_id,
+            line_id: &request.gate.line_id,
+            direction: request.gate.direction,
+            credential: check,
+        };
+        let rider = match link_key {
+            Some(key) if self.rules.needs_rider(&tap) => Some(self.rider(key, now, deadline, trace).await),
+            _ => None,
+        };
+        self.rules.decide(&tap, rider, now)
+    }
+
+    /// The rider behind a credential: its link, then its health status, within the
+    /// deadline.
+    async fn rider(&self, key: LinkKey<'_>, now: UnixMillis, deadline: Instant, trace: &mut Trace) -> Subject {
+        let credential = self.pseudonymizer.credential(&key);
+        trace.credential = Some(credential);
+        match self.links.resolve_by(credential, now, deadline).await {
+            Ok(None) => Subject::NotLinked,
+            Ok(Some(identity)) => {
+                trace.identity = Some(identity);
+                Subject::Linked(self.health.lookup(identity, now, deadline).await)
+            }
+            Err(_) => Subject::Linked(HealthView::Unavailable),
+        }
     }
 
     fn record(

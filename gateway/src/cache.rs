@@ -19,13 +19,13 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use moka::ops::compute::Op;
 use parking_lot::Mutex;
-use ridegate_adapters::clock::{Clock, millis};
 use ridegate_adapters::health::{HealthSource, SourceError};
 use ridegate_adapters::ids::{IdHasher, IdentityId};
-use ridegate_adapters::model::{HealthStatus, UnixMillis};
+use ridegate_core::clock::{Clock, millis};
+use ridegate_core::model::{HealthStatus, UnixMillis};
 use tokio::time::Instant;
 
-use crate::decision::HealthView;
+use ridegate_core::decision::HealthView;
 
 /// How the cache behaves.
 #[derive(Debug, Clone, Copy)]
@@ -297,7 +297,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use ridegate_adapters::health::MemoryHealth;
-    use ridegate_adapters::model::Colour;
+    use ridegate_core::model::Colour;
 
     use super::*;
 

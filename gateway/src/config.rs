@@ -15,8 +15,8 @@ use ridegate_adapters::credential::ride_code::{IssuerSpec, SigningAlg, VerifierL
 use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
 use ridegate_adapters::link::SecondCard;
-use ridegate_adapters::model::{Mode, Verdict};
 use ridegate_adapters::shared::{SharedSettings, Topology};
+use ridegate_core::decision::Rules;
 use serde::Deserialize;
 
 /// The address `ridegate serve` listens on by default.
@@ -79,7 +79,7 @@ pub struct Config {
     /// The health-status source and cache.
     pub health: HealthConfig,
     /// The decision rules.
-    pub policy: PolicyConfig,
+    pub policy: Rules,
     /// The shared tier (Redis, Redis Cluster); none: everything stays in this process.
     pub redis: RedisConfig,
     /// Where decisions are recorded.
@@ -407,65 +407,6 @@ impl Default for HealthConfig {
             feed_enabled: false,
             refresh_ahead: 0.8,
             platform: PlatformConfig::default(),
-        }
-    }
-}
-
-/// `[policy]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Verdict for a green code.
-    pub green: Verdict,
-    /// Verdict for a yellow code.
-    pub yellow: Verdict,
-    /// Verdict for a red code.
-    pub red: Verdict,
-    /// Require a negative test within this long (`0s` turns the rule off).
-    #[serde(with = "humantime_serde")]
-    pub negative_test_within: Duration,
-    /// Verdict when the required test is missing or too old.
-    pub test_missing: Verdict,
-    /// Verdict for a credential that is not linked.
-    pub not_linked: Verdict,
-    /// Verdict for an identity without a health record.
-    pub no_record: Verdict,
-    /// Verdict for credentials outside the scheme.
-    pub not_covered: Verdict,
-    /// Verdict when no status can be had within the budget and the staleness bound.
-    pub unavailable: Verdict,
-    /// `unavailable` by station id (wins over the line's).
-    pub unavailable_stations: BTreeMap<String, Verdict>,
-    /// `unavailable` by line id.
-    pub unavailable_lines: BTreeMap<String, Verdict>,
-    /// Refuse electronic single-journey tickets (suspended; refunded by the seller).
-    pub electronic_single_journey_suspended: bool,
-    /// Mode where no station or line mode is set.
-    pub default_mode: Mode,
-    /// Mode by station id (wins over the line's).
-    pub stations: BTreeMap<String, Mode>,
-    /// Mode by line id.
-    pub lines: BTreeMap<String, Mode>,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        Self {
-            green: Verdict::Allow,
-            yellow: Verdict::Deny,
-            red: Verdict::Deny,
-            negative_test_within: Duration::from_secs(48 * 3600),
-            test_missing: Verdict::Deny,
-            not_linked: Verdict::Assist,
-            no_record: Verdict::Assist,
-            not_covered: Verdict::Assist,
-            unavailable: Verdict::Assist,
-            unavailable_stations: BTreeMap::new(),
-            unavailable_lines: BTreeMap::new(),
-            electronic_single_journey_suspended: true,
-            default_mode: Mode::Enforce,
-            stations: BTreeMap::new(),
-            lines: BTreeMap::new(),
         }
     }
 }
@@ -808,6 +749,7 @@ fn load_jwks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ridegate_core::model::Mode;
 
     #[test]
     fn defaults_validate_and_list_the_builtin_issuers() {

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use futures::Stream;
 use parking_lot::{Mutex, RwLock};
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::health::{Applied, MemoryHealth, read_statuses, to_wire};
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::lines::ImportReport;
+use ridegate_core::clock::Clock;
 use ridegate_proto::pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -385,7 +385,7 @@ impl pb::health_simulator_server::HealthSimulator for SimService {
 
 #[cfg(test)]
 mod tests {
-    use ridegate_adapters::model::UnixMillis;
+    use ridegate_core::model::UnixMillis;
 
     use super::*;
 

@@ -13,7 +13,6 @@ pub mod authorize;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod decision;
 pub mod healthsim;
 pub mod linking;
 pub mod load;
@@ -26,7 +25,7 @@ pub mod telemetry;
 use std::future::Future;
 
 pub use app::App;
-use ridegate_adapters::clock::Clock;
+use ridegate_core::clock::Clock;
 pub use serve::serve;
 use tokio::net::TcpListener;
 

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use ridegate_adapters::caller::{Caller, CallerKind};
-use ridegate_adapters::credential::{CardMedium, TicketKind};
 use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, ResidentId};
 use ridegate_adapters::link::{Consent, CredentialClass, LinkError, LinkRecord, LinkTarget};
-use ridegate_adapters::model::UnixMillis;
+use ridegate_core::credential::{CardMedium, TicketKind};
+use ridegate_core::model::UnixMillis;
 
 /// The configured linking rules.
 #[derive(Debug, Clone, Copy)]

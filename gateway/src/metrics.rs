@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ridegate_adapters::model::{Answer, Reason, Verdict};
+use ridegate_core::model::{Answer, Reason, Verdict};
 
 /// Metric names, in one place.
 pub mod names {
@@ -182,7 +182,7 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use ridegate_adapters::model::{DecisionId, Mode};
+    use ridegate_core::model::{DecisionId, Mode};
 
     use super::*;
 

@@ -5,7 +5,7 @@
 //! every process computes the same riders.
 
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer, ResidentId, synthetic_resident_id};
-use ridegate_adapters::model::{Colour, HealthStatus, UnixMillis};
+use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 
 const HOUR_MS: i64 = 3_600_000;
 

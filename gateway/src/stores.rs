@@ -17,12 +17,12 @@ use ridegate_adapters::health::{Applied, HealthSource, MemoryHealth, RedisHealth
 use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::{CodeKey, CredentialId, IdentityId, RequestKey};
 use ridegate_adapters::link::{LinkError, LinkRecord, LinkStore, Linked, MemoryLinks, RedisLinks};
-use ridegate_adapters::model::{Answer, HealthStatus, UnixMillis};
 use ridegate_adapters::replay::{Claim, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
+use ridegate_core::model::{Answer, HealthStatus, UnixMillis};
 use tokio::time::{Instant, timeout_at};
 
 use crate::cache::HealthCache;
-use crate::decision::HealthView;
+use ridegate_core::decision::HealthView;
 
 /// The link store.
 #[derive(Clone)]

@@ -151,8 +151,8 @@ fn flush(out: &mut impl Write) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credential::CredentialKind;
-    use crate::model::{Answer, DecisionId, Direction, Mode, Reason, UnixMillis, Verdict};
+    use ridegate_core::credential::CredentialKind;
+    use ridegate_core::model::{Answer, DecisionId, Direction, Mode, Reason, UnixMillis, Verdict};
 
     fn event(n: u64) -> AuditEvent {
         AuditEvent {

@@ -11,9 +11,9 @@ use serde::Serialize;
 pub use json_lines::JsonLinesAudit;
 pub use memory::MemoryAudit;
 
-use crate::credential::CredentialKind;
 use crate::ids::{CredentialId, IdentityId};
-use crate::model::{Answer, Direction, UnixMillis};
+use ridegate_core::credential::CredentialKind;
+use ridegate_core::model::{Answer, Direction, UnixMillis};
 
 /// What was decided for one tap, and on what grounds.
 #[derive(Debug, Clone, Serialize)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::ids::{IdentityId, Pseudonymizer};
 use crate::lines::{ImportReport, for_each_line, json_error};
-use crate::model::{Colour, HealthStatus, UnixMillis};
+use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 
 /// One line of a statuses file.
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{HealthSource, SourceError};
 use crate::ids::{IdHasher, IdentityId};
-use crate::model::HealthStatus;
+use ridegate_core::model::HealthStatus;
 
 const SHARDS: usize = 64;
 
@@ -83,7 +83,7 @@ impl HealthSource for MemoryHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Colour, UnixMillis};
+    use ridegate_core::model::{Colour, UnixMillis};
 
     fn status(colour: Colour, at: i64) -> HealthStatus {
         HealthStatus {

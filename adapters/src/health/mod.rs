@@ -18,7 +18,7 @@ pub use remote::{RemoteHealth, RemoteSettings, RemoteStats, WatchEvent, from_wir
 use tokio::time::Instant;
 
 use crate::ids::IdentityId;
-use crate::model::HealthStatus;
+use ridegate_core::model::HealthStatus;
 
 /// The source could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

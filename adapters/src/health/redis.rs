@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::{Applied, HealthSource, SourceError};
 use crate::ids::IdentityId;
-use crate::model::{Colour, HealthStatus, UnixMillis};
 use crate::shared::changes::Change;
 use crate::shared::{SharedError, SharedTier};
+use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 
 /// Stores `ARGV[1]` at `KEYS[1]` unless the status there was set later than `ARGV[2]`;
 /// with `ARGV[3]` > 0, it expires after that many milliseconds.

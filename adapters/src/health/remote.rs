@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{HealthSource, SourceError};
 use crate::ids::IdentityId;
-use crate::model::{Colour, HealthStatus, UnixMillis};
+use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 
 /// How to call the platform.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 use super::{IdempotencyError, IdempotencyStore};
 use crate::expiring::ExpiringMap;
 use crate::ids::RequestKey;
-use crate::model::{Answer, UnixMillis};
+use ridegate_core::model::{Answer, UnixMillis};
 
 /// Answers kept in this process until they expire.
 pub struct MemoryIdempotency {

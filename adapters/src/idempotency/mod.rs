@@ -16,7 +16,7 @@ pub use memory::MemoryIdempotency;
 pub use redis::RedisIdempotency;
 
 use crate::ids::RequestKey;
-use crate::model::{Answer, UnixMillis};
+use ridegate_core::model::{Answer, UnixMillis};
 
 /// The record store could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::{IdempotencyError, IdempotencyStore};
 use crate::ids::RequestKey;
-use crate::model::{Answer, UnixMillis};
 use crate::shared::SharedTier;
+use ridegate_core::model::{Answer, UnixMillis};
 
 /// Answers kept in Redis.
 #[derive(Debug, Clone)]

@@ -17,10 +17,10 @@ use serde::Deserialize;
 
 use super::{Consent, LinkRecord, LinkTarget};
 use crate::caller::CallerKind;
-use crate::credential::{CardMedium, TicketKind};
 use crate::ids::{CredentialId, IdentityId, Pseudonymizer};
 use crate::lines::{ImportReport, for_each_line, json_error};
-use crate::model::UnixMillis;
+use ridegate_core::credential::{CardMedium, TicketKind};
+use ridegate_core::model::UnixMillis;
 
 /// The caller id that links from a file are recorded as made by.
 pub const FILE_CALLER: &str = "links-file";

@@ -14,7 +14,7 @@ use super::{CredentialClass, LinkError, LinkRecord, LinkStore, Linked, SecondCar
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdHasher, IdentityId};
 use crate::link::Consent;
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 const SHARDS: usize = 64;
 const FOREVER: i64 = i64::MAX;

@@ -24,7 +24,7 @@ pub use target::{LinkTarget, TargetError};
 
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdentityId};
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 /// The kind of credential a link is for; limits and scopes depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -17,9 +17,9 @@ use std::time::Duration;
 use super::{Consent, CredentialClass, LinkError, LinkRecord, LinkStore, Linked, SecondCard};
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdHasher, IdentityId};
-use crate::model::UnixMillis;
 use crate::shared::changes::Change;
 use crate::shared::{SharedError, SharedTier};
+use ridegate_core::model::UnixMillis;
 
 /// Claims `KEYS[1]` for identity `ARGV[1]` at time `ARGV[2]` with record `ARGV[3]`.
 /// Returns {0, previous owner or ''} for a new claim (an expired owner's included),

@@ -1,8 +1,8 @@
 //! What a link is made for, validated: a ride account, a card (with its full number), or
 //! a ticket.
 
-use crate::credential::{CardMedium, CardNumber, LinkKey, NumberError, TicketKind, TicketNumber};
 use crate::link::CredentialClass;
+use ridegate_core::credential::{CardMedium, CardNumber, LinkKey, NumberError, TicketKind, TicketNumber};
 
 /// A credential to be linked.
 #[derive(Debug, Clone, PartialEq, Eq)]

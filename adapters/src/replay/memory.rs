@@ -3,7 +3,7 @@
 use super::{Claim, ReplayError, ReplayGuard};
 use crate::expiring::ExpiringMap;
 use crate::ids::{CodeKey, RequestKey};
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 /// Used codes, kept in this process until they expire.
 pub struct MemoryReplayGuard {

@@ -11,7 +11,7 @@ pub use memory::MemoryReplayGuard;
 pub use redis::RedisReplayGuard;
 
 use crate::ids::{CodeKey, RequestKey};
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 /// What claiming a code found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{Claim, ReplayError, ReplayGuard};
 use crate::ids::{CodeKey, RequestKey};
-use crate::model::UnixMillis;
 use crate::shared::SharedTier;
+use ridegate_core::model::UnixMillis;
 
 /// Used codes kept in Redis until they expire.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use redis::streams::StreamReadReply;
 use super::{SharedError, SharedTier};
 use crate::health::redis::{decode_status, encode_status};
 use crate::ids::{CredentialId, IdentityId};
-use crate::model::HealthStatus;
+use ridegate_core::model::HealthStatus;
 
 /// A change another instance must apply to its caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,14 +13,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use ridegate::authorize::{Authorizer, Parts};
-use ridegate::config::PolicyConfig;
-use ridegate::decision::{GateContext, GateRequest, Policy};
 use ridegate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
 use ridegate_adapters::audit::JsonLinesAudit;
 use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::clock::Clock;
-use ridegate_adapters::credential::CardMedium;
-use ridegate_adapters::credential::Credential;
 use ridegate_adapters::credential::ride_code::{
     CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
 };
@@ -28,8 +23,12 @@ use ridegate_adapters::health::MemoryHealth;
 use ridegate_adapters::idempotency::MemoryIdempotency;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::link::{Consent, LinkRecord, LinkTarget, MemoryLinks};
-use ridegate_adapters::model::{Colour, Direction, HealthStatus, UnixMillis};
 use ridegate_adapters::replay::MemoryReplayGuard;
+use ridegate_core::clock::Clock;
+use ridegate_core::credential::CardMedium;
+use ridegate_core::credential::Credential;
+use ridegate_core::decision::{GateContext, GateRequest, Rules};
+use ridegate_core::model::{Colour, Direction, HealthStatus, UnixMillis};
 
 pub const RIDERS: u64 = 1_000_000;
 
@@ -130,8 +129,7 @@ pub fn world() -> World {
         replay: ReplayBackend::Memory(MemoryReplayGuard::default()),
         idempotency: IdempotencyBackend::Memory(MemoryIdempotency::default()),
         shared: None,
-        policy: Policy::new(&PolicyConfig::default()),
-        suspend_electronic_tickets: true,
+        rules: Rules::default(),
         // Every benchmarked tap has a new request id, and the benchmark taps ~1,000× faster
         // than a station group. A window of 0.2 s keeps the request-record map at about
         // the size it has in service (400 taps/s × 120 s ≈ 48k) instead of 260k/s × 120 s.

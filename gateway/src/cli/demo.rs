@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::synthetic_resident_id;
-use ridegate_adapters::model::{Mode, UnixMillis};
+use ridegate_core::clock::Clock;
+use ridegate_core::model::{Mode, UnixMillis};
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
 use ridegate_proto::pb::links_client::LinksClient;

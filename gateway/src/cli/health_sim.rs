@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::ids::{MIN_SECRET_BYTES, Pseudonymizer};
+use ridegate_core::clock::Clock;
 use ridegate_proto::pb::health_platform_server::HealthPlatformServer;
 use ridegate_proto::pb::health_simulator_server::HealthSimulatorServer;
 use tonic::transport::Server;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::random_bytes;
+use ridegate_core::clock::Clock;
 
 use super::Failure;
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use ridegate_adapters::clock::Clock;
+use ridegate_core::clock::Clock;
 
 use super::{Failure, runtime, shutdown_signal};
 use crate::app::App;

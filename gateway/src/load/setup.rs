@@ -11,9 +11,9 @@ use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
 use ridegate_adapters::ids::random_hex;
+use ridegate_core::clock::Clock;
 use serde::{Deserialize, Serialize};
 
 use crate::population::{HealthMix, Population};

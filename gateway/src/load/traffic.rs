@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey, VerifyingKey};
 use ridegate_adapters::ids::random_hex;
-use ridegate_adapters::model::UnixMillis;
+use ridegate_core::clock::Clock;
+use ridegate_core::model::UnixMillis;
 use ridegate_proto::pb;
 
 use super::setup::{Manifest, ticket_number};

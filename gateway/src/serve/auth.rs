@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ridegate_adapters::caller::{Caller, CallerVerifier};
-use ridegate_adapters::clock::Clock;
+use ridegate_core::clock::Clock;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 

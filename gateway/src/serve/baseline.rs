@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _};
-use ridegate_adapters::model::{Reason, Verdict};
+use ridegate_core::model::{Reason, Verdict};
 use ridegate_proto::pb;
 use ridegate_proto::pb::gate_server::GateServer;
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{incoming, transport};
 use crate::config::ServerConfig;
-use crate::decision::screen_message;
+use ridegate_core::decision::screen_message;
 
 /// Answers every tap with the constant.
 #[derive(Debug, Clone)]

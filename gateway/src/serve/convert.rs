@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use ridegate_adapters::credential::{CardMedium, CardNumber, Credential, TicketKind, TicketNumber, UncoveredKind};
-use ridegate_adapters::model::{Direction, Mode, Reason, UnixMillis, Verdict};
+use ridegate_core::credential::{CardMedium, CardNumber, Credential, TicketKind, TicketNumber, UncoveredKind};
+use ridegate_core::model::{Direction, Mode, Reason, UnixMillis, Verdict};
 use ridegate_proto::pb;
 
 use crate::authorize::Decided;
-use crate::decision::{GateContext, GateRequest, screen_message};
+use ridegate_core::decision::{GateContext, GateRequest, screen_message};
 
 /// A request that cannot be decided, and which field is why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,10 +54,9 @@ where
     }
 }
 
-impl TryFrom<pb::AuthorizeRequest> for GateRequest {
-    type Error = InvalidRequest;
-
-    fn try_from(request: pb::AuthorizeRequest) -> Result<Self, InvalidRequest> {
+/// A tap from the wire, validated: the decision never sees wire types.
+pub(crate) fn gate_request(request: pb::AuthorizeRequest) -> Result<GateRequest, InvalidRequest> {
+    {
         if request.request_id.len() > MAX_REQUEST_ID {
             return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID} bytes")));
         }
@@ -75,7 +74,7 @@ impl TryFrom<pb::AuthorizeRequest> for GateRequest {
             budget: (gate.budget_ms > 0).then(|| Duration::from_millis(u64::from(gate.budget_ms))),
         };
         let credential = credential(request.credential)?;
-        Ok(Self {
+        Ok(GateRequest {
             request_id: request.request_id,
             gate,
             credential,
@@ -232,12 +231,12 @@ mod tests {
     }
 
     fn field_of(r: pb::AuthorizeRequest) -> &'static str {
-        GateRequest::try_from(r).unwrap_err().field
+        gate_request(r).unwrap_err().field
     }
 
     #[test]
     fn a_good_request_converts() {
-        let r = GateRequest::try_from(request()).unwrap();
+        let r = gate_request(request()).unwrap();
         assert_eq!(r.gate.direction, Direction::Entry);
         assert!(matches!(
             r.credential,
@@ -265,7 +264,7 @@ mod tests {
         let mut r = request();
         r.gate.as_mut().unwrap().direction = 9;
         assert_eq!(
-            GateRequest::try_from(r).unwrap_err().to_string(),
+            gate_request(r).unwrap_err().to_string(),
             "gate.direction: unknown value 9"
         );
         let mut r = request();

@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::health::Applied;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
-use ridegate_adapters::model::{Colour, HealthStatus, UnixMillis};
+use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 

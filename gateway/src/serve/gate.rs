@@ -11,7 +11,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{self, InvalidRequest};
 use super::deadline::{Deadlines, grpc_timeout};
 use crate::authorize::Authorizer;
-use crate::decision::GateRequest;
 
 /// Serves gate controllers.
 #[derive(Clone)]
@@ -46,7 +45,7 @@ impl GateService {
         grpc_timeout: Option<std::time::Duration>,
     ) -> Result<pb::AuthorizeResponse, InvalidRequest> {
         let request_id = message.request_id.clone();
-        let request = GateRequest::try_from(message).inspect_err(|_| self.authorizer.record_invalid())?;
+        let request = convert::gate_request(message).inspect_err(|_| self.authorizer.record_invalid())?;
         let deadline = self.deadlines.answer_by(received, grpc_timeout, request.gate.budget);
         let decided = self.authorizer.authorize(request, received, deadline).await;
         Ok(convert::response(request_id, decided))

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::{Caller, CallerKind};
-use ridegate_adapters::clock::Clock;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer, ResidentId};
 use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, LinkStore, Linked};
+use ridegate_core::clock::Clock;
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
 use ridegate_adapters::credential::ride_code::{CodeMinter, SigningAlg, SigningKey};
 use ridegate_adapters::ids::synthetic_resident_id;
-use ridegate_adapters::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 use ridegate_proto::pb;
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::links_client::LinksClient;
@@ -35,7 +35,7 @@ pub fn binary() -> &'static str {
 
 /// Milliseconds since the epoch now.
 pub fn now() -> UnixMillis {
-    ridegate_adapters::clock::Clock::System.now()
+    ridegate_core::clock::Clock::System.now()
 }
 
 /// A health status to give a rider.

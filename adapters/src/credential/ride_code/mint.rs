@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::keys::{KeyError, SigningKey};
 use super::{CERT_TYP, CODE_TYP};
-use crate::model::UnixMillis;
+use ridegate_core::model::UnixMillis;
 
 /// A code could not be signed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

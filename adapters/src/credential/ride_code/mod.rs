@@ -30,9 +30,9 @@ use serde::Deserialize;
 pub use keys::{KeyError, SigningAlg, SigningKey, VerifyingKey};
 pub use mint::{CodeMinter, DeviceCodeMinter, MintError};
 
-use crate::clock::millis;
 use crate::ids::{CodeKey, Pseudonymizer};
-use crate::model::{Reason, UnixMillis};
+use ridegate_core::clock::millis;
+use ridegate_core::model::{Reason, UnixMillis};
 
 /// `typ` header of a ride code.
 pub const CODE_TYP: &str = "rc+jwt";

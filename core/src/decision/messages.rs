@@ -1,7 +1,7 @@
 //! What the gate's screen says for each reason, in Chinese and English. Short enough
 //! for a gate display; the Chinese wording follows the 2022 rollout's announcements.
 
-use ridegate_adapters::model::{Reason, Verdict};
+use crate::model::{Reason, Verdict};
 
 /// The (Chinese, English) message for a verdict and reason.
 pub fn screen_message(verdict: Verdict, reason: Reason) -> (&'static str, &'static str) {
