@@ -21,7 +21,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Sha256;
 
+use ridegate_core::clock::Clock;
 use ridegate_core::credential::LinkKey;
+use ridegate_core::model::UnixMillis;
 
 /// A 128-bit keyed hash, rendered as 32 lowercase hex characters.
 macro_rules! hash_id {
@@ -260,8 +262,8 @@ impl Pseudonymizer {
     }
 
     /// The single-use key of a ride code.
-    pub fn code(&self, issuer: &str, certificate: &str, jti: &str) -> CodeKey {
-        CodeKey(self.sip(b"code", &[issuer.as_bytes(), certificate.as_bytes(), jti.as_bytes()]))
+    pub fn code(&self, form: &[u8], scope: &[u8], jti: &str) -> CodeKey {
+        CodeKey(self.sip(b"code", &[form, scope, jti.as_bytes()]))
     }
 
     /// The idempotency key of a gate's request.
@@ -348,6 +350,9 @@ pub enum ResidentIdError {
     /// Characters 7–14 are not a real date.
     #[error("ID number's birth date (characters 7-14) is not a real date")]
     BadBirthDate,
+    /// Characters 7–14 are a date after today (in China Standard Time).
+    #[error("ID number's birth date (characters 7-14) is in the future")]
+    BirthInFuture,
     /// The check digit does not match.
     #[error("ID number's check digit (character 18) does not match the first 17")]
     BadCheckDigit,
@@ -361,8 +366,14 @@ const PROVINCES: [u8; 34] = [
 ];
 
 impl ResidentId {
-    /// Validates format, region, birth date and check digit (GB 11643-1999).
+    /// Validates format, region, birth date (a real date, not after today by the system
+    /// clock) and check digit (GB 11643-1999).
     pub fn parse(s: &str) -> Result<Self, ResidentIdError> {
+        Self::parse_at(s, Clock::System.now())
+    }
+
+    /// [`ResidentId::parse`] with "today" taken from `now` in China Standard Time.
+    pub fn parse_at(s: &str, now: UnixMillis) -> Result<Self, ResidentIdError> {
         let raw = s.as_bytes();
         if raw.len() != 18 {
             return Err(ResidentIdError::WrongLength(s.chars().count()));
@@ -387,6 +398,9 @@ impl ResidentId {
         {
             return Err(ResidentIdError::BadBirthDate);
         }
+        if (year, month, day) > china_date(now) {
+            return Err(ResidentIdError::BirthInFuture);
+        }
         if id[17] != check_char(&id) {
             return Err(ResidentIdError::BadCheckDigit);
         }
@@ -397,6 +411,23 @@ impl ResidentId {
 fn check_char(id: &[u8]) -> u8 {
     let sum: u32 = CHECK_WEIGHTS.iter().zip(id).map(|(w, c)| w * u32::from(c - b'0')).sum();
     CHECK_CHARS[(sum % 11) as usize]
+}
+
+/// The civil date (year, month, day) at `at` in China Standard Time (UTC+8).
+fn china_date(at: UnixMillis) -> (u32, u32, u32) {
+    const CST_OFFSET_MS: i64 = 8 * 3_600_000;
+    // Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's civil_from_days).
+    let days = at.0.saturating_add(CST_OFFSET_MS).div_euclid(86_400_000) + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let clamp = |v: i64| u32::try_from(v).unwrap_or(0);
+    (clamp(year), clamp(month), clamp(day))
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -429,6 +460,30 @@ mod tests {
     use super::*;
 
     const VALID: &str = "11010519491231002X";
+
+    #[test]
+    fn a_birth_date_after_today_is_refused() {
+        // The example: born 2099-01-01, check digit right.
+        assert_eq!(
+            ResidentId::parse("110105209901010012"),
+            Err(ResidentIdError::BirthInFuture)
+        );
+        // 2026-12-01 16:30 UTC is already 2026-12-02 in Beijing.
+        let at = UnixMillis(1_796_142_600_000);
+        assert_eq!(china_date(at), (2026, 12, 2));
+        assert_eq!(china_date(UnixMillis(0)), (1970, 1, 1));
+        assert_eq!(china_date(UnixMillis(951_782_400_000)), (2000, 2, 29));
+        let born = |date: &str| {
+            let mut id = format!("110105{date}001").into_bytes();
+            id.push(check_char(&id));
+            String::from_utf8(id).unwrap()
+        };
+        assert!(ResidentId::parse_at(&born("20261202"), at).is_ok(), "born today");
+        assert_eq!(
+            ResidentId::parse_at(&born("20261203"), at),
+            Err(ResidentIdError::BirthInFuture)
+        );
+    }
 
     #[test]
     fn accepts_a_known_valid_number_and_lowercase_x() {
@@ -515,7 +570,8 @@ mod tests {
     fn domains_and_parts_do_not_collide() {
         let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
         assert_ne!(p.request("ab", "c"), p.request("a", "bc"));
-        assert_ne!(p.code("a", "", "b").0, p.request("a", "b").0);
+        assert_ne!(p.code(b"a", b"", "b").0, p.request("a", "b").0);
+        assert_ne!(p.code(b"issuer", b"ab", "c"), p.code(b"issuer", b"a", "bc"));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub enum KeyError {
 pub struct VerifyingKey {
     alg: SigningAlg,
     key: ParsedPublicKey,
+    thumbprint: [u8; 32],
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -131,12 +132,26 @@ impl VerifyingKey {
         };
         let key = ParsedPublicKey::new(verification, &raw)
             .map_err(|_| KeyError::UnsupportedJwk("the public key is not a valid point"))?;
-        Ok(Self { alg, key })
+        let mut hashed = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        hashed.update(alg.to_string().as_bytes());
+        hashed.update(&raw);
+        let thumbprint = hashed
+            .finish()
+            .as_ref()
+            .try_into()
+            .map_err(|_| KeyError::UnsupportedJwk("the key could not be hashed"))?;
+        Ok(Self { alg, key, thumbprint })
     }
 
     /// The one algorithm this key verifies.
     pub fn alg(&self) -> SigningAlg {
         self.alg
+    }
+
+    /// SHA-256 over the algorithm's name and the public key's bytes: the same key gives
+    /// the same thumbprint however its JWK is written.
+    pub fn thumbprint(&self) -> [u8; 32] {
+        self.thumbprint
     }
 
     /// Whether the compact JWS `header.payload.signature` carries a valid signature by

@@ -13,6 +13,38 @@
 //!
 //! Every failure is a [`CodeError`] that maps to its own deny reason. Times are judged
 //! by ridegate's clock with the issuer's clock skew.
+//!
+//! The order of checks, and so which reason a code with several faults gets (the
+//! README's "Ride codes" section and `ridegate.v1.Reason` document the same):
+//! 1. size: longer than the limit → `CODE_OVERSIZE`;
+//! 2. device form only — the certificate: not three base64url parts or bad JSON →
+//!    `CODE_CERT_INVALID`; an algorithm other than ES256/EdDSA → `CODE_ALG_NOT_ALLOWED`;
+//!    a `kid` no issuer has → `CODE_CERT_INVALID` (or `CODE_UNKNOWN_ISSUER` when its
+//!    `iss` is no configured issuer); bad signature, claims, lifetime or an issuer that
+//!    does not certify devices → `CODE_CERT_INVALID`; then revoked → `CODE_CERT_REVOKED`,
+//!    expired → `CODE_CERT_EXPIRED`, issued in the future → `CODE_CERT_INVALID`;
+//! 3. the code's shape: three non-empty base64url parts with a JSON header, no `crit`,
+//!    no key of its own (`jwk`, `jku`, `x5u`, `x5c`) → else `CODE_MALFORMED`; an
+//!    algorithm other than ES256/EdDSA → `CODE_ALG_NOT_ALLOWED`; `typ` must be
+//!    `rc+jwt` (a certificate's `typ` → `CODE_WRONG_TYPE`);
+//! 4. the key (issuer form): a `kid` no issuer has → `CODE_UNKNOWN_KEY` if the
+//!    (unverified) `iss` is a configured issuer, else `CODE_UNKNOWN_ISSUER`; the header's
+//!    `alg` must match the key and be allowed for its issuer → `CODE_ALG_NOT_ALLOWED`;
+//! 5. the signature → `CODE_BAD_SIGNATURE` (undecodable → `CODE_MALFORMED`);
+//! 6. the claims: `jti` (1–128 bytes), `iat`, `exp`, and in the issuer form `sub`, each
+//!    present once with the right type → else `CODE_MALFORMED`; in the issuer form `iss`
+//!    must be the key's issuer: missing → `CODE_MALFORMED`, another configured issuer →
+//!    `CODE_UNKNOWN_KEY` (that issuer has no such key), unknown → `CODE_UNKNOWN_ISSUER`;
+//! 7. the times — `iat`, `exp` and `nbf` are JWT NumericDates: seconds, fractions
+//!    allowed — `exp` before `iat` → `CODE_MALFORMED`; then expired (`exp` + skew ≤ now)
+//!    → `CODE_EXPIRED`; not yet valid (the later of `iat` and `nbf`, − skew, > now) →
+//!    `CODE_NOT_YET_VALID`; `exp` − `iat` beyond the issuer's maximum →
+//!    `CODE_LIFETIME_TOO_LONG`.
+//!
+//! A code is single-use by [`VerifiedCode::code_key`]: the issuer and `jti` for an
+//! issuer-signed code; the phone key's SHA-256 thumbprint and `jti` for a device-signed
+//! one — whichever certificate carries it. ECDSA signatures are malleable (high-S);
+//! that does not matter, since nothing is keyed by the signature.
 
 mod keys;
 mod mint;
@@ -197,6 +229,9 @@ pub struct VerifiedCode {
     pub account: Arc<str>,
     /// The device certificate's id, for device-signed codes.
     pub certificate: Option<Arc<str>>,
+    /// SHA-256 over the phone's public key, for device-signed codes: the code is
+    /// single-use per phone key, not per certificate.
+    pub device_key: Option<[u8; 32]>,
     /// The code's `jti`.
     pub jti: String,
     /// When the code stops being acceptable (`exp` plus skew): the single-use guard
@@ -205,9 +240,15 @@ pub struct VerifiedCode {
 }
 
 impl VerifiedCode {
-    /// The key the single-use guard remembers this code by.
+    /// The key the single-use guard remembers this code by: the phone key and `jti` of
+    /// a device-signed code (so the same code under another certificate — reissued,
+    /// signed by the issuer's other key, or for another account — is the same code), the
+    /// issuer and `jti` of an issuer-signed one.
     pub fn code_key(&self, pseudonymizer: &Pseudonymizer) -> CodeKey {
-        pseudonymizer.code(&self.issuer, self.certificate.as_deref().unwrap_or(""), &self.jti)
+        match &self.device_key {
+            Some(thumbprint) => pseudonymizer.code(b"device", thumbprint, &self.jti),
+            None => pseudonymizer.code(b"issuer", self.issuer.as_bytes(), &self.jti),
+        }
     }
 }
 
@@ -227,6 +268,7 @@ struct DeviceCertificate {
     account: Arc<str>,
     id: Arc<str>,
     key: VerifyingKey,
+    thumbprint: [u8; 32],
     issued_at: UnixMillis,
     expires_at: UnixMillis,
 }
@@ -256,10 +298,10 @@ struct CodeClaims {
     #[serde(default)]
     sub: Option<String>,
     jti: String,
-    iat: i64,
-    exp: i64,
+    iat: NumericDate,
+    exp: NumericDate,
     #[serde(default)]
-    nbf: Option<i64>,
+    nbf: Option<NumericDate>,
 }
 
 #[derive(Deserialize)]
@@ -267,9 +309,26 @@ struct CertificateClaims {
     iss: String,
     sub: String,
     jti: String,
-    iat: i64,
-    exp: i64,
+    iat: NumericDate,
+    exp: NumericDate,
     cnf: Confirmation,
+}
+
+/// A JWT NumericDate: seconds since the epoch, fractions allowed (RFC 7519 §2), read to
+/// the millisecond (rounded down). Values beyond ±10^11 s are refused as malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NumericDate(UnixMillis);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !secs.is_finite() || secs.abs() > 1e11 {
+            return Err(serde::de::Error::custom("NumericDate out of range"));
+        }
+        // In range, so the product fits an i64 exactly enough for milliseconds.
+        #[allow(clippy::cast_possible_truncation)]
+        Ok(Self(UnixMillis((secs * 1_000.0).floor() as i64)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -375,9 +434,12 @@ impl RideCodeVerifier {
         verify_signature(&jws, key, CodeError::BadSignature)?;
         let claims: CodeClaims = decode_claims(jws.payload).ok_or(CodeError::Malformed)?;
         let issuer = &self.issuers[issuer_index];
-        if claims.iss.as_deref() != Some(&*issuer.id) {
-            // Signed by one issuer's key but naming another (or none).
-            return Err(CodeError::UnknownIssuer);
+        match claims.iss.as_deref() {
+            Some(iss) if iss == &*issuer.id => {}
+            None => return Err(CodeError::Malformed),
+            // Signed with one issuer's key but naming another: that issuer has no such key.
+            Some(iss) if self.issuer_by_id.contains_key(iss) => return Err(CodeError::UnknownKey),
+            Some(_) => return Err(CodeError::UnknownIssuer),
         }
         let account = claims.sub.filter(|s| valid_account(s)).ok_or(CodeError::Malformed)?;
         let valid_until = check_times(issuer, claims.iat, claims.exp, claims.nbf, now)?;
@@ -386,6 +448,7 @@ impl RideCodeVerifier {
             issuer: issuer.id.clone(),
             account: account.into(),
             certificate: None,
+            device_key: None,
             jti: claims.jti,
             valid_until,
         })
@@ -397,10 +460,10 @@ impl RideCodeVerifier {
         if issuer.revoked.contains(&*cert.id) {
             return Err(CodeError::CertRevoked);
         }
-        if now.0 >= cert.expires_at.0.saturating_add(issuer.skew_ms) {
+        if now >= cert.expires_at.plus_ms(issuer.skew_ms) {
             return Err(CodeError::CertExpired);
         }
-        if cert.issued_at.0.saturating_sub(issuer.skew_ms) > now.0 {
+        if cert.issued_at.plus_ms(-issuer.skew_ms) > now {
             return Err(CodeError::CertInvalid);
         }
         let jws = parse_jws(code)?;
@@ -416,6 +479,7 @@ impl RideCodeVerifier {
             issuer: issuer.id.clone(),
             account: cert.account.clone(),
             certificate: Some(cert.id.clone()),
+            device_key: Some(cert.thumbprint),
             jti: claims.jti,
             valid_until,
         })
@@ -439,18 +503,26 @@ impl RideCodeVerifier {
     fn verify_certificate(&self, text: &str) -> Result<DeviceCertificate, CodeError> {
         let jws = parse_jws(text).map_err(cert_error)?;
         expect_typ(&jws.header, CERT_TYP).map_err(|_| CodeError::CertInvalid)?;
-        let (issuer_index, key) = self.issuer_key(&jws)?;
+        let (issuer_index, key) = self.issuer_key(&jws).map_err(|e| match e {
+            // A certificate under a key no issuer has is not a valid certificate.
+            CodeError::UnknownKey => CodeError::CertInvalid,
+            e => e,
+        })?;
         verify_signature(&jws, key, CodeError::CertInvalid)?;
         let claims: CertificateClaims = decode_claims(jws.payload).ok_or(CodeError::CertInvalid)?;
         let issuer = &self.issuers[issuer_index];
         if claims.iss != *issuer.id {
-            return Err(CodeError::UnknownIssuer);
+            return Err(if self.issuer_by_id.contains_key(&claims.iss) {
+                CodeError::CertInvalid
+            } else {
+                CodeError::UnknownIssuer
+            });
         }
         if !issuer.device_certificates || !valid_account(&claims.sub) || claims.jti.is_empty() || claims.jti.len() > 128
         {
             return Err(CodeError::CertInvalid);
         }
-        let lifetime_ms = claims.exp.saturating_sub(claims.iat).saturating_mul(1_000);
+        let lifetime_ms = claims.exp.0.since(claims.iat.0);
         if lifetime_ms <= 0 || lifetime_ms > issuer.max_certificate_lifetime_ms {
             return Err(CodeError::CertInvalid);
         }
@@ -458,13 +530,15 @@ impl RideCodeVerifier {
         if !issuer.algorithms.contains(&device_key.alg()) {
             return Err(CodeError::CertInvalid);
         }
+        let thumbprint = device_key.thumbprint();
         Ok(DeviceCertificate {
             issuer: issuer_index,
             account: claims.sub.into(),
             id: claims.jti.into(),
             key: device_key,
-            issued_at: UnixMillis::from_secs(claims.iat),
-            expires_at: UnixMillis::from_secs(claims.exp),
+            thumbprint,
+            issued_at: claims.iat.0,
+            expires_at: claims.exp.0,
         })
     }
 
@@ -523,7 +597,14 @@ fn parse_jws(token: &str) -> Result<Jws<'_>, CodeError> {
         Ok(header) => header,
         Err(_) => return Err(classify_bad_header(header_b64)),
     };
-    if header.crit.is_some() {
+    // ridegate understands no extensions, and a code never brings its own key: keys
+    // come from the issuers' configured sets only.
+    if header.crit.is_some()
+        || header.jwk.is_some()
+        || header.jku.is_some()
+        || header.x5u.is_some()
+        || header.x5c.is_some()
+    {
         return Err(CodeError::Malformed);
     }
     Ok(Jws {
@@ -534,13 +615,17 @@ fn parse_jws(token: &str) -> Result<Jws<'_>, CodeError> {
     })
 }
 
+/// A header the JOSE parser refused: an algorithm failure when it names an algorithm
+/// JOSE does not know (`none`, `HS999`, …), a format failure otherwise (bad base64 or
+/// JSON, duplicate members, wrong types).
 fn classify_bad_header(header_b64: &str) -> CodeError {
-    let alg_named = URL_SAFE_NO_PAD
+    let unknown_alg = URL_SAFE_NO_PAD
         .decode(header_b64)
         .ok()
         .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
-        .is_some_and(|v| v.get("alg").is_some_and(serde_json::Value::is_string));
-    if alg_named {
+        .and_then(|v| v.get("alg").and_then(|alg| alg.as_str().map(str::to_owned)))
+        .is_some_and(|alg| alg.parse::<jsonwebtoken::Algorithm>().is_err());
+    if unknown_alg {
         CodeError::AlgNotAllowed
     } else {
         CodeError::Malformed
@@ -584,30 +669,30 @@ fn check_jti(jti: &str) -> Result<(), CodeError> {
     }
 }
 
-/// Lifetime, expiry and not-before, in that order; returns when the code stops being
-/// acceptable.
+/// Consistency, expiry, not-before and lifetime, in that order (see the module docs);
+/// returns when the code stops being acceptable.
 fn check_times(
     issuer: &Issuer,
-    iat: i64,
-    exp: i64,
-    nbf: Option<i64>,
+    iat: NumericDate,
+    exp: NumericDate,
+    nbf: Option<NumericDate>,
     now: UnixMillis,
 ) -> Result<UnixMillis, CodeError> {
-    let (iat, exp) = (UnixMillis::from_secs(iat), UnixMillis::from_secs(exp));
+    let (iat, exp) = (iat.0, exp.0);
     let lifetime = exp.since(iat);
     if lifetime < 0 {
         return Err(CodeError::Malformed);
-    }
-    if lifetime > issuer.max_lifetime_ms {
-        return Err(CodeError::LifetimeTooLong);
     }
     let valid_until = exp.plus_ms(issuer.skew_ms);
     if now >= valid_until {
         return Err(CodeError::Expired);
     }
-    let not_before = nbf.map_or(iat, |nbf| UnixMillis::from_secs(nbf).max(iat));
+    let not_before = nbf.map_or(iat, |nbf| nbf.0.max(iat));
     if not_before.plus_ms(-issuer.skew_ms) > now {
         return Err(CodeError::NotYetValid);
+    }
+    if lifetime > issuer.max_lifetime_ms {
+        return Err(CodeError::LifetimeTooLong);
     }
     Ok(valid_until)
 }

@@ -1,4 +1,7 @@
-//! Every way a ride code can fail, and the ways it must succeed.
+//! Every way a ride code can fail, and the ways it must succeed; [`attacks`] holds the
+//! JWT attack corpus.
+
+mod attacks;
 
 use std::time::Duration;
 
@@ -119,7 +122,7 @@ fn device_signed_codes_verify_and_carry_the_certified_account() {
 }
 
 #[test]
-fn code_keys_differ_by_jti_and_certificate() {
+fn code_keys_differ_by_jti_and_form() {
     let f = fixture();
     let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
     let a = verify(&f, &f.alipay.code("acct-1", "j-1", NOW, LIFETIME).unwrap()).unwrap();
@@ -127,6 +130,30 @@ fn code_keys_differ_by_jti_and_certificate() {
     let c = verify(&f, &f.phone.code("j-1", NOW, LIFETIME).unwrap()).unwrap();
     assert_ne!(a.code_key(&p), b.code_key(&p));
     assert_ne!(a.code_key(&p), c.code_key(&p));
+}
+
+#[test]
+fn a_device_code_is_the_same_code_under_any_certificate_for_its_key() {
+    let f = fixture();
+    let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
+    let phone_key = SigningKey::generate(SigningAlg::EdDsa, "device").unwrap();
+    let first = DeviceCodeMinter::new(
+        f.yitongxing
+            .device_certificate("ytx-account-9", "cert-a", &phone_key, NOW, Duration::from_secs(3600))
+            .unwrap(),
+        phone_key.clone(),
+    );
+    let code = first.code("d-1", NOW, LIFETIME).unwrap();
+    let (_, signed) = code.split_once('~').unwrap();
+    // Another certificate for the same key: reissued, and for another account.
+    for (account, cert_id) in [("ytx-account-9", "cert-b"), ("ytx-account-10", "cert-c")] {
+        let other = f
+            .yitongxing
+            .device_certificate(account, cert_id, &phone_key, NOW, Duration::from_secs(3600))
+            .unwrap();
+        let moved = verify(&f, &format!("{other}~{signed}")).unwrap();
+        assert_eq!(moved.code_key(&p), verify(&f, &code).unwrap().code_key(&p), "{cert_id}");
+    }
 }
 
 #[test]
@@ -192,10 +219,24 @@ fn unknown_kid_is_unknown_key_for_a_known_issuer_and_unknown_issuer_otherwise() 
 #[test]
 fn a_code_naming_another_issuer_than_its_key_is_refused() {
     let f = fixture();
+    // A known issuer, under a kid it does not have: that issuer has no such key.
     let code = CodeMinter::new("yitongxing", f.alipay_key.clone())
         .code("a", "j", NOW, LIFETIME)
         .unwrap();
+    assert_eq!(verify(&f, &code), Err(CodeError::UnknownKey));
+    let code = CodeMinter::new("hangzhou-metro", f.alipay_key.clone())
+        .code("a", "j", NOW, LIFETIME)
+        .unwrap();
     assert_eq!(verify(&f, &code), Err(CodeError::UnknownIssuer));
+    let mut no_iss = claims("alipay", NOW, 30);
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let token = forge(
+        json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}),
+        no_iss,
+        f.alipay_key.encoding(),
+        Algorithm::EdDSA,
+    );
+    assert_eq!(verify(&f, &token), Err(CodeError::Malformed));
 }
 
 #[test]
@@ -241,6 +282,59 @@ fn lifetimes_beyond_the_issuers_maximum_are_refused() {
         Algorithm::EdDSA,
     );
     assert_eq!(verify(&f, &backwards), Err(CodeError::Malformed));
+}
+
+#[test]
+fn the_times_are_checked_in_the_documented_order() {
+    let f = fixture();
+    let header = json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"});
+    let signed = |c: serde_json::Value| forge(header.clone(), c, f.alipay_key.encoding(), Algorithm::EdDSA);
+    let now_s = NOW.0 / 1000;
+    // Expired and too long-lived: expired first (the rider can refresh).
+    let mut c = claims("alipay", NOW.plus_ms(-600_000), 120);
+    assert_eq!(verify(&f, &signed(c.clone())), Err(CodeError::Expired));
+    // A future nbf on a long-lived code: not yet valid first (the phone's clock).
+    c = claims("alipay", NOW, 120);
+    c["nbf"] = json!(now_s + 60);
+    assert_eq!(verify(&f, &signed(c)), Err(CodeError::NotYetValid));
+    // A future iat within its lifetime, beyond the skew.
+    c = claims("alipay", NOW.plus_ms(30_000), 30);
+    assert_eq!(verify(&f, &signed(c)), Err(CodeError::NotYetValid));
+    // Valid now, but too long-lived.
+    c = claims("alipay", NOW, 61);
+    assert_eq!(verify(&f, &signed(c)), Err(CodeError::LifetimeTooLong));
+    // exp before iat is inconsistent whatever the clock says.
+    c = claims("alipay", NOW, 30);
+    c["exp"] = json!(now_s - 1);
+    assert_eq!(verify(&f, &signed(c)), Err(CodeError::Malformed));
+}
+
+#[test]
+fn numeric_dates_may_have_fractions() {
+    let f = fixture();
+    let now_s = NOW.0 / 1000;
+    let mut c = claims("alipay", NOW, 30);
+    c["iat"] = json!(now_s as f64 + 0.25);
+    c["exp"] = json!(now_s as f64 + 30.5);
+    c["nbf"] = json!(now_s as f64 - 0.75);
+    let token = forge(
+        json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}),
+        c,
+        f.alipay_key.encoding(),
+        Algorithm::EdDSA,
+    );
+    assert_eq!(verify(&f, &token).unwrap().valid_until, NOW.plus_ms(35_500));
+    for bad in [json!("1900000030"), json!(1e300), json!(null), json!([1])] {
+        let mut c = claims("alipay", NOW, 30);
+        c["exp"] = bad.clone();
+        let token = forge(
+            json!({"alg": "EdDSA", "typ": CODE_TYP, "kid": "alipay-1"}),
+            c,
+            f.alipay_key.encoding(),
+            Algorithm::EdDSA,
+        );
+        assert_eq!(verify(&f, &token), Err(CodeError::Malformed), "exp = {bad}");
+    }
 }
 
 #[test]
@@ -359,6 +453,16 @@ fn bad_certificates_are_invalid() {
     let long = device(&f.yitongxing, "c", NOW, Duration::from_secs(31 * 86_400));
     assert_eq!(
         verify(&f, &long.code("a", NOW, LIFETIME).unwrap()),
+        Err(CodeError::CertInvalid)
+    );
+    // Signed under a kid no issuer has.
+    let stranger = CodeMinter::new(
+        "yitongxing",
+        SigningKey::generate(SigningAlg::EdDsa, "nobody-9").unwrap(),
+    );
+    let unknown_key = device(&stranger, "c", NOW, Duration::from_secs(3600));
+    assert_eq!(
+        verify(&f, &unknown_key.code("a", NOW, LIFETIME).unwrap()),
         Err(CodeError::CertInvalid)
     );
     // Garbage in place of the certificate.
