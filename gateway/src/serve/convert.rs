@@ -55,7 +55,7 @@ where
 }
 
 /// A tap from the wire, validated: the decision never sees wire types.
-pub(crate) fn gate_request(request: pb::AuthorizeRequest) -> Result<GateRequest, InvalidRequest> {
+pub fn gate_request(request: pb::AuthorizeRequest) -> Result<GateRequest, InvalidRequest> {
     {
         if request.request_id.len() > MAX_REQUEST_ID {
             return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID} bytes")));

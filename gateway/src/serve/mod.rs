@@ -3,7 +3,7 @@
 
 mod auth;
 pub mod baseline;
-mod convert;
+pub mod convert;
 mod deadline;
 mod feed;
 mod gate;
