@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -27,7 +27,7 @@ use crate::authorize::{Authorizer, Parts};
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
 use crate::linking::LinkRules;
-use crate::metrics::Metrics;
+use crate::metrics::{Exposition, Metrics, Sources};
 use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
 
 /// Writes to the shared tier kept in flight while loading files into it.
@@ -50,8 +50,8 @@ pub struct App {
     pub shared: Option<Arc<SharedTier>>,
     /// Keyed hashing for ids.
     pub pseudonymizer: Pseudonymizer,
-    /// Decision counters.
-    pub metrics: Arc<Metrics>,
+    /// The `/metrics` page.
+    pub exposition: Arc<Exposition>,
     /// The audit writer.
     pub audit: Arc<JsonLinesAudit>,
     /// Verifies caller tokens for the link service and the health feed.
@@ -115,6 +115,7 @@ impl App {
                 Some(Arc::new(remote))
             }
         };
+        let replay_fallbacks = Arc::new(AtomicU64::new(0));
         let (links, mut statuses, replay, idempotency) = match &shared {
             None => (
                 LinkBackend::Memory(Arc::new(MemoryLinks::new(config.links.second_card))),
@@ -133,7 +134,7 @@ impl App {
                 ReplayBackend::Shared {
                     redis: RedisReplayGuard::new(tier.clone()),
                     local: MemoryReplayGuard::default(),
-                    fallbacks: AtomicU64::new(0),
+                    fallbacks: replay_fallbacks.clone(),
                 },
                 IdempotencyBackend::Shared(RedisIdempotency::new(tier.clone())),
             ),
@@ -177,6 +178,15 @@ impl App {
             audit: audit.clone() as Arc<dyn AuditSink>,
             metrics: metrics.clone(),
         }));
+        let exposition = Arc::new(Exposition::new(Sources {
+            decisions: metrics,
+            audit: audit.clone(),
+            links: links.clone(),
+            status_source: statuses.clone(),
+            status_reader: health.clone(),
+            shared: shared.clone(),
+            replay_fallbacks,
+        }));
         let link_rules = LinkRules {
             full_card_digits: config.links.full_card_digits,
             suspend_electronic_tickets: config.policy.electronic_single_journey_suspended,
@@ -190,7 +200,7 @@ impl App {
             health,
             shared,
             pseudonymizer,
-            metrics,
+            exposition,
             audit,
             callers,
             link_rules,
@@ -225,156 +235,6 @@ impl App {
     /// Removes day-bound links (single-journey tickets) that have stopped resolving.
     pub fn sweep_links(&self) -> usize {
         self.links.sweep_expired(self.clock.now())
-    }
-
-    /// The Prometheus text for `GET /metrics`.
-    pub fn render_metrics(&self) -> String {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut gauges = vec![
-            (
-                "ridegate_audit_pending",
-                "Audit events queued but not yet written.",
-                self.audit.pending(),
-            ),
-            (
-                "ridegate_audit_failed",
-                "Audit events that could not be written (counter).",
-                self.audit.failed(),
-            ),
-        ];
-        if let Some(cache) = self.health.cache() {
-            let stats = cache.stats();
-            gauges.extend([
-                ("ridegate_health_cache_entries", "Statuses cached.", cache.len()),
-                (
-                    "ridegate_health_cache_hits",
-                    "Lookups answered fresh from the cache (counter).",
-                    load(&stats.hits),
-                ),
-                (
-                    "ridegate_health_cache_misses",
-                    "Lookups that asked the source (counter).",
-                    load(&stats.misses),
-                ),
-                (
-                    "ridegate_health_fetches",
-                    "Fetches sent to the source (counter).",
-                    load(&stats.fetches),
-                ),
-                (
-                    "ridegate_health_fetch_errors",
-                    "Fetches that failed or timed out (counter).",
-                    load(&stats.fetch_errors),
-                ),
-                (
-                    "ridegate_health_stale_answers",
-                    "Lookups answered from a stale entry (counter).",
-                    load(&stats.stale),
-                ),
-                (
-                    "ridegate_health_unavailable",
-                    "Lookups with no usable status (counter).",
-                    load(&stats.unavailable),
-                ),
-                (
-                    "ridegate_health_refreshes",
-                    "Background refreshes of ageing entries (counter).",
-                    load(&stats.refreshes),
-                ),
-            ]);
-        }
-        if let Some(n) = self.links.local_len() {
-            gauges.push((
-                "ridegate_linked_credentials",
-                "Credentials linked in the embedded store.",
-                n as u64,
-            ));
-        }
-        if let Some(n) = self.statuses.local_len() {
-            gauges.push((
-                "ridegate_health_statuses",
-                "Statuses held by the embedded source.",
-                n as u64,
-            ));
-        }
-        if let Some(remote) = self.statuses.platform() {
-            let platform = remote.stats();
-            gauges.extend([
-                (
-                    "ridegate_platform_calls",
-                    "Calls sent to the health platform, hedges included (counter).",
-                    load(&platform.calls),
-                ),
-                (
-                    "ridegate_platform_hedges",
-                    "Second calls sent because the first was slow (counter).",
-                    load(&platform.hedges),
-                ),
-                (
-                    "ridegate_platform_hedges_refused",
-                    "Slow calls not hedged because the hedge budget was spent (counter).",
-                    load(&platform.hedges_refused),
-                ),
-                (
-                    "ridegate_platform_retries",
-                    "Second calls sent because the first failed fast (counter).",
-                    load(&platform.retries),
-                ),
-                (
-                    "ridegate_platform_failures",
-                    "Platform fetches that failed or timed out (counter).",
-                    load(&platform.failures),
-                ),
-                (
-                    "ridegate_platform_short_circuited",
-                    "Fetches not sent because the circuit breaker was open (counter).",
-                    load(&platform.short_circuited),
-                ),
-                (
-                    "ridegate_platform_breaker_opened",
-                    "Times the circuit breaker opened (counter).",
-                    load(&platform.breaker_opened),
-                ),
-                (
-                    "ridegate_platform_breaker_open",
-                    "1 while the circuit breaker keeps calls away from the platform.",
-                    u64::from(remote.is_open()),
-                ),
-                (
-                    "ridegate_platform_changes",
-                    "Changes received on the platform's change feed (counter).",
-                    load(&platform.changes),
-                ),
-                (
-                    "ridegate_platform_resets",
-                    "Times the change feed lost its place and the cache was cleared (counter).",
-                    load(&platform.resets),
-                ),
-            ]);
-        }
-        if let Some(tier) = &self.shared {
-            gauges.push((
-                "ridegate_shared_tier_up",
-                "1 while Redis answers, 0 while it is down.",
-                u64::from(tier.is_up()),
-            ));
-            gauges.push((
-                "ridegate_shared_errors",
-                "Redis commands that failed or timed out (counter).",
-                load(&tier.stats().errors),
-            ));
-            gauges.push((
-                "ridegate_shared_skipped",
-                "Redis commands not sent while it was down (counter).",
-                load(&tier.stats().skipped),
-            ));
-            gauges.push((
-                "ridegate_replay_local_fallbacks",
-                "Ride codes checked against this instance only, Redis not answering (counter).",
-                self.authorizer.replay_fallbacks(),
-            ));
-        }
-        self.metrics.render(&gauges)
     }
 }
 

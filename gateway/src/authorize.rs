@@ -206,11 +206,6 @@ impl Authorizer {
         Decided { answer, retry: false }
     }
 
-    /// Ride-code claims decided by this instance's memory because Redis did not answer.
-    pub fn replay_fallbacks(&self) -> u64 {
-        self.replay.fallbacks()
-    }
-
     /// Counts a request rejected as malformed before it reached the decision.
     pub fn record_invalid(&self) {
         self.metrics.record_invalid();

@@ -267,8 +267,9 @@ pub enum ReplayBackend {
         redis: RedisReplayGuard,
         /// What this instance itself has seen: kept always, used when Redis fails.
         local: MemoryReplayGuard,
-        /// Claims decided by the local guard because Redis did not answer.
-        fallbacks: AtomicU64,
+        /// Claims decided by the local guard because Redis did not answer (shared with
+        /// the metrics).
+        fallbacks: Arc<AtomicU64>,
     },
 }
 
@@ -298,14 +299,6 @@ impl ReplayBackend {
                     }
                 }
             }
-        }
-    }
-
-    /// Claims decided locally because Redis did not answer.
-    pub fn fallbacks(&self) -> u64 {
-        match self {
-            Self::Memory(_) => 0,
-            Self::Shared { fallbacks, .. } => fallbacks.load(Ordering::Relaxed),
         }
     }
 }

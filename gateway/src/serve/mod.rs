@@ -36,6 +36,7 @@ pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
 use crate::config::ServerConfig;
+use crate::metrics::Exposition;
 
 /// The tonic server with ridegate's transport settings (the baseline server uses the
 /// same, so benchmarks compare like with like).
@@ -175,12 +176,12 @@ pub async fn serve(
             }
         })
     };
-    let metrics_app = app.clone();
+    let exposition = app.exposition.clone();
     let router = routes.into_axum_router().route(
         "/metrics",
         axum::routing::get(move || {
-            let app = metrics_app.clone();
-            async move { app.render_metrics() }
+            let exposition = exposition.clone();
+            async move { metrics_page(&exposition) }
         }),
     );
 
@@ -222,4 +223,17 @@ pub async fn serve(
     app.audit.close();
     tracing::info!("stopped");
     outcome
+}
+
+/// `GET /metrics`: the page with its content type, or a bare 500 if it cannot be
+/// rendered.
+fn metrics_page(exposition: &Exposition) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match exposition.render() {
+        Ok(text) => ([(http::header::CONTENT_TYPE, Exposition::CONTENT_TYPE)], text).into_response(),
+        Err(_) => {
+            tracing::error!("the metrics page could not be rendered");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
