@@ -28,40 +28,42 @@ use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
-use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
+use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader, StatusSource};
 
 /// Writes to the shared tier kept in flight while loading files into it.
 const LOAD_CONCURRENCY: usize = 64;
 
-/// A built ridegate: the decision path and the stores the services share.
+/// A built ridegate: the decision path and the stores the services share. Only
+/// [`serve`](crate::serve) takes it apart, handing each service and task the parts it
+/// needs.
 pub struct App {
     /// The configuration it was built from.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The decision path.
-    pub authorizer: Arc<Authorizer>,
+    pub(crate) authorizer: Arc<Authorizer>,
     /// The link store.
-    pub links: LinkBackend,
-    /// The health-status source.
-    pub statuses: HealthBackend,
+    pub(crate) links: LinkBackend,
+    /// Where statuses come from and pushed statuses are written.
+    pub(crate) status_source: StatusSource,
     /// Where decisions read statuses: the embedded store, or the cache in front of
     /// Redis or the platform.
-    pub health: Statuses,
+    pub(crate) status_reader: StatusReader,
     /// The shared tier, when configured.
-    pub shared: Option<Arc<SharedTier>>,
+    pub(crate) shared: Option<Arc<SharedTier>>,
     /// Keyed hashing for ids.
-    pub pseudonymizer: Pseudonymizer,
+    pub(crate) pseudonymizer: Pseudonymizer,
     /// The `/metrics` page.
-    pub exposition: Arc<Exposition>,
+    pub(crate) exposition: Arc<Exposition>,
     /// The audit writer.
-    pub audit: Arc<JsonLinesAudit>,
+    pub(crate) audit: Arc<JsonLinesAudit>,
     /// Verifies caller tokens for the link service and the health feed.
-    pub callers: Arc<CallerVerifier>,
+    pub(crate) callers: Arc<CallerVerifier>,
     /// The linking rules.
-    pub link_rules: LinkRules,
+    pub(crate) link_rules: LinkRules,
     /// Issuers whose ride accounts may be linked.
-    pub issuer_ids: HashSet<String>,
+    pub(crate) issuer_ids: HashSet<String>,
     /// The wall clock.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
 }
 
 impl App {
@@ -116,10 +118,10 @@ impl App {
             }
         };
         let replay_fallbacks = Arc::new(AtomicU64::new(0));
-        let (links, mut statuses, replay, idempotency) = match &shared {
+        let (links, mut status_source, replay, idempotency) = match &shared {
             None => (
                 LinkBackend::Memory(Arc::new(MemoryLinks::new(config.links.second_card))),
-                HealthBackend::Memory(Arc::new(MemoryHealth::default())),
+                StatusSource::Memory(Arc::new(MemoryHealth::default())),
                 ReplayBackend::Memory(MemoryReplayGuard::default()),
                 IdempotencyBackend::Memory(MemoryIdempotency::default()),
             ),
@@ -130,7 +132,7 @@ impl App {
                     config.redis.link_cache_capacity,
                     config.redis.link_cache_ttl,
                 ))),
-                HealthBackend::Shared(RedisHealth::new(tier.clone())),
+                StatusSource::Shared(RedisHealth::new(tier.clone())),
                 ReplayBackend::Shared {
                     redis: RedisReplayGuard::new(tier.clone()),
                     local: MemoryReplayGuard::default(),
@@ -140,18 +142,18 @@ impl App {
             ),
         };
         if let Some(remote) = platform {
-            statuses = HealthBackend::Platform {
+            status_source = StatusSource::Platform {
                 remote,
                 tier: shared.clone().map(RedisHealth::new),
                 ttl: config.health.cache_ttl,
             };
         }
-        load_files(&config, &pseudonymizer, &clock, &links, &statuses).await?;
+        load_files(&config, &pseudonymizer, &clock, &links, &status_source).await?;
 
-        let health = match &statuses {
-            HealthBackend::Memory(store) => Statuses::Embedded(store.clone()),
-            HealthBackend::Shared(_) | HealthBackend::Platform { .. } => Statuses::Cached(HealthCache::new(
-                Arc::new(statuses.clone()),
+        let status_reader = match &status_source {
+            StatusSource::Memory(store) => StatusReader::Embedded(store.clone()),
+            StatusSource::Shared(_) | StatusSource::Platform { .. } => StatusReader::Cached(HealthCache::new(
+                Arc::new(status_source.clone()),
                 CacheSettings {
                     ttl: config.health.cache_ttl,
                     max_staleness: config.health.max_staleness,
@@ -169,7 +171,7 @@ impl App {
             pseudonymizer: pseudonymizer.clone(),
             verifier,
             links: links.clone(),
-            health: health.clone(),
+            health: status_reader.clone(),
             replay,
             idempotency,
             shared: shared.clone(),
@@ -182,8 +184,8 @@ impl App {
             decisions: metrics,
             audit: audit.clone(),
             links: links.clone(),
-            status_source: statuses.clone(),
-            status_reader: health.clone(),
+            status_source: status_source.clone(),
+            status_reader: status_reader.clone(),
             shared: shared.clone(),
             replay_fallbacks,
         }));
@@ -196,8 +198,8 @@ impl App {
             config,
             authorizer,
             links,
-            statuses,
-            health,
+            status_source,
+            status_reader,
             shared,
             pseudonymizer,
             exposition,
@@ -209,32 +211,52 @@ impl App {
         })
     }
 
+    /// The decision path, for callers that decide in process (benchmarks, tests).
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+
+    /// This instance's caches, for the tasks that follow changes made elsewhere.
+    pub(crate) fn caches(&self) -> Caches {
+        Caches {
+            links: self.links.clone(),
+            status_source: self.status_source.clone(),
+            status_reader: self.status_reader.clone(),
+        }
+    }
+}
+
+/// This instance's caches, as the followers of other instances' changes and of the
+/// platform's change feed keep them current.
+#[derive(Clone)]
+pub(crate) struct Caches {
+    links: LinkBackend,
+    status_source: StatusSource,
+    status_reader: StatusReader,
+}
+
+impl Caches {
     /// Applies a change another instance made to this instance's caches.
-    pub fn apply_change(&self, change: Change) {
+    pub(crate) fn apply_change(&self, change: Change) {
         match change {
-            Change::Status { identity, status } => self.health.store(identity, status),
+            Change::Status { identity, status } => self.status_reader.store(identity, status),
             Change::Link { credential } => self.links.invalidate(&credential),
             Change::Reset => {
-                self.health.clear();
+                self.status_reader.clear();
                 self.links.clear_cache();
             }
         }
     }
 
     /// Applies what the health platform's change feed says to the caches.
-    pub fn apply_platform_event(&self, event: WatchEvent) {
+    pub(crate) fn apply_platform_event(&self, event: WatchEvent) {
         match event {
             WatchEvent::Change(identity, status) => {
-                self.health.store(identity, status);
-                self.statuses.keep(identity, status);
+                self.status_reader.store(identity, status);
+                self.status_source.keep(identity, status);
             }
-            WatchEvent::Reset => self.health.clear(),
+            WatchEvent::Reset => self.status_reader.clear(),
         }
-    }
-
-    /// Removes day-bound links (single-journey tickets) that have stopped resolving.
-    pub fn sweep_links(&self) -> usize {
-        self.links.sweep_expired(self.clock.now())
     }
 }
 
@@ -244,7 +266,7 @@ async fn load_files(
     pseudonymizer: &Pseudonymizer,
     clock: &Clock,
     links: &LinkBackend,
-    statuses: &HealthBackend,
+    status_source: &StatusSource,
 ) -> anyhow::Result<()> {
     let open = |field: &str, path: &std::path::Path| {
         File::open(path)
@@ -285,7 +307,7 @@ async fn load_files(
         let mut report = read_statuses(reader, pseudonymizer, |i, s| rows.push((i, s)))
             .with_context(|| format!("health.file: cannot read {}", path.display()))?;
         let failed = futures::stream::iter(rows)
-            .map(|(i, s)| statuses.put(i, s))
+            .map(|(i, s)| status_source.put(i, s))
             .buffer_unordered(LOAD_CONCURRENCY)
             .filter(|r| std::future::ready(r.is_err()))
             .count()

@@ -16,7 +16,7 @@ use ridegate_adapters::shared::SharedTier;
 use ridegate_core::model::Reason;
 
 use super::{BUCKETS_US, Metrics, VERDICTS, names, verdict_index, verdict_label};
-use crate::stores::{HealthBackend, LinkBackend, Statuses};
+use crate::stores::{LinkBackend, StatusReader, StatusSource};
 
 /// Everything a scrape reads. Each part is shared with whoever updates it; nothing here
 /// is written.
@@ -28,9 +28,9 @@ pub struct Sources {
     /// The link store, for its size when it is in this process.
     pub links: LinkBackend,
     /// The health-status source, for its size or the platform client's statistics.
-    pub status_source: HealthBackend,
+    pub status_source: StatusSource,
     /// Where decisions read statuses, for the health cache's statistics.
-    pub status_reader: Statuses,
+    pub status_reader: StatusReader,
     /// The shared tier, when configured.
     pub shared: Option<Arc<SharedTier>>,
     /// Ride-code claims decided locally because Redis did not answer.
@@ -329,8 +329,8 @@ mod tests {
             decisions,
             audit: Arc::new(JsonLinesAudit::new(Box::new(std::io::sink())).expect("audit writer")),
             links: LinkBackend::Memory(Arc::new(MemoryLinks::new(SecondCard::default()))),
-            status_source: HealthBackend::Memory(statuses.clone()),
-            status_reader: Statuses::Embedded(statuses),
+            status_source: StatusSource::Memory(statuses.clone()),
+            status_reader: StatusReader::Embedded(statuses),
             shared: None,
             replay_fallbacks: Arc::default(),
         })
