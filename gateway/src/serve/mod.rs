@@ -9,6 +9,8 @@ mod feed;
 mod gate;
 mod links;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 
