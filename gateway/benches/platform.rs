@@ -218,9 +218,9 @@ async fn coalescing(c: &mut Clients, url: &str) {
     for _ in 0..20 {
         let n = c.next_fresh();
         let counters = [
-            "ridegate_health_fetches",
-            "ridegate_platform_calls",
-            "ridegate_platform_hedges",
+            "ridegate_health_fetches_total",
+            "ridegate_platform_calls_total",
+            "ridegate_platform_hedges_total",
         ];
         let mut before = Vec::new();
         for name in counters {

@@ -133,7 +133,7 @@ async fn decide(app: &App, riders: impl Iterator<Item = u64>, seq: &mut u64) -> 
         *seq += 1;
         let received = Instant::now();
         let decided = app
-            .authorizer
+            .authorizer()
             .authorize(tap(rider, *seq), received, received + Duration::from_millis(180))
             .await;
         times.push(received.elapsed().as_secs_f64() * 1e6);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -27,41 +27,43 @@ use crate::authorize::{Authorizer, Parts};
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
 use crate::linking::LinkRules;
-use crate::metrics::Metrics;
-use crate::stores::{HealthBackend, IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
+use crate::metrics::{Exposition, Metrics, Sources};
+use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader, StatusSource};
 
 /// Writes to the shared tier kept in flight while loading files into it.
 const LOAD_CONCURRENCY: usize = 64;
 
-/// A built ridegate: the decision path and the stores the services share.
+/// A built ridegate: the decision path and the stores the services share. Only
+/// [`serve`](crate::serve) takes it apart, handing each service and task the parts it
+/// needs.
 pub struct App {
     /// The configuration it was built from.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The decision path.
-    pub authorizer: Arc<Authorizer>,
+    pub(crate) authorizer: Arc<Authorizer>,
     /// The link store.
-    pub links: LinkBackend,
-    /// The health-status source.
-    pub statuses: HealthBackend,
+    pub(crate) links: LinkBackend,
+    /// Where statuses come from and pushed statuses are written.
+    pub(crate) status_source: StatusSource,
     /// Where decisions read statuses: the embedded store, or the cache in front of
     /// Redis or the platform.
-    pub health: Statuses,
+    pub(crate) status_reader: StatusReader,
     /// The shared tier, when configured.
-    pub shared: Option<Arc<SharedTier>>,
+    pub(crate) shared: Option<Arc<SharedTier>>,
     /// Keyed hashing for ids.
-    pub pseudonymizer: Pseudonymizer,
-    /// Decision counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) pseudonymizer: Pseudonymizer,
+    /// The `/metrics` page.
+    pub(crate) exposition: Arc<Exposition>,
     /// The audit writer.
-    pub audit: Arc<JsonLinesAudit>,
+    pub(crate) audit: Arc<JsonLinesAudit>,
     /// Verifies caller tokens for the link service and the health feed.
-    pub callers: Arc<CallerVerifier>,
+    pub(crate) callers: Arc<CallerVerifier>,
     /// The linking rules.
-    pub link_rules: LinkRules,
+    pub(crate) link_rules: LinkRules,
     /// Issuers whose ride accounts may be linked.
-    pub issuer_ids: HashSet<String>,
+    pub(crate) issuer_ids: HashSet<String>,
     /// The wall clock.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
 }
 
 impl App {
@@ -115,10 +117,11 @@ impl App {
                 Some(Arc::new(remote))
             }
         };
-        let (links, mut statuses, replay, idempotency) = match &shared {
+        let replay_fallbacks = Arc::new(AtomicU64::new(0));
+        let (links, mut status_source, replay, idempotency) = match &shared {
             None => (
                 LinkBackend::Memory(Arc::new(MemoryLinks::new(config.links.second_card))),
-                HealthBackend::Memory(Arc::new(MemoryHealth::default())),
+                StatusSource::Memory(Arc::new(MemoryHealth::default())),
                 ReplayBackend::Memory(MemoryReplayGuard::default()),
                 IdempotencyBackend::Memory(MemoryIdempotency::default()),
             ),
@@ -129,28 +132,28 @@ impl App {
                     config.redis.link_cache_capacity,
                     config.redis.link_cache_ttl,
                 ))),
-                HealthBackend::Shared(RedisHealth::new(tier.clone())),
+                StatusSource::Shared(RedisHealth::new(tier.clone())),
                 ReplayBackend::Shared {
                     redis: RedisReplayGuard::new(tier.clone()),
                     local: MemoryReplayGuard::default(),
-                    fallbacks: AtomicU64::new(0),
+                    fallbacks: replay_fallbacks.clone(),
                 },
                 IdempotencyBackend::Shared(RedisIdempotency::new(tier.clone())),
             ),
         };
         if let Some(remote) = platform {
-            statuses = HealthBackend::Platform {
+            status_source = StatusSource::Platform {
                 remote,
                 tier: shared.clone().map(RedisHealth::new),
                 ttl: config.health.cache_ttl,
             };
         }
-        load_files(&config, &pseudonymizer, &clock, &links, &statuses).await?;
+        load_files(&config, &pseudonymizer, &clock, &links, &status_source).await?;
 
-        let health = match &statuses {
-            HealthBackend::Memory(store) => Statuses::Embedded(store.clone()),
-            HealthBackend::Shared(_) | HealthBackend::Platform { .. } => Statuses::Cached(HealthCache::new(
-                Arc::new(statuses.clone()),
+        let status_reader = match &status_source {
+            StatusSource::Memory(store) => StatusReader::Embedded(store.clone()),
+            StatusSource::Shared(_) | StatusSource::Platform { .. } => StatusReader::Cached(HealthCache::new(
+                Arc::new(status_source.clone()),
                 CacheSettings {
                     ttl: config.health.cache_ttl,
                     max_staleness: config.health.max_staleness,
@@ -168,7 +171,7 @@ impl App {
             pseudonymizer: pseudonymizer.clone(),
             verifier,
             links: links.clone(),
-            health: health.clone(),
+            health: status_reader.clone(),
             replay,
             idempotency,
             shared: shared.clone(),
@@ -176,6 +179,15 @@ impl App {
             retry_window: config.deadline.retry_window,
             audit: audit.clone() as Arc<dyn AuditSink>,
             metrics: metrics.clone(),
+        }));
+        let exposition = Arc::new(Exposition::new(Sources {
+            decisions: metrics,
+            audit: audit.clone(),
+            links: links.clone(),
+            status_source: status_source.clone(),
+            status_reader: status_reader.clone(),
+            shared: shared.clone(),
+            replay_fallbacks,
         }));
         let link_rules = LinkRules {
             full_card_digits: config.links.full_card_digits,
@@ -186,11 +198,11 @@ impl App {
             config,
             authorizer,
             links,
-            statuses,
-            health,
+            status_source,
+            status_reader,
             shared,
             pseudonymizer,
-            metrics,
+            exposition,
             audit,
             callers,
             link_rules,
@@ -199,182 +211,52 @@ impl App {
         })
     }
 
+    /// The decision path, for callers that decide in process (benchmarks, tests).
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+
+    /// This instance's caches, for the tasks that follow changes made elsewhere.
+    pub(crate) fn caches(&self) -> Caches {
+        Caches {
+            links: self.links.clone(),
+            status_source: self.status_source.clone(),
+            status_reader: self.status_reader.clone(),
+        }
+    }
+}
+
+/// This instance's caches, as the followers of other instances' changes and of the
+/// platform's change feed keep them current.
+#[derive(Clone)]
+pub(crate) struct Caches {
+    links: LinkBackend,
+    status_source: StatusSource,
+    status_reader: StatusReader,
+}
+
+impl Caches {
     /// Applies a change another instance made to this instance's caches.
-    pub fn apply_change(&self, change: Change) {
+    pub(crate) fn apply_change(&self, change: Change) {
         match change {
-            Change::Status { identity, status } => self.health.store(identity, status),
+            Change::Status { identity, status } => self.status_reader.store(identity, status),
             Change::Link { credential } => self.links.invalidate(&credential),
             Change::Reset => {
-                self.health.clear();
+                self.status_reader.clear();
                 self.links.clear_cache();
             }
         }
     }
 
     /// Applies what the health platform's change feed says to the caches.
-    pub fn apply_platform_event(&self, event: WatchEvent) {
+    pub(crate) fn apply_platform_event(&self, event: WatchEvent) {
         match event {
             WatchEvent::Change(identity, status) => {
-                self.health.store(identity, status);
-                self.statuses.keep(identity, status);
+                self.status_reader.store(identity, status);
+                self.status_source.keep(identity, status);
             }
-            WatchEvent::Reset => self.health.clear(),
+            WatchEvent::Reset => self.status_reader.clear(),
         }
-    }
-
-    /// Removes day-bound links (single-journey tickets) that have stopped resolving.
-    pub fn sweep_links(&self) -> usize {
-        self.links.sweep_expired(self.clock.now())
-    }
-
-    /// The Prometheus text for `GET /metrics`.
-    pub fn render_metrics(&self) -> String {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut gauges = vec![
-            (
-                "ridegate_audit_pending",
-                "Audit events queued but not yet written.",
-                self.audit.pending(),
-            ),
-            (
-                "ridegate_audit_failed",
-                "Audit events that could not be written (counter).",
-                self.audit.failed(),
-            ),
-        ];
-        if let Some(cache) = self.health.cache() {
-            let stats = cache.stats();
-            gauges.extend([
-                ("ridegate_health_cache_entries", "Statuses cached.", cache.len()),
-                (
-                    "ridegate_health_cache_hits",
-                    "Lookups answered fresh from the cache (counter).",
-                    load(&stats.hits),
-                ),
-                (
-                    "ridegate_health_cache_misses",
-                    "Lookups that asked the source (counter).",
-                    load(&stats.misses),
-                ),
-                (
-                    "ridegate_health_fetches",
-                    "Fetches sent to the source (counter).",
-                    load(&stats.fetches),
-                ),
-                (
-                    "ridegate_health_fetch_errors",
-                    "Fetches that failed or timed out (counter).",
-                    load(&stats.fetch_errors),
-                ),
-                (
-                    "ridegate_health_stale_answers",
-                    "Lookups answered from a stale entry (counter).",
-                    load(&stats.stale),
-                ),
-                (
-                    "ridegate_health_unavailable",
-                    "Lookups with no usable status (counter).",
-                    load(&stats.unavailable),
-                ),
-                (
-                    "ridegate_health_refreshes",
-                    "Background refreshes of ageing entries (counter).",
-                    load(&stats.refreshes),
-                ),
-            ]);
-        }
-        if let Some(n) = self.links.local_len() {
-            gauges.push((
-                "ridegate_linked_credentials",
-                "Credentials linked in the embedded store.",
-                n as u64,
-            ));
-        }
-        if let Some(n) = self.statuses.local_len() {
-            gauges.push((
-                "ridegate_health_statuses",
-                "Statuses held by the embedded source.",
-                n as u64,
-            ));
-        }
-        if let Some(remote) = self.statuses.platform() {
-            let platform = remote.stats();
-            gauges.extend([
-                (
-                    "ridegate_platform_calls",
-                    "Calls sent to the health platform, hedges included (counter).",
-                    load(&platform.calls),
-                ),
-                (
-                    "ridegate_platform_hedges",
-                    "Second calls sent because the first was slow (counter).",
-                    load(&platform.hedges),
-                ),
-                (
-                    "ridegate_platform_hedges_refused",
-                    "Slow calls not hedged because the hedge budget was spent (counter).",
-                    load(&platform.hedges_refused),
-                ),
-                (
-                    "ridegate_platform_retries",
-                    "Second calls sent because the first failed fast (counter).",
-                    load(&platform.retries),
-                ),
-                (
-                    "ridegate_platform_failures",
-                    "Platform fetches that failed or timed out (counter).",
-                    load(&platform.failures),
-                ),
-                (
-                    "ridegate_platform_short_circuited",
-                    "Fetches not sent because the circuit breaker was open (counter).",
-                    load(&platform.short_circuited),
-                ),
-                (
-                    "ridegate_platform_breaker_opened",
-                    "Times the circuit breaker opened (counter).",
-                    load(&platform.breaker_opened),
-                ),
-                (
-                    "ridegate_platform_breaker_open",
-                    "1 while the circuit breaker keeps calls away from the platform.",
-                    u64::from(remote.is_open()),
-                ),
-                (
-                    "ridegate_platform_changes",
-                    "Changes received on the platform's change feed (counter).",
-                    load(&platform.changes),
-                ),
-                (
-                    "ridegate_platform_resets",
-                    "Times the change feed lost its place and the cache was cleared (counter).",
-                    load(&platform.resets),
-                ),
-            ]);
-        }
-        if let Some(tier) = &self.shared {
-            gauges.push((
-                "ridegate_shared_tier_up",
-                "1 while Redis answers, 0 while it is down.",
-                u64::from(tier.is_up()),
-            ));
-            gauges.push((
-                "ridegate_shared_errors",
-                "Redis commands that failed or timed out (counter).",
-                load(&tier.stats().errors),
-            ));
-            gauges.push((
-                "ridegate_shared_skipped",
-                "Redis commands not sent while it was down (counter).",
-                load(&tier.stats().skipped),
-            ));
-            gauges.push((
-                "ridegate_replay_local_fallbacks",
-                "Ride codes checked against this instance only, Redis not answering (counter).",
-                self.authorizer.replay_fallbacks(),
-            ));
-        }
-        self.metrics.render(&gauges)
     }
 }
 
@@ -384,7 +266,7 @@ async fn load_files(
     pseudonymizer: &Pseudonymizer,
     clock: &Clock,
     links: &LinkBackend,
-    statuses: &HealthBackend,
+    status_source: &StatusSource,
 ) -> anyhow::Result<()> {
     let open = |field: &str, path: &std::path::Path| {
         File::open(path)
@@ -425,7 +307,7 @@ async fn load_files(
         let mut report = read_statuses(reader, pseudonymizer, |i, s| rows.push((i, s)))
             .with_context(|| format!("health.file: cannot read {}", path.display()))?;
         let failed = futures::stream::iter(rows)
-            .map(|(i, s)| statuses.put(i, s))
+            .map(|(i, s)| status_source.put(i, s))
             .buffer_unordered(LOAD_CONCURRENCY)
             .filter(|r| std::future::ready(r.is_err()))
             .count()

@@ -25,7 +25,7 @@ use ridegate_core::model::{Answer, DecisionId, Reason, UnixMillis};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
+use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader};
 use ridegate_core::decision::{CredentialCheck, GateRequest, HealthView, Outcome, Rules, Subject, Tap};
 
 /// An answer and whether it was a stored one given again.
@@ -107,7 +107,7 @@ pub struct Authorizer {
     replay: ReplayBackend,
     idempotency: IdempotencyBackend,
     links: LinkBackend,
-    health: Statuses,
+    health: StatusReader,
     shared: Option<Arc<SharedTier>>,
     rules: Rules,
     retry_window: Duration,
@@ -128,7 +128,7 @@ pub struct Parts {
     /// The link store.
     pub links: LinkBackend,
     /// Where statuses are read.
-    pub health: Statuses,
+    pub health: StatusReader,
     /// The single-use guard.
     pub replay: ReplayBackend,
     /// Idempotency records.
@@ -204,11 +204,6 @@ impl Authorizer {
         }
         self.record(request, answer, trace, false, received, now);
         Decided { answer, retry: false }
-    }
-
-    /// Ride-code claims decided by this instance's memory because Redis did not answer.
-    pub fn replay_fallbacks(&self) -> u64 {
-        self.replay.fallbacks()
     }
 
     /// Counts a request rejected as malformed before it reached the decision.

@@ -122,9 +122,11 @@ impl LinkStore for LinkBackend {
     }
 }
 
-/// Where health statuses live (the source behind the health cache).
+/// Where health statuses come from and are written to: the embedded store, Redis, or the
+/// health-code platform. The feed writes here; decisions never read it directly, they
+/// read through the [`StatusReader`] in front of it.
 #[derive(Clone)]
-pub enum HealthBackend {
+pub enum StatusSource {
     /// In this process, fed from a file and the feed.
     Memory(Arc<MemoryHealth>),
     /// In Redis, shared by every instance.
@@ -146,7 +148,7 @@ pub enum HealthBackend {
 #[error("{0}")]
 pub struct StoreError(pub String);
 
-impl HealthBackend {
+impl StatusSource {
     /// Stores a status unless a later one is held; in Redis, announces it to every
     /// instance. With the platform and no Redis, there is no store of its own: the
     /// caller's cache is all there is (`Applied::Stored`).
@@ -188,7 +190,7 @@ impl HealthBackend {
     }
 }
 
-impl HealthSource for HealthBackend {
+impl HealthSource for StatusSource {
     async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         match self {
             Self::Memory(m) => m.fetch(identity, deadline).await,
@@ -210,17 +212,18 @@ impl HealthSource for HealthBackend {
     }
 }
 
-/// Where the decision path reads health statuses.
+/// Where the decision path reads health statuses: the embedded store itself, or the
+/// health cache in front of a remote [`StatusSource`].
 #[derive(Clone)]
-pub enum Statuses {
+pub enum StatusReader {
     /// The embedded store, read directly: it is memory already and always current, so a
     /// cache in front of it would only double the memory and the cost of a lookup.
     Embedded(Arc<MemoryHealth>),
     /// The health cache in front of Redis or the platform.
-    Cached(HealthCache<HealthBackend>),
+    Cached(HealthCache<StatusSource>),
 }
 
-impl Statuses {
+impl StatusReader {
     /// The view for one decision, by `deadline` at the latest.
     pub async fn lookup(&self, identity: IdentityId, now: UnixMillis, deadline: Instant) -> HealthView {
         match self {
@@ -249,7 +252,7 @@ impl Statuses {
     }
 
     /// The cache, when there is one.
-    pub fn cache(&self) -> Option<&HealthCache<HealthBackend>> {
+    pub fn cache(&self) -> Option<&HealthCache<StatusSource>> {
         match self {
             Self::Embedded(_) => None,
             Self::Cached(cache) => Some(cache),
@@ -267,8 +270,9 @@ pub enum ReplayBackend {
         redis: RedisReplayGuard,
         /// What this instance itself has seen: kept always, used when Redis fails.
         local: MemoryReplayGuard,
-        /// Claims decided by the local guard because Redis did not answer.
-        fallbacks: AtomicU64,
+        /// Claims decided by the local guard because Redis did not answer (shared with
+        /// the metrics).
+        fallbacks: Arc<AtomicU64>,
     },
 }
 
@@ -298,14 +302,6 @@ impl ReplayBackend {
                     }
                 }
             }
-        }
-    }
-
-    /// Claims decided locally because Redis did not answer.
-    pub fn fallbacks(&self) -> u64 {
-        match self {
-            Self::Memory(_) => 0,
-            Self::Shared { fallbacks, .. } => fallbacks.load(Ordering::Relaxed),
         }
     }
 }

@@ -153,7 +153,7 @@ async fn every_colour_is_judged_from_the_platform_and_a_rider_turned_red_is_deni
             .all(|(_, v)| *v == Verdict::Deny),
         "once denied, always denied"
     );
-    assert!(gateway.metric("ridegate_platform_changes").await >= 1.0);
+    assert!(gateway.metric("ridegate_platform_changes_total").await >= 1.0);
     assert_no_late_decisions(&gateway);
 }
 
@@ -172,7 +172,7 @@ async fn a_platform_slower_than_the_budget_never_delays_an_answer_and_is_used_ag
         assert_eq!(outcome(response), (Verdict::Assist, Reason::HealthUnavailable));
         assert!(response.degraded);
     }
-    assert!(gateway.metric("ridegate_platform_breaker_opened").await >= 1.0);
+    assert!(gateway.metric("ridegate_platform_breaker_opened_total").await >= 1.0);
     assert_no_late_decisions(&gateway);
 
     sim.faults(pb::SimFaults::default()).await;
@@ -261,7 +261,7 @@ async fn a_killed_platform_restarted_on_its_port_is_used_again_and_its_change_fe
     assert_eq!(outcome(&back), (Verdict::Allow, Reason::HealthGreen));
     wait_subscribed(&sim, 1).await;
     let started = Instant::now();
-    while gateway.metric("ridegate_platform_resets").await < 1.0 {
+    while gateway.metric("ridegate_platform_resets_total").await < 1.0 {
         assert!(started.elapsed() < Duration::from_secs(5), "the cursor was not reset");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -366,7 +366,7 @@ async fn a_platform_failing_thirty_percent_of_calls_never_yields_a_wrong_verdict
     }
     // One retry per fetch turns a 30% failure rate into about 9%.
     assert!(right >= 85, "{right} of {} right", riders.len());
-    assert!(gateway.metric("ridegate_platform_retries").await >= 1.0);
+    assert!(gateway.metric("ridegate_platform_retries_total").await >= 1.0);
     assert_no_late_decisions(&gateway);
 }
 
@@ -407,15 +407,15 @@ async fn an_ageing_entry_is_refreshed_in_the_background_so_the_next_rider_does_n
     let mut gate = gateway.gate().await;
     tap_rider(&mut gate, rider).await;
     let first = Instant::now();
-    assert_eq!(gateway.metric("ridegate_health_cache_misses").await, 1.0);
+    assert_eq!(gateway.metric("ridegate_health_cache_misses_total").await, 1.0);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     // Past half its freshness: answered from the cache, refreshed behind it.
     assert!(!tap_rider(&mut gate, rider).await.degraded);
     tokio::time::sleep(Duration::from_millis(2_300).saturating_sub(first.elapsed())).await;
     // Past the first answer's freshness, but the refresh renewed it: still a hit.
     assert!(!tap_rider(&mut gate, rider).await.degraded);
-    assert_eq!(gateway.metric("ridegate_health_cache_misses").await, 1.0);
-    assert!(gateway.metric("ridegate_health_refreshes").await >= 1.0);
+    assert_eq!(gateway.metric("ridegate_health_cache_misses_total").await, 1.0);
+    assert!(gateway.metric("ridegate_health_refreshes_total").await >= 1.0);
     assert!(sim.stats().await.get_status_calls >= 2);
 }
 
@@ -433,7 +433,7 @@ async fn a_slow_tail_is_cut_by_a_hedged_second_call() {
         let response = tap_rider(&mut gate, *n).await;
         assert_eq!(outcome(&response), (Verdict::Allow, Reason::HealthGreen));
     }
-    assert!(gateway.metric("ridegate_platform_hedges").await >= 1.0);
+    assert!(gateway.metric("ridegate_platform_hedges_total").await >= 1.0);
     assert_no_late_decisions(&gateway);
 }
 

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use ridegate::authorize::{Authorizer, Parts};
-use ridegate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, Statuses};
+use ridegate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader};
 use ridegate_adapters::audit::JsonLinesAudit;
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::credential::ride_code::{
@@ -118,7 +118,7 @@ pub fn world() -> World {
         statuses.put(identity, status);
         identities.push(identity);
     }
-    let health = Statuses::Embedded(statuses);
+    let health = StatusReader::Embedded(statuses);
     let audit = Arc::new(JsonLinesAudit::new(Box::new(std::io::sink())).unwrap());
     let authorizer = Authorizer::new(Parts {
         clock,

@@ -15,7 +15,7 @@ use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::BatchTooLarge;
-use crate::stores::{HealthBackend, Statuses};
+use crate::stores::{StatusReader, StatusSource};
 
 /// Most updates per `Publish` call or `Ingest` batch.
 pub const MAX_UPDATES: usize = 10_000;
@@ -60,14 +60,14 @@ pub fn parse_update(
 /// Applies pushed statuses.
 #[derive(Clone)]
 pub(super) struct FeedService {
-    statuses: HealthBackend,
-    cache: Statuses,
+    statuses: StatusSource,
+    cache: StatusReader,
     pseudonymizer: Pseudonymizer,
 }
 
 impl FeedService {
     /// A feed writing into `statuses` and refreshing `cache`.
-    pub(super) fn new(statuses: HealthBackend, cache: Statuses, pseudonymizer: Pseudonymizer) -> Self {
+    pub(super) fn new(statuses: StatusSource, cache: StatusReader, pseudonymizer: Pseudonymizer) -> Self {
         Self {
             statuses,
             cache,

@@ -9,9 +9,10 @@ mod feed;
 mod gate;
 mod links;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use ridegate_adapters::shared::changes;
@@ -36,6 +37,7 @@ pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
 use crate::config::ServerConfig;
+use crate::metrics::Exposition;
 
 /// The tonic server with ridegate's transport settings (the baseline server uses the
 /// same, so benchmarks compare like with like).
@@ -60,6 +62,54 @@ pub(crate) fn incoming(listener: TcpListener, config: &ServerConfig) -> TcpIncom
         .with_keepalive(Some(config.tcp_keepalive))
 }
 
+/// The gRPC services of one built [`App`], each given only the parts it needs.
+pub(crate) struct Services {
+    /// `ridegate.v1.Gate`.
+    gate: gate::GateService,
+    /// `ridegate.v1.Links`, behind `authenticator`.
+    links: links::LinkService,
+    /// `ridegate.v1.HealthFeed` behind `authenticator`, when enabled.
+    feed: Option<feed::FeedService>,
+    /// Turns caller tokens into callers for Links and HealthFeed.
+    authenticator: auth::Authenticator,
+}
+
+impl Services {
+    /// The services over `app`; `Taps` streams end once `draining` turns true.
+    pub(crate) fn new(app: &App, draining: tokio::sync::watch::Receiver<bool>) -> Self {
+        let deadlines = Deadlines {
+            default_budget: app.config.deadline.default_budget,
+            margin: app.config.deadline.margin,
+        };
+        let gate = gate::GateService::new(
+            app.authorizer.clone(),
+            deadlines,
+            app.config.server.stream_concurrency,
+            draining,
+        );
+        let links = links::LinkService::new(
+            app.links.clone(),
+            app.pseudonymizer.clone(),
+            app.link_rules,
+            app.issuer_ids.clone(),
+            app.clock.clone(),
+        );
+        let feed = app.config.health.feed_enabled.then(|| {
+            feed::FeedService::new(
+                app.status_source.clone(),
+                app.status_reader.clone(),
+                app.pseudonymizer.clone(),
+            )
+        });
+        Self {
+            gate,
+            links,
+            feed,
+            authenticator: auth::Authenticator::new(app.callers.clone(), app.clock.clone()),
+        }
+    }
+}
+
 /// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
 /// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
@@ -69,25 +119,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = Arc::new(app);
-    let server_config = app.config.server.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<GateServer<gate::GateService>>().await;
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+    let services = Services::new(&app, draining_rx);
+    let caches = app.caches();
+    // From here on, each task gets only its parts.
+    let App {
+        config,
+        links,
+        status_source,
+        shared,
+        exposition,
+        audit,
+        clock,
+        ..
+    } = app;
+    let server_config = config.server.clone();
 
-    let deadlines = Deadlines {
-        default_budget: app.config.deadline.default_budget,
-        margin: app.config.deadline.margin,
-    };
-    let gate = GateServer::new(gate::GateService::new(
-        app.authorizer.clone(),
-        deadlines,
-        server_config.stream_concurrency,
-        draining_rx,
-    ))
-    // Big enough that an oversize QR text reaches the verifier and gets a DENY with
-    // CODE_OVERSIZE instead of a transport error.
-    .max_decoding_message_size(server_config.max_request_bytes);
+    let gate = GateServer::new(services.gate)
+        // Big enough that an oversize QR text reaches the verifier and gets a DENY with
+        // CODE_OVERSIZE instead of a transport error.
+        .max_decoding_message_size(server_config.max_request_bytes);
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -101,31 +154,22 @@ pub async fn serve(
         .add_service(reflection().build_v1().context("reflection v1")?)
         .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
     // Links and HealthFeed answer only callers with a valid token.
-    let authenticator = auth::Authenticator::new(app.callers.clone(), app.clock.clone());
-    let links = links::LinkService::new(
-        app.links.clone(),
-        app.pseudonymizer.clone(),
-        app.link_rules,
-        app.issuer_ids.clone(),
-        app.clock.clone(),
-    );
     routes = routes.add_service(InterceptedService::new(
-        LinksServer::new(links).max_decoding_message_size(server_config.max_request_bytes),
-        authenticator.clone(),
+        LinksServer::new(services.links).max_decoding_message_size(server_config.max_request_bytes),
+        services.authenticator.clone(),
     ));
-    if app.config.health.feed_enabled {
-        let feed = feed::FeedService::new(app.statuses.clone(), app.health.clone(), app.pseudonymizer.clone());
+    if let Some(feed) = services.feed {
         routes = routes.add_service(InterceptedService::new(
             HealthFeedServer::new(feed).max_decoding_message_size(server_config.max_request_bytes),
-            authenticator,
+            services.authenticator,
         ));
     }
     // The shared tier: probe it every interval, report its state as the health of
     // `ridegate.v1.SharedState` (the gate service keeps serving, degraded, meanwhile),
     // and follow the change stream into this instance's caches.
-    let shared_tasks = app.shared.clone().map(|tier| {
+    let shared_tasks = shared.map(|tier| {
         let prober = {
-            let (tier, reporter, every) = (tier.clone(), health_reporter.clone(), app.config.redis.probe_interval);
+            let (tier, reporter, every) = (tier.clone(), health_reporter.clone(), config.redis.probe_interval);
             tokio::spawn(async move {
                 let mut reported = None;
                 loop {
@@ -146,41 +190,33 @@ pub async fn serve(
             })
         };
         let follower = {
-            let app = app.clone();
-            changes::follow(tier, move |change| app.apply_change(change))
+            let caches = caches.clone();
+            changes::follow(tier, move |change| caches.apply_change(change))
         };
         [prober, follower]
     });
     // The health platform's change feed, applied to the cache as changes happen.
-    let platform_watch = app
-        .statuses
+    let platform_watch = status_source
         .platform()
-        .filter(|_| app.config.health.platform.watch)
-        .map(|remote| {
-            let app = app.clone();
-            remote.clone().watch(move |event| app.apply_platform_event(event))
-        });
+        .filter(|_| config.health.platform.watch)
+        .map(|remote| remote.clone().watch(move |event| caches.apply_platform_event(event)));
     // Single-journey ticket links stop resolving at the end of their day; sweep them
     // out of memory every hour.
-    let sweeper = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                every.tick().await;
-                let removed = app.sweep_links();
-                if removed > 0 {
-                    tracing::info!(removed, "expired ticket links swept");
-                }
+    let sweeper = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let removed = links.sweep_expired(clock.now());
+            if removed > 0 {
+                tracing::info!(removed, "expired ticket links swept");
             }
-        })
-    };
-    let metrics_app = app.clone();
+        }
+    });
     let router = routes.into_axum_router().route(
         "/metrics",
         axum::routing::get(move || {
-            let app = metrics_app.clone();
-            async move { app.render_metrics() }
+            let exposition = exposition.clone();
+            async move { metrics_page(&exposition) }
         }),
     );
 
@@ -199,7 +235,7 @@ pub async fn serve(
     let server = transport(&server_config)
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming(listener, &server_config), drain);
-    tracing::info!(%addr, feed = app.config.health.feed_enabled, "ridegate serving");
+    tracing::info!(%addr, feed = config.health.feed_enabled, "ridegate serving");
 
     let grace_expired = async {
         if drained_rx.await.is_ok() {
@@ -219,7 +255,20 @@ pub async fn serve(
     for task in shared_tasks.into_iter().flatten().chain(platform_watch) {
         task.abort();
     }
-    app.audit.close();
+    audit.close();
     tracing::info!("stopped");
     outcome
+}
+
+/// `GET /metrics`: the page with its content type, or a bare 500 if it cannot be
+/// rendered.
+fn metrics_page(exposition: &Exposition) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match exposition.render() {
+        Ok(text) => ([(http::header::CONTENT_TYPE, Exposition::CONTENT_TYPE)], text).into_response(),
+        Err(_) => {
+            tracing::error!("the metrics page could not be rendered");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }

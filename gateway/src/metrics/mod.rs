@@ -1,0 +1,170 @@
+//! Metrics: every name served at `GET /metrics`, the decision counters the tap path
+//! records, and (in [`exposition`]) the Prometheus text rendering of all of it.
+//!
+//! Recording a tap is a handful of relaxed atomic adds on fixed arrays — no locks, no
+//! label lookups; rendering happens only when scraped. Monotonic counts are exported as
+//! `counter`s named `…_total`, current levels as `gauge`s, decision latency as a
+//! `histogram`. No rider data, ever: labels are verdicts and reasons only.
+
+mod exposition;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ridegate_core::model::{Answer, Reason, Verdict};
+
+pub use exposition::{Exposition, Sources};
+
+/// Metric names, in one place: the names as queried (counters with their `_total`).
+pub mod names {
+    /// Counter: decisions by verdict and reason.
+    pub const DECISIONS: &str = "ridegate_decisions_total";
+    /// Counter: decisions whose answer was degraded.
+    pub const DEGRADED: &str = "ridegate_degraded_decisions_total";
+    /// Counter: answers given again to a retried request.
+    pub const RETRIES: &str = "ridegate_retried_requests_total";
+    /// Counter: shadow-mode taps that enforcement would have refused.
+    pub const SHADOW_REFUSALS: &str = "ridegate_shadow_refusals_total";
+    /// Counter: requests rejected as malformed.
+    pub const INVALID: &str = "ridegate_invalid_requests_total";
+    /// Histogram: decision latency, from receipt to answer, in seconds.
+    pub const LATENCY: &str = "ridegate_decision_seconds";
+
+    /// Gauge: audit events queued but not yet written.
+    pub const AUDIT_PENDING: &str = "ridegate_audit_pending";
+    /// Counter: audit events that could not be written.
+    pub const AUDIT_FAILED: &str = "ridegate_audit_failed_total";
+
+    /// Gauge: statuses in the health cache.
+    pub const HEALTH_CACHE_ENTRIES: &str = "ridegate_health_cache_entries";
+    /// Counter: lookups answered fresh from the health cache.
+    pub const HEALTH_CACHE_HITS: &str = "ridegate_health_cache_hits_total";
+    /// Counter: lookups that asked the status source.
+    pub const HEALTH_CACHE_MISSES: &str = "ridegate_health_cache_misses_total";
+    /// Counter: fetches sent to the status source.
+    pub const HEALTH_FETCHES: &str = "ridegate_health_fetches_total";
+    /// Counter: fetches that failed or timed out.
+    pub const HEALTH_FETCH_ERRORS: &str = "ridegate_health_fetch_errors_total";
+    /// Counter: lookups answered from a stale entry.
+    pub const HEALTH_STALE_ANSWERS: &str = "ridegate_health_stale_answers_total";
+    /// Counter: lookups with no usable status.
+    pub const HEALTH_UNAVAILABLE: &str = "ridegate_health_unavailable_total";
+    /// Counter: background refreshes of ageing entries.
+    pub const HEALTH_REFRESHES: &str = "ridegate_health_refreshes_total";
+
+    /// Gauge: credentials linked in the embedded store.
+    pub const LINKED_CREDENTIALS: &str = "ridegate_linked_credentials";
+    /// Gauge: statuses held by the embedded source.
+    pub const HEALTH_STATUSES: &str = "ridegate_health_statuses";
+
+    /// Counter: calls sent to the health platform, hedges included.
+    pub const PLATFORM_CALLS: &str = "ridegate_platform_calls_total";
+    /// Counter: second calls sent because the first was slow.
+    pub const PLATFORM_HEDGES: &str = "ridegate_platform_hedges_total";
+    /// Counter: slow calls not hedged because the hedge budget was spent.
+    pub const PLATFORM_HEDGES_REFUSED: &str = "ridegate_platform_hedges_refused_total";
+    /// Counter: second calls sent because the first failed fast.
+    pub const PLATFORM_RETRIES: &str = "ridegate_platform_retries_total";
+    /// Counter: platform fetches that failed or timed out.
+    pub const PLATFORM_FAILURES: &str = "ridegate_platform_failures_total";
+    /// Counter: fetches not sent because the circuit breaker was open.
+    pub const PLATFORM_SHORT_CIRCUITED: &str = "ridegate_platform_short_circuited_total";
+    /// Counter: times the circuit breaker opened.
+    pub const PLATFORM_BREAKER_OPENED: &str = "ridegate_platform_breaker_opened_total";
+    /// Gauge: 1 while the circuit breaker keeps calls away from the platform.
+    pub const PLATFORM_BREAKER_OPEN: &str = "ridegate_platform_breaker_open";
+    /// Counter: changes received on the platform's change feed.
+    pub const PLATFORM_CHANGES: &str = "ridegate_platform_changes_total";
+    /// Counter: times the change feed lost its place and the cache was cleared.
+    pub const PLATFORM_RESETS: &str = "ridegate_platform_resets_total";
+
+    /// Gauge: 1 while Redis answers, 0 while it is down.
+    pub const SHARED_TIER_UP: &str = "ridegate_shared_tier_up";
+    /// Counter: Redis commands that failed or timed out.
+    pub const SHARED_ERRORS: &str = "ridegate_shared_errors_total";
+    /// Counter: Redis commands not sent while it was down.
+    pub const SHARED_SKIPPED: &str = "ridegate_shared_skipped_total";
+    /// Counter: ride codes checked against this instance only, Redis not answering.
+    pub const REPLAY_LOCAL_FALLBACKS: &str = "ridegate_replay_local_fallbacks_total";
+}
+
+/// Latency bucket upper bounds, in microseconds.
+const BUCKETS_US: [u64; 16] = [
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 150_000, 200_000, 300_000, 500_000,
+    1_000_000,
+];
+
+const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::Assist];
+
+fn verdict_index(v: Verdict) -> usize {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Deny => 1,
+        Verdict::Assist => 2,
+    }
+}
+
+fn verdict_label(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Assist => "assist",
+    }
+}
+
+/// The counters the tap path records: decisions by verdict and reason, degraded
+/// answers, retries, shadow refusals, malformed requests, and the latency histogram.
+#[derive(Debug)]
+pub struct Metrics {
+    decisions: [[AtomicU64; Reason::ALL.len()]; 3],
+    degraded: AtomicU64,
+    retries: AtomicU64,
+    shadow_refusals: AtomicU64,
+    invalid: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            degraded: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            shadow_refusals: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered tap.
+    pub fn record(&self, answer: &Answer, retry: bool, latency: Duration) {
+        self.decisions[verdict_index(answer.verdict)][answer.reason.index()].fetch_add(1, Ordering::Relaxed);
+        if answer.degraded {
+            self.degraded.fetch_add(1, Ordering::Relaxed);
+        }
+        if retry {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        if answer.shadow.is_some_and(|(v, _)| v != Verdict::Allow) {
+            self.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Counts one malformed request.
+    pub fn record_invalid(&self) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decisions counted so far with this verdict and reason.
+    pub fn decisions(&self, verdict: Verdict, reason: Reason) -> u64 {
+        self.decisions[verdict_index(verdict)][reason.index()].load(Ordering::Relaxed)
+    }
+}
