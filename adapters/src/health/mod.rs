@@ -5,7 +5,7 @@
 
 mod import;
 mod memory;
-pub(crate) mod redis;
+mod redis;
 mod remote;
 
 use std::future::Future;

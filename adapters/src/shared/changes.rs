@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use redis::streams::StreamReadReply;
 
+use super::encoding::{decode_status, encode_status};
 use super::{SharedError, SharedTier};
-use crate::health::redis::{decode_status, encode_status};
 use crate::ids::{CredentialId, IdentityId};
 use ridegate_core::model::HealthStatus;
 

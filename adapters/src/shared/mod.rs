@@ -19,6 +19,7 @@
 //! waiting on a dead server for every tap) until a probe finds it up again.
 
 pub mod changes;
+pub(crate) mod encoding;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
