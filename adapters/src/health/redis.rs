@@ -87,7 +87,7 @@ impl HealthSource for RedisHealth {
             .await
             .map_err(|e| match e {
                 SharedError::Timeout => SourceError::Timeout,
-                other => SourceError::Unavailable(other.to_string()),
+                other => SourceError::Shared(Arc::new(other)),
             })?;
         Ok(text.as_deref().and_then(decode_status))
     }

@@ -167,14 +167,19 @@ pub fn from_wire(status: Option<pb::PlatformStatus>) -> Option<HealthStatus> {
     })
 }
 
+/// The platform's URL cannot be used to make a client.
+#[derive(Debug, thiserror::Error)]
+#[error("the health platform URL is not usable")]
+pub struct InvalidPlatformUrl(#[source] tonic::transport::Error);
+
 type Call = (Result<tonic::Response<pb::GetStatusResponse>, tonic::Status>, Duration);
 
 impl RemoteHealth {
     /// A client for the platform at `settings.url`; connects on first use, so ridegate
     /// starts while the platform is down.
-    pub fn connect(settings: RemoteSettings) -> Result<Self, SourceError> {
+    pub fn connect(settings: RemoteSettings) -> Result<Self, InvalidPlatformUrl> {
         let endpoint = Endpoint::from_shared(settings.url.clone())
-            .map_err(|e| SourceError::Unavailable(format!("bad platform url: {e}")))?
+            .map_err(InvalidPlatformUrl)?
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -394,7 +399,7 @@ impl HealthSource for RemoteHealth {
     async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         if !self.allow() {
             self.stats.short_circuited.fetch_add(1, Ordering::Relaxed);
-            return Err(SourceError::Unavailable("circuit open".into()));
+            return Err(SourceError::CircuitOpen);
         }
         let hex = identity.to_string();
         match tokio::time::timeout_at(deadline, self.hedged(&hex, deadline)).await {
@@ -404,15 +409,13 @@ impl HealthSource for RemoteHealth {
                 if !response.found {
                     return Ok(None);
                 }
-                from_wire(response.status)
-                    .map(Some)
-                    .ok_or_else(|| SourceError::Unavailable("unusable status".into()))
+                from_wire(response.status).map(Some).ok_or(SourceError::Unusable)
             }
             Ok((Err(status), _)) => {
                 self.failed();
                 Err(match status.code() {
                     tonic::Code::DeadlineExceeded => SourceError::Timeout,
-                    _ => SourceError::Unavailable(status.message().to_owned()),
+                    _ => SourceError::Platform(Arc::new(status)),
                 })
             }
             Err(_) => {
@@ -509,11 +512,14 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
             let err = r.fetch(IdentityId([1; 16]), deadline).await.unwrap_err();
-            assert!(matches!(err, SourceError::Unavailable(_)), "{err:?}");
+            assert!(matches!(err, SourceError::Platform(_)), "{err:?}");
         }
         assert!(r.is_open());
         let started = Instant::now();
-        assert!(r.fetch(IdentityId([1; 16]), deadline).await.is_err());
+        assert!(matches!(
+            r.fetch(IdentityId([1; 16]), deadline).await,
+            Err(SourceError::CircuitOpen)
+        ));
         assert!(started.elapsed() < Duration::from_secs(1), "no call while open");
         assert_eq!(r.stats().short_circuited.load(Ordering::Relaxed), 1);
     }

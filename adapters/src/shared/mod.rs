@@ -60,8 +60,9 @@ pub struct SharedSettings {
     pub changes_max_len: u64,
 }
 
-/// The shared tier could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The shared tier could not answer. Cheap to make and to clone: no text is formatted
+/// when a command fails; the Redis error is kept as the source, for logs only.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SharedError {
     /// It is known to be down; the command was not sent.
     #[error("shared tier down")]
@@ -69,12 +70,15 @@ pub enum SharedError {
     /// No answer within the time allowed.
     #[error("shared tier timed out")]
     Timeout,
-    /// It answered with an error, or the connection failed.
-    #[error("shared tier error: {0}")]
-    Redis(String),
-    /// The configuration cannot be used (bad URL).
-    #[error("shared tier configuration: {0}")]
-    Config(String),
+    /// The connection failed or broke: an outage (the tier is marked down).
+    #[error("shared tier connection failed")]
+    Connection(#[source] redis::RedisError),
+    /// The server refused the command (a wrong type, a script error): not an outage.
+    #[error("shared tier refused a command")]
+    Rejected(#[source] redis::RedisError),
+    /// The configuration cannot be used (a bad URL).
+    #[error("shared tier configuration is not usable")]
+    Config(#[source] redis::RedisError),
 }
 
 /// A connection to either topology; both multiplex and reconnect on their own.
@@ -201,10 +205,10 @@ impl SharedTier {
         };
         let result = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Redis(e.to_string())),
+            Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Rejected(e)),
             Ok(Err(e)) => {
                 self.mark_down();
-                Err(SharedError::Redis(e.to_string()))
+                Err(SharedError::Connection(e))
             }
             Err(_) => {
                 self.mark_down();
@@ -247,10 +251,9 @@ fn is_reply_error(e: &redis::RedisError) -> bool {
 }
 
 fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connection, SharedError> {
-    let config_error = |e: redis::RedisError| SharedError::Config(e.to_string());
     match &settings.topology {
         Topology::Single(url) => {
-            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(config_error)?;
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(SharedError::Config)?;
             let mut redis_settings = info.redis_settings().clone();
             if let Some(password) = &settings.password {
                 redis_settings = redis_settings.set_password(password);
@@ -259,7 +262,7 @@ fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connect
                 redis_settings = redis_settings.set_username(username);
             }
             let info = info.set_redis_settings(redis_settings);
-            let client = redis::Client::open(info).map_err(config_error)?;
+            let client = redis::Client::open(info).map_err(SharedError::Config)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
                 .set_response_timeout(Some(response_timeout))
@@ -267,7 +270,7 @@ fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connect
                 .set_max_delay(Duration::from_secs(2));
             ConnectionManager::new_lazy_with_config(client, config)
                 .map(Connection::Single)
-                .map_err(config_error)
+                .map_err(SharedError::Config)
         }
         Topology::Cluster(seeds) => {
             let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
@@ -280,7 +283,7 @@ fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connect
             if let Some(username) = &settings.username {
                 builder = builder.username(username.clone());
             }
-            let client = builder.build().map_err(config_error)?;
+            let client = builder.build().map_err(SharedError::Config)?;
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(settings.connect_timeout)
                 .set_response_timeout(response_timeout);

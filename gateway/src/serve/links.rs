@@ -233,7 +233,7 @@ impl pb::links_server::Links for LinkService {
             .unlink(credential)
             .await
             .map_err(LinkDenied::from)?
-            .ok_or_else(|| LinkDenied::NotFound("this credential is not linked".into()))?;
+            .ok_or(LinkDenied::NotFound("this credential is not linked"))?;
         tracing::info!(caller = caller.kind.label(), class = ?record.class, "unlink");
         Ok(Response::new(pb::UnlinkResponse {
             credential_masked: record.masked(),
