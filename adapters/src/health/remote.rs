@@ -21,33 +21,89 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ridegate_proto::pb;
 use ridegate_proto::pb::health_platform_client::HealthPlatformClient;
+use serde::Deserialize;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{HealthSource, SourceError};
 use crate::ids::IdentityId;
+use crate::settings::{InvalidSetting, invalid};
 use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 
-/// How to call the platform.
-#[derive(Debug, Clone)]
+/// How to call the platform: `[health.platform]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RemoteSettings {
-    /// The platform's address, `http://host:port`.
+    /// The platform's address, `http://host:port`; empty: no platform (statuses come
+    /// from a file, the feed, or Redis).
     pub url: String,
-    /// Hedge when a call is slower than this percentile of recent calls (0 disables).
+    /// Send a second request when the first is slower than this percentile of recent
+    /// calls (0 turns hedging off).
     pub hedge_percentile: f64,
-    /// The hedge delay is kept within these bounds.
+    /// The hedge delay is kept between these bounds.
+    #[serde(with = "humantime_serde")]
     pub hedge_min_delay: Duration,
     /// See `hedge_min_delay`.
+    #[serde(with = "humantime_serde")]
     pub hedge_max_delay: Duration,
-    /// Most hedges per call, on average (0.1: one call in ten may be hedged), so a
-    /// platform that slows down is not sent twice its load.
+    /// Most hedges per call on average (0.1: one call in ten), so a platform that slows
+    /// down is not sent twice its load.
     pub hedge_budget: f64,
-    /// Failures in a row that open the circuit breaker.
+    /// Failures in a row that open the circuit breaker: taps stop waiting for the
+    /// platform and are answered from the cache, degraded.
     pub breaker_failures: u32,
-    /// How long the breaker stays open before one call probes the platform.
+    /// How long the breaker stays open before one call probes the platform again.
+    #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
     /// Longest wait to connect.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Follow the platform's change feed ([`RemoteHealth::watch`]) and apply changes to
+    /// the cache at once.
+    pub watch: bool,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            hedge_percentile: 0.95,
+            hedge_min_delay: Duration::from_millis(2),
+            hedge_max_delay: Duration::from_millis(100),
+            hedge_budget: 0.1,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            watch: true,
+        }
+    }
+}
+
+impl RemoteSettings {
+    /// Whether a platform is configured at all (an empty `url` means none).
+    pub fn is_configured(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Checks what the types alone do not; the error names the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.is_configured() && !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return invalid("url", "must be http://host:port or https://host:port");
+        }
+        if !(0.0..1.0).contains(&self.hedge_percentile) {
+            return invalid("hedge_percentile", "must be at least 0 and below 1");
+        }
+        if !(0.0..=1.0).contains(&self.hedge_budget) {
+            return invalid("hedge_budget", "must be between 0 and 1");
+        }
+        if self.hedge_min_delay > self.hedge_max_delay {
+            return invalid("hedge_min_delay", "must not exceed hedge_max_delay");
+        }
+        if self.breaker_failures == 0 {
+            return invalid("breaker_failures", "must be more than 0");
+        }
+        Ok(())
+    }
 }
 
 /// Counters for metrics and benchmarks.
@@ -440,6 +496,7 @@ mod tests {
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
+            watch: false,
         })
         .unwrap()
     }
