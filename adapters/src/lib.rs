@@ -18,4 +18,5 @@ pub mod ids;
 pub mod lines;
 pub mod link;
 pub mod replay;
+pub mod settings;
 pub mod shared;

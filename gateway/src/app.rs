@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
 use ridegate_adapters::caller::CallerVerifier;
-use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifierLimits};
+use ridegate_adapters::credential::ride_code::RideCodeVerifier;
 use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
 use ridegate_adapters::idempotency::{MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::Pseudonymizer;
@@ -80,11 +80,7 @@ impl App {
             Pseudonymizer::new(config.identity.secret.as_bytes())?
         };
         let specs = config.issuer_specs()?;
-        let limits = VerifierLimits {
-            max_code_bytes: config.ride_codes.max_code_bytes,
-            certificate_cache_capacity: config.ride_codes.certificate_cache_capacity,
-        };
-        let verifier = RideCodeVerifier::new(&specs, limits).context("issuers")?;
+        let verifier = RideCodeVerifier::new(&specs, config.ride_codes).context("issuers")?;
         let issuer_ids: HashSet<String> = specs.iter().map(|s| s.id.clone()).collect();
         let keyed: Vec<&str> = specs
             .iter()
@@ -99,23 +95,21 @@ impl App {
             tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");
         }
 
-        let shared = match config.redis.shared_settings() {
-            None => None,
-            Some(settings) => {
-                let tier = SharedTier::connect(settings).context("redis")?;
-                if !tier.probe().await {
-                    tracing::warn!("Redis is not reachable yet: starting degraded, it will be used once it answers");
-                }
-                Some(tier)
+        let shared = if config.redis.is_configured() {
+            let tier = SharedTier::connect(config.redis.clone()).context("redis")?;
+            if !tier.probe().await {
+                tracing::warn!("Redis is not reachable yet: starting degraded, it will be used once it answers");
             }
+            Some(tier)
+        } else {
+            None
         };
-        let platform = match config.health.platform.remote_settings() {
-            None => None,
-            Some(settings) => {
-                let remote = RemoteHealth::connect(settings).context("health.platform")?;
-                tracing::info!(url = %config.health.platform.url, "health statuses come from the health-code platform");
-                Some(Arc::new(remote))
-            }
+        let platform = if config.health.platform.is_configured() {
+            let remote = RemoteHealth::connect(config.health.platform.clone()).context("health.platform")?;
+            tracing::info!(url = %config.health.platform.url, "health statuses come from the health-code platform");
+            Some(Arc::new(remote))
+        } else {
+            None
         };
         let replay_fallbacks = Arc::new(AtomicU64::new(0));
         let (links, mut status_source, replay, idempotency) = match &shared {

@@ -225,12 +225,9 @@ impl<S: HealthSource> HealthCache<S> {
             return futures::future::ready(Ok(entry.status)).boxed().shared();
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let fetch: Fetch = async move {
-            rx.await
-                .unwrap_or(Err(SourceError::Unavailable("fetch abandoned".into())))
-        }
-        .boxed()
-        .shared();
+        let fetch: Fetch = async move { rx.await.unwrap_or(Err(SourceError::Abandoned)) }
+            .boxed()
+            .shared();
         inflight.insert(identity, fetch.clone());
         drop(inflight);
         let inner = self.inner.clone();
@@ -336,7 +333,7 @@ mod tests {
             let delay = *self.delay.lock();
             tokio::time::sleep(delay).await;
             if *self.failing.lock() {
-                return Err(SourceError::Unavailable("down".into()));
+                return Err(SourceError::CircuitOpen);
             }
             Ok(self.store.get(&identity))
         }

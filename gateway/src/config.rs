@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
-use ridegate_adapters::credential::ride_code::{IssuerSpec, SigningAlg, VerifierLimits};
+use ridegate_adapters::credential::ride_code::{IssuerSettings, IssuerSpec, VerifierLimits};
 use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
 use ridegate_adapters::link::SecondCard;
-use ridegate_adapters::shared::{SharedSettings, Topology};
+use ridegate_adapters::settings::InvalidSetting;
+use ridegate_adapters::shared::SharedSettings;
 use ridegate_core::decision::Rules;
 use serde::Deserialize;
 
@@ -58,6 +59,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     }
 }
 
+/// Turns an adapter's [`InvalidSetting`] into a [`ConfigError`] naming the field in
+/// full, under `section`.
+fn in_section(section: &str) -> impl Fn(InvalidSetting) -> ConfigError + '_ {
+    move |e| invalid(format!("{section}.{}", e.field), e.problem)
+}
+
 /// Everything `ridegate serve` needs.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,8 +75,8 @@ pub struct Config {
     pub deadline: DeadlineConfig,
     /// The pseudonym secret.
     pub identity: IdentityConfig,
-    /// Limits that apply to every ride code.
-    pub ride_codes: RideCodeConfig,
+    /// Limits that apply to every ride code (`[ride_codes]`).
+    pub ride_codes: VerifierLimits,
     /// Ride-code issuers by id, merged onto the built-in list.
     pub issuers: BTreeMap<String, IssuerConfig>,
     /// Keys that sign caller tokens (link service, health feed).
@@ -80,8 +87,9 @@ pub struct Config {
     pub health: HealthConfig,
     /// The decision rules.
     pub policy: Rules,
-    /// The shared tier (Redis, Redis Cluster); none: everything stays in this process.
-    pub redis: RedisConfig,
+    /// The shared tier (Redis, Redis Cluster) (`[redis]`); none: everything stays in
+    /// this process.
+    pub redis: SharedSettings,
     /// Where decisions are recorded.
     pub audit: AuditConfig,
     /// Logging.
@@ -140,6 +148,18 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency_per_connection == 0 {
+            return Err(invalid("server.concurrency_per_connection", "must be more than 0"));
+        }
+        if self.stream_concurrency == 0 {
+            return Err(invalid("server.stream_concurrency", "must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
 /// `[deadline]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -166,6 +186,18 @@ impl Default for DeadlineConfig {
     }
 }
 
+impl DeadlineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.default_budget.is_zero() {
+            return Err(invalid("deadline.default_budget", "must be more than 0"));
+        }
+        if self.margin >= self.default_budget {
+            return Err(invalid("deadline.margin", "must be less than deadline.default_budget"));
+        }
+        Ok(())
+    }
+}
+
 /// `[identity]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -176,27 +208,21 @@ pub struct IdentityConfig {
     pub secret: String,
 }
 
-/// `[ride_codes]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RideCodeConfig {
-    /// Longest QR text accepted, in bytes.
-    pub max_code_bytes: usize,
-    /// How many verified device certificates to cache.
-    pub certificate_cache_capacity: u64,
-}
-
-impl Default for RideCodeConfig {
-    fn default() -> Self {
-        let limits = VerifierLimits::default();
-        Self {
-            max_code_bytes: limits.max_code_bytes,
-            certificate_cache_capacity: limits.certificate_cache_capacity,
+impl IdentityConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let secret = self.secret.as_bytes();
+        if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                "identity.secret",
+                format!("must be at least {MIN_SECRET_BYTES} bytes"),
+            ));
         }
+        Ok(())
     }
 }
 
-/// `[issuers.<id>]`: one ride-code issuer.
+/// `[issuers.<id>]`: one ride-code issuer: where its keys come from, and how its codes
+/// are checked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IssuerConfig {
@@ -204,25 +230,14 @@ pub struct IssuerConfig {
     pub enabled: bool,
     /// Display name (defaults to the built-in name, or the id).
     pub name: String,
-    /// Algorithms its codes may use: `ES256`, `EdDSA`.
-    pub algorithms: Vec<SigningAlg>,
     /// Path to a JWK Set file with its public keys.
     pub jwks_file: Option<PathBuf>,
     /// Public keys inline, as JWKs (merged with `jwks_file`).
     pub keys: Vec<toml::Table>,
-    /// Longest code lifetime (`exp` − `iat`).
-    #[serde(with = "humantime_serde")]
-    pub max_lifetime: Duration,
-    /// Clock skew tolerated on `exp`, `iat`, `nbf`.
-    #[serde(with = "humantime_serde")]
-    pub clock_skew: Duration,
-    /// Whether it certifies phone keys for offline codes.
-    pub device_certificates: bool,
-    /// Longest device-certificate lifetime.
-    #[serde(with = "humantime_serde")]
-    pub max_certificate_lifetime: Duration,
-    /// Revoked device-certificate ids.
-    pub revoked_certificates: Vec<String>,
+    /// How its codes are checked (algorithms, lifetimes, revoked certificates), in the
+    /// same table.
+    #[serde(flatten)]
+    pub settings: IssuerSettings,
 }
 
 impl Default for IssuerConfig {
@@ -230,15 +245,21 @@ impl Default for IssuerConfig {
         Self {
             enabled: true,
             name: String::new(),
-            algorithms: vec![SigningAlg::Es256, SigningAlg::EdDsa],
             jwks_file: None,
             keys: Vec::new(),
-            max_lifetime: Duration::from_secs(60),
-            clock_skew: Duration::from_secs(5),
-            device_certificates: true,
-            max_certificate_lifetime: Duration::from_secs(30 * 86_400),
-            revoked_certificates: Vec::new(),
+            settings: IssuerSettings::default(),
         }
+    }
+}
+
+impl IssuerConfig {
+    /// Checks `[issuers.<id>]`. A disabled issuer is never loaded, so only an enabled
+    /// one's checks are validated.
+    fn validate(&self, id: &str) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.settings.validate().map_err(in_section(&format!("issuers.{id}")))
     }
 }
 
@@ -306,6 +327,18 @@ impl Default for LinksConfig {
     }
 }
 
+impl LinksConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(8..=20).contains(&self.full_card_digits) {
+            return Err(invalid("links.full_card_digits", "must be between 8 and 20"));
+        }
+        if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
+            return Err(invalid("links.utc_offset_minutes", "must be between -840 and 840"));
+        }
+        Ok(())
+    }
+}
+
 /// `[health]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -328,72 +361,9 @@ pub struct HealthConfig {
     /// Share of `cache_ttl` after which a tap that hits the entry also refreshes it in
     /// the background, so the rider in the queue does not pay for the fetch (0: off).
     pub refresh_ahead: f64,
-    /// The health-code platform, when statuses come from it over the network.
-    pub platform: PlatformConfig,
-}
-
-/// `[health.platform]`: the health-code platform (`ridegate.v1.HealthPlatform`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PlatformConfig {
-    /// The platform's address, `http://host:port`; empty: no platform (statuses come
-    /// from `health.file`, the feed, or Redis).
-    pub url: String,
-    /// Send a second request when the first is slower than this percentile of recent
-    /// calls (0 turns hedging off).
-    pub hedge_percentile: f64,
-    /// The hedge delay is kept between these bounds.
-    #[serde(with = "humantime_serde")]
-    pub hedge_min_delay: Duration,
-    /// See `hedge_min_delay`.
-    #[serde(with = "humantime_serde")]
-    pub hedge_max_delay: Duration,
-    /// Most hedges per call on average (0.1: one call in ten), so a platform that slows
-    /// down is not sent twice its load.
-    pub hedge_budget: f64,
-    /// Failures in a row that open the circuit breaker: taps stop waiting for the
-    /// platform and are answered from the cache, degraded.
-    pub breaker_failures: u32,
-    /// How long the breaker stays open before one call probes the platform again.
-    #[serde(with = "humantime_serde")]
-    pub breaker_cooldown: Duration,
-    /// Longest wait to connect.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Follow the platform's change feed and apply changes to the cache at once.
-    pub watch: bool,
-}
-
-impl Default for PlatformConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            hedge_percentile: 0.95,
-            hedge_min_delay: Duration::from_millis(2),
-            hedge_max_delay: Duration::from_millis(100),
-            hedge_budget: 0.1,
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            watch: true,
-        }
-    }
-}
-
-impl PlatformConfig {
-    /// The client settings, or `None` when no platform is configured.
-    pub fn remote_settings(&self) -> Option<RemoteSettings> {
-        (!self.url.is_empty()).then(|| RemoteSettings {
-            url: self.url.clone(),
-            hedge_percentile: self.hedge_percentile,
-            hedge_min_delay: self.hedge_min_delay,
-            hedge_max_delay: self.hedge_max_delay,
-            hedge_budget: self.hedge_budget,
-            breaker_failures: self.breaker_failures,
-            breaker_cooldown: self.breaker_cooldown,
-            connect_timeout: self.connect_timeout,
-        })
-    }
+    /// The health-code platform (`[health.platform]`), when statuses come from it over
+    /// the network.
+    pub platform: RemoteSettings,
 }
 
 impl Default for HealthConfig {
@@ -406,84 +376,33 @@ impl Default for HealthConfig {
             fetch_timeout: Duration::from_millis(150),
             feed_enabled: false,
             refresh_ahead: 0.8,
-            platform: PlatformConfig::default(),
+            platform: RemoteSettings::default(),
         }
     }
 }
 
-/// `[redis]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// One server: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS.
-    pub url: String,
-    /// Redis Cluster seed nodes (same URL forms). Exclusive with `url`.
-    pub cluster: Vec<String>,
-    /// Username, if not in the URLs.
-    pub username: String,
-    /// Password, if not in the URLs. Prefer `RIDEGATE_REDIS_PASSWORD`.
-    pub password: String,
-    /// Prefix of every key ridegate writes.
-    pub prefix: String,
-    /// Longest wait for one Redis command; the tap's own deadline may cut it shorter.
-    /// Keep it well under the gate's budget: a timeout marks Redis down and later taps
-    /// fall back at once.
-    #[serde(with = "humantime_serde")]
-    pub operation_timeout: Duration,
-    /// Longest wait to connect.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// How often a down Redis is probed.
-    #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// Change-stream entries kept (approximately): how far behind an instance may fall
-    /// and still catch up instead of clearing its caches.
-    pub changes_max_len: u64,
-    /// Links cached locally.
-    pub link_cache_capacity: u64,
-    /// How long a cached link answer is kept (changes invalidate it sooner).
-    #[serde(with = "humantime_serde")]
-    pub link_cache_ttl: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            cluster: Vec::new(),
-            username: String::new(),
-            password: String::new(),
-            prefix: "rg".into(),
-            operation_timeout: Duration::from_millis(50),
-            connect_timeout: Duration::from_secs(1),
-            probe_interval: Duration::from_millis(500),
-            changes_max_len: 100_000,
-            link_cache_capacity: 2_000_000,
-            link_cache_ttl: Duration::from_secs(60),
+impl HealthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_staleness < self.cache_ttl {
+            return Err(invalid("health.max_staleness", "must be at least health.cache_ttl"));
         }
-    }
-}
-
-impl RedisConfig {
-    /// The shared-tier settings, or `None` when no Redis is configured.
-    pub fn shared_settings(&self) -> Option<SharedSettings> {
-        let topology = if !self.cluster.is_empty() {
-            Topology::Cluster(self.cluster.clone())
-        } else if !self.url.is_empty() {
-            Topology::Single(self.url.clone())
-        } else {
-            return None;
-        };
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        Some(SharedSettings {
-            topology,
-            username: non_empty(&self.username),
-            password: non_empty(&self.password),
-            prefix: self.prefix.clone(),
-            operation_timeout: self.operation_timeout,
-            connect_timeout: self.connect_timeout,
-            changes_max_len: self.changes_max_len,
-        })
+        if self.cache_capacity == 0 {
+            return Err(invalid("health.cache_capacity", "must be more than 0"));
+        }
+        if self.fetch_timeout.is_zero() {
+            return Err(invalid("health.fetch_timeout", "must be more than 0"));
+        }
+        if !(0.0..=1.0).contains(&self.refresh_ahead) {
+            return Err(invalid("health.refresh_ahead", "must be between 0 and 1"));
+        }
+        self.platform.validate().map_err(in_section("health.platform"))?;
+        if self.platform.is_configured() && self.file.is_some() {
+            return Err(invalid(
+                "health.file",
+                "cannot be used with health.platform.url: the platform is the source of statuses",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -498,6 +417,15 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self { path: "-".into() }
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.path.is_empty() {
+            return Err(invalid("audit.path", "must be - (stdout) or a file path"));
+        }
+        Ok(())
     }
 }
 
@@ -548,124 +476,25 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
-    /// Checks values that the types alone do not.
+    /// Checks values that the types alone do not, section by section; the error names
+    /// the first field found wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let d = &self.deadline;
-        if d.default_budget.is_zero() {
-            return Err(invalid("deadline.default_budget", "must be more than 0"));
-        }
-        if d.margin >= d.default_budget {
-            return Err(invalid("deadline.margin", "must be less than deadline.default_budget"));
-        }
-        let secret = self.identity.secret.as_bytes();
-        if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
-            return Err(invalid(
-                "identity.secret",
-                format!("must be at least {MIN_SECRET_BYTES} bytes"),
-            ));
-        }
-        let h = &self.health;
-        if h.max_staleness < h.cache_ttl {
-            return Err(invalid("health.max_staleness", "must be at least health.cache_ttl"));
-        }
-        if h.cache_capacity == 0 {
-            return Err(invalid("health.cache_capacity", "must be more than 0"));
-        }
-        if h.fetch_timeout.is_zero() {
-            return Err(invalid("health.fetch_timeout", "must be more than 0"));
-        }
-        if !(0.0..=1.0).contains(&h.refresh_ahead) {
-            return Err(invalid("health.refresh_ahead", "must be between 0 and 1"));
-        }
-        let p = &h.platform;
-        if !p.url.is_empty() {
-            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
-                return Err(invalid(
-                    "health.platform.url",
-                    "must be http://host:port or https://host:port",
-                ));
-            }
-            if h.file.is_some() {
-                return Err(invalid(
-                    "health.file",
-                    "cannot be used with health.platform.url: the platform is the source of statuses",
-                ));
-            }
-        }
-        if !(0.0..1.0).contains(&p.hedge_percentile) {
-            return Err(invalid(
-                "health.platform.hedge_percentile",
-                "must be at least 0 and below 1",
-            ));
-        }
-        if !(0.0..=1.0).contains(&p.hedge_budget) {
-            return Err(invalid("health.platform.hedge_budget", "must be between 0 and 1"));
-        }
-        if p.hedge_min_delay > p.hedge_max_delay {
-            return Err(invalid(
-                "health.platform.hedge_min_delay",
-                "must not exceed hedge_max_delay",
-            ));
-        }
-        if p.breaker_failures == 0 {
-            return Err(invalid("health.platform.breaker_failures", "must be more than 0"));
-        }
-        if self.ride_codes.max_code_bytes == 0 || self.ride_codes.max_code_bytes > self.server.max_request_bytes {
+        self.deadline.validate()?;
+        self.identity.validate()?;
+        self.health.validate()?;
+        self.ride_codes.validate().map_err(in_section("ride_codes"))?;
+        if self.ride_codes.max_code_bytes > self.server.max_request_bytes {
             return Err(invalid(
                 "ride_codes.max_code_bytes",
                 "must be between 1 and server.max_request_bytes",
             ));
         }
-        if !(8..=20).contains(&self.links.full_card_digits) {
-            return Err(invalid("links.full_card_digits", "must be between 8 and 20"));
-        }
-        if !(-14 * 60..=14 * 60).contains(&self.links.utc_offset_minutes) {
-            return Err(invalid("links.utc_offset_minutes", "must be between -840 and 840"));
-        }
-        let r = &self.redis;
-        if !r.url.is_empty() && !r.cluster.is_empty() {
-            return Err(invalid(
-                "redis",
-                "set either url (one server) or cluster (seed nodes), not both",
-            ));
-        }
-        if r.prefix.is_empty()
-            || r.prefix.len() > 16
-            || !r
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(invalid(
-                "redis.prefix",
-                "must be 1-16 characters of letters, digits, '-' and '_'",
-            ));
-        }
-        if r.operation_timeout.is_zero() || r.probe_interval.is_zero() {
-            return Err(invalid(
-                "redis",
-                "operation_timeout and probe_interval must be more than 0",
-            ));
-        }
-        if self.audit.path.is_empty() {
-            return Err(invalid("audit.path", "must be - (stdout) or a file path"));
-        }
-        if self.server.concurrency_per_connection == 0 || self.server.stream_concurrency == 0 {
-            return Err(invalid(
-                "server",
-                "concurrency_per_connection and stream_concurrency must be more than 0",
-            ));
-        }
+        self.links.validate()?;
+        self.redis.validate().map_err(in_section("redis"))?;
+        self.audit.validate()?;
+        self.server.validate()?;
         for (id, issuer) in &self.issuers {
-            if issuer.enabled && issuer.algorithms.is_empty() {
-                return Err(invalid(
-                    format!("issuers.{id}.algorithms"),
-                    "must list at least one of ES256, EdDSA",
-                ));
-            }
-            if issuer.max_lifetime.is_zero() {
-                return Err(invalid(format!("issuers.{id}.max_lifetime"), "must be more than 0"));
-            }
+            issuer.validate(id)?;
         }
         Ok(())
     }
@@ -704,13 +533,8 @@ impl Config {
                 Ok(IssuerSpec {
                     id,
                     name: issuer.name,
-                    algorithms: issuer.algorithms,
                     keys,
-                    max_lifetime: issuer.max_lifetime,
-                    clock_skew: issuer.clock_skew,
-                    device_certificates: issuer.device_certificates,
-                    max_certificate_lifetime: issuer.max_certificate_lifetime,
-                    revoked_certificates: issuer.revoked_certificates,
+                    settings: issuer.settings,
                 })
             })
             .collect()
@@ -808,6 +632,47 @@ mod tests {
     }
 
     #[test]
+    fn adapter_settings_deny_unknown_fields_and_name_invalid_ones_in_full() {
+        for (toml, unknown) in [
+            ("[redis]\nurll = \"redis://x\"\n", "urll"),
+            ("[health.platform]\nhedge = 0.5\n", "hedge"),
+            ("[ride_codes]\nmax_bytes = 5\n", "max_bytes"),
+            // Issuer checks are flattened into the issuer's table: still denied.
+            ("[issuers.alipay]\nmax_lifetme = \"30s\"\n", "max_lifetme"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.contains(unknown), "{err}");
+        }
+        for (toml, message) in [
+            (
+                "[redis]\noperation_timeout = \"0s\"\n",
+                "redis.operation_timeout: must be more than 0",
+            ),
+            (
+                "[redis]\nurl = \"redis://a\"\ncluster = [\"redis://b\"]\n",
+                "redis.cluster: set either url (one server) or cluster (seed nodes), not both",
+            ),
+            (
+                "[health.platform]\nbreaker_failures = 0\n",
+                "health.platform.breaker_failures: must be more than 0",
+            ),
+            (
+                "[issuers.hangzhou-metro]\nalgorithms = []\n",
+                "issuers.hangzhou-metro.algorithms: must list at least one of ES256, EdDSA",
+            ),
+            (
+                "[ride_codes]\nmax_code_bytes = 0\n",
+                "ride_codes.max_code_bytes: must be more than 0",
+            ),
+        ] {
+            let config = Config::from_toml(toml).unwrap();
+            assert_eq!(config.validate().unwrap_err().to_string(), message);
+        }
+        let config = Config::from_toml("[issuers.cmb]\nenabled = false\nalgorithms = []\n").unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn issuers_merge_onto_the_builtin_list() {
         let config = Config::from_toml(
             "[issuers.alipay]\nmax_lifetime = \"30s\"\n\n[issuers.cmb]\nenabled = false\n\n[issuers.hangzhou-metro]\nalgorithms = [\"EdDSA\"]\n",
@@ -816,7 +681,7 @@ mod tests {
         let specs = config.issuer_specs().unwrap();
         let alipay = specs.iter().find(|s| s.id == "alipay").unwrap();
         assert_eq!(
-            (alipay.name.as_str(), alipay.max_lifetime),
+            (alipay.name.as_str(), alipay.settings.max_lifetime),
             ("支付宝 Alipay", Duration::from_secs(30))
         );
         assert!(specs.iter().all(|s| s.id != "cmb"));

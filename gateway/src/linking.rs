@@ -52,8 +52,10 @@ pub enum RawTarget {
     },
 }
 
-/// Why a link operation is refused; each becomes one gRPC status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a link operation is refused; `serve::status` turns each into one gRPC status.
+/// Every message but a store failure's is meant for the caller; a store failure keeps
+/// its cause for the log.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkDenied {
     /// The request is malformed (INVALID_ARGUMENT).
     #[error("{field}: {message}")]
@@ -68,32 +70,20 @@ pub enum LinkDenied {
     Forbidden(String),
     /// Not allowed in the current state (FAILED_PRECONDITION).
     #[error("{0}")]
-    Precondition(String),
-    /// The credential is someone else's (ALREADY_EXISTS).
-    #[error("{0}")]
-    Conflict(String),
+    Precondition(&'static str),
     /// Nothing to act on (NOT_FOUND).
     #[error("{0}")]
-    NotFound(String),
-    /// The store failed (UNAVAILABLE).
-    #[error("{0}")]
-    Unavailable(String),
+    NotFound(&'static str),
+    /// The store refused the link (the credential is someone else's, a second card) or
+    /// could not answer.
+    #[error(transparent)]
+    Store(#[from] LinkError),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> LinkDenied {
     LinkDenied::Invalid {
         field,
         message: message.into(),
-    }
-}
-
-impl From<LinkError> for LinkDenied {
-    fn from(e: LinkError) -> Self {
-        match e {
-            LinkError::LinkedToAnother => Self::Conflict(e.to_string()),
-            LinkError::SecondCard { .. } => Self::Precondition(e.to_string()),
-            LinkError::Unavailable(_) => Self::Unavailable(e.to_string()),
-        }
     }
 }
 
@@ -115,7 +105,7 @@ pub fn target(
     } = raw
         && rules.suspend_electronic_tickets
     {
-        return Err(LinkDenied::Precondition(SUSPENDED.into()));
+        return Err(LinkDenied::Precondition(SUSPENDED));
     }
     let allowed = match (caller.kind, raw) {
         (CallerKind::BackEnd, _) => true,
@@ -478,7 +468,7 @@ mod tests {
                 &command(ticket(TicketKind::ElectronicSingleJourney), Consent::TicketPurchase),
             )
             .unwrap_err();
-            assert_eq!(err, LinkDenied::Precondition(SUSPENDED.into()));
+            assert!(matches!(err, LinkDenied::Precondition(SUSPENDED)), "{err:?}");
         }
     }
 

@@ -18,6 +18,7 @@ use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency, RedisI
 use ridegate_adapters::ids::{CodeKey, CredentialId, IdentityId, RequestKey};
 use ridegate_adapters::link::{LinkError, LinkRecord, LinkStore, Linked, MemoryLinks, RedisLinks};
 use ridegate_adapters::replay::{Claim, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
+use ridegate_adapters::shared::SharedError;
 use ridegate_core::model::{Answer, HealthStatus, UnixMillis};
 use tokio::time::{Instant, timeout_at};
 
@@ -45,7 +46,7 @@ impl LinkBackend {
             Self::Memory(m) => Ok(m.resolve_now(&credential, now)),
             Self::Shared(r) => timeout_at(deadline, r.resolve(credential, now))
                 .await
-                .unwrap_or_else(|_| Err(LinkError::Unavailable("no answer within the tap's budget".into()))),
+                .unwrap_or(Err(LinkError::Unavailable(SharedError::Timeout))),
         }
     }
 
@@ -143,10 +144,29 @@ pub enum StatusSource {
     },
 }
 
-/// A status could not be stored.
+/// A status could not be stored. Its message is safe to give the publisher; the shared
+/// tier's error is kept as the source, for logs.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time: sending the status
+    /// again later may work.
+    #[error("the status store is unavailable; send it again")]
+    Unavailable(#[source] SharedError),
+    /// The store refused the write: sending it again will not help.
+    #[error("the status store refused the status")]
+    Refused(#[source] SharedError),
+}
+
+impl From<SharedError> for StoreError {
+    fn from(e: SharedError) -> Self {
+        match e {
+            SharedError::Rejected(_) => Self::Refused(e),
+            SharedError::Down | SharedError::Timeout | SharedError::Connection(_) | SharedError::Config(_) => {
+                Self::Unavailable(e)
+            }
+        }
+    }
+}
 
 impl StatusSource {
     /// Stores a status unless a later one is held; in Redis, announces it to every
@@ -158,7 +178,7 @@ impl StatusSource {
             Self::Shared(r) | Self::Platform { tier: Some(r), .. } => r,
             Self::Platform { tier: None, .. } => return Ok(Applied::Stored),
         };
-        redis.put(identity, status).await.map_err(|e| StoreError(e.to_string()))
+        Ok(redis.put(identity, status).await?)
     }
 
     /// Statuses held, when they are held in this process.

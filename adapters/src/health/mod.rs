@@ -5,30 +5,46 @@
 
 mod import;
 mod memory;
-pub(crate) mod redis;
+mod redis;
 mod remote;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use import::{StatusLine, read_statuses};
 pub use memory::{Applied, MemoryHealth};
 pub use redis::RedisHealth;
-pub use remote::{RemoteHealth, RemoteSettings, RemoteStats, WatchEvent, from_wire, to_wire};
+pub use remote::{InvalidPlatformUrl, RemoteHealth, RemoteSettings, RemoteStats, WatchEvent, from_wire, to_wire};
 
 use tokio::time::Instant;
 
 use crate::ids::IdentityId;
+use crate::shared::SharedError;
 use ridegate_core::model::HealthStatus;
 
-/// The source could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The source could not answer. Cloned to every tap waiting on one fetch, so it holds
+/// its cause behind an `Arc`, and formats no text until it is displayed; the cause is
+/// for logs, never for callers.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     /// It did not answer in time.
     #[error("health source timed out")]
     Timeout,
-    /// It answered with an error, or could not be reached.
-    #[error("health source unavailable: {0}")]
-    Unavailable(String),
+    /// The platform is not being called for now: its circuit breaker is open.
+    #[error("health platform circuit breaker open")]
+    CircuitOpen,
+    /// The platform answered with an error.
+    #[error("health platform failed")]
+    Platform(#[source] Arc<tonic::Status>),
+    /// The platform answered with a status that cannot be used.
+    #[error("health platform sent an unusable status")]
+    Unusable,
+    /// The shared tier could not answer.
+    #[error("health statuses in the shared tier unavailable")]
+    Shared(#[source] Arc<SharedError>),
+    /// The fetch ended before it answered (its task was dropped).
+    #[error("health fetch abandoned")]
+    Abandoned,
 }
 
 /// Fetches health statuses.

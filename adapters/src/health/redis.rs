@@ -1,6 +1,6 @@
 //! Health statuses in the shared tier, behind each instance's local cache. A status is
-//! stored as compact text, `<colour>:<set_at ms>:<negative test ms or 0>`; a newer
-//! status always wins, whichever instance writes it and in whatever order.
+//! stored in the compact text form of [`crate::shared::encoding`]; a newer status
+//! always wins, whichever instance writes it and in whatever order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +10,9 @@ use tokio::time::Instant;
 use super::{Applied, HealthSource, SourceError};
 use crate::ids::IdentityId;
 use crate::shared::changes::Change;
+use crate::shared::encoding::{decode_status, encode_status};
 use crate::shared::{SharedError, SharedTier};
-use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
+use ridegate_core::model::HealthStatus;
 
 /// Stores `ARGV[1]` at `KEYS[1]` unless the status there was set later than `ARGV[2]`;
 /// with `ARGV[3]` > 0, it expires after that many milliseconds.
@@ -28,38 +29,6 @@ else
 end
 return 1
 ";
-
-/// The text form of a status.
-pub(crate) fn encode_status(status: &HealthStatus) -> String {
-    let colour = match status.colour {
-        Colour::Green => 'g',
-        Colour::Yellow => 'y',
-        Colour::Red => 'r',
-    };
-    format!(
-        "{colour}:{}:{}",
-        status.set_at.0,
-        status.negative_test_at.map_or(0, |t| t.0)
-    )
-}
-
-/// A status from its text form.
-pub(crate) fn decode_status(text: &str) -> Option<HealthStatus> {
-    let mut parts = text.split(':');
-    let colour = match parts.next()? {
-        "g" => Colour::Green,
-        "y" => Colour::Yellow,
-        "r" => Colour::Red,
-        _ => return None,
-    };
-    let set_at = UnixMillis(parts.next()?.parse().ok()?);
-    let tested: i64 = parts.next()?.parse().ok()?;
-    Some(HealthStatus {
-        colour,
-        set_at,
-        negative_test_at: (tested > 0).then_some(UnixMillis(tested)),
-    })
-}
 
 /// Statuses in Redis.
 #[derive(Debug, Clone)]
@@ -118,33 +87,8 @@ impl HealthSource for RedisHealth {
             .await
             .map_err(|e| match e {
                 SharedError::Timeout => SourceError::Timeout,
-                other => SourceError::Unavailable(other.to_string()),
+                other => SourceError::Shared(Arc::new(other)),
             })?;
         Ok(text.as_deref().and_then(decode_status))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_round_trip_through_their_text_form() {
-        for status in [
-            HealthStatus {
-                colour: Colour::Green,
-                set_at: UnixMillis(1_654_732_800_000),
-                negative_test_at: Some(UnixMillis(5)),
-            },
-            HealthStatus {
-                colour: Colour::Red,
-                set_at: UnixMillis(7),
-                negative_test_at: None,
-            },
-        ] {
-            assert_eq!(decode_status(&encode_status(&status)), Some(status));
-        }
-        assert_eq!(decode_status("x:1:0"), None);
-        assert_eq!(decode_status("g:abc:0"), None);
     }
 }

@@ -21,33 +21,89 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ridegate_proto::pb;
 use ridegate_proto::pb::health_platform_client::HealthPlatformClient;
+use serde::Deserialize;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{HealthSource, SourceError};
 use crate::ids::IdentityId;
+use crate::settings::{InvalidSetting, invalid};
 use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 
-/// How to call the platform.
-#[derive(Debug, Clone)]
+/// How to call the platform: `[health.platform]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RemoteSettings {
-    /// The platform's address, `http://host:port`.
+    /// The platform's address, `http://host:port`; empty: no platform (statuses come
+    /// from a file, the feed, or Redis).
     pub url: String,
-    /// Hedge when a call is slower than this percentile of recent calls (0 disables).
+    /// Send a second request when the first is slower than this percentile of recent
+    /// calls (0 turns hedging off).
     pub hedge_percentile: f64,
-    /// The hedge delay is kept within these bounds.
+    /// The hedge delay is kept between these bounds.
+    #[serde(with = "humantime_serde")]
     pub hedge_min_delay: Duration,
     /// See `hedge_min_delay`.
+    #[serde(with = "humantime_serde")]
     pub hedge_max_delay: Duration,
-    /// Most hedges per call, on average (0.1: one call in ten may be hedged), so a
-    /// platform that slows down is not sent twice its load.
+    /// Most hedges per call on average (0.1: one call in ten), so a platform that slows
+    /// down is not sent twice its load.
     pub hedge_budget: f64,
-    /// Failures in a row that open the circuit breaker.
+    /// Failures in a row that open the circuit breaker: taps stop waiting for the
+    /// platform and are answered from the cache, degraded.
     pub breaker_failures: u32,
-    /// How long the breaker stays open before one call probes the platform.
+    /// How long the breaker stays open before one call probes the platform again.
+    #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
     /// Longest wait to connect.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Follow the platform's change feed ([`RemoteHealth::watch`]) and apply changes to
+    /// the cache at once.
+    pub watch: bool,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            hedge_percentile: 0.95,
+            hedge_min_delay: Duration::from_millis(2),
+            hedge_max_delay: Duration::from_millis(100),
+            hedge_budget: 0.1,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            watch: true,
+        }
+    }
+}
+
+impl RemoteSettings {
+    /// Whether a platform is configured at all (an empty `url` means none).
+    pub fn is_configured(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Checks what the types alone do not; the error names the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.is_configured() && !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return invalid("url", "must be http://host:port or https://host:port");
+        }
+        if !(0.0..1.0).contains(&self.hedge_percentile) {
+            return invalid("hedge_percentile", "must be at least 0 and below 1");
+        }
+        if !(0.0..=1.0).contains(&self.hedge_budget) {
+            return invalid("hedge_budget", "must be between 0 and 1");
+        }
+        if self.hedge_min_delay > self.hedge_max_delay {
+            return invalid("hedge_min_delay", "must not exceed hedge_max_delay");
+        }
+        if self.breaker_failures == 0 {
+            return invalid("breaker_failures", "must be more than 0");
+        }
+        Ok(())
+    }
 }
 
 /// Counters for metrics and benchmarks.
@@ -167,14 +223,19 @@ pub fn from_wire(status: Option<pb::PlatformStatus>) -> Option<HealthStatus> {
     })
 }
 
+/// The platform's URL cannot be used to make a client.
+#[derive(Debug, thiserror::Error)]
+#[error("the health platform URL is not usable")]
+pub struct InvalidPlatformUrl(#[source] tonic::transport::Error);
+
 type Call = (Result<tonic::Response<pb::GetStatusResponse>, tonic::Status>, Duration);
 
 impl RemoteHealth {
     /// A client for the platform at `settings.url`; connects on first use, so ridegate
     /// starts while the platform is down.
-    pub fn connect(settings: RemoteSettings) -> Result<Self, SourceError> {
+    pub fn connect(settings: RemoteSettings) -> Result<Self, InvalidPlatformUrl> {
         let endpoint = Endpoint::from_shared(settings.url.clone())
-            .map_err(|e| SourceError::Unavailable(format!("bad platform url: {e}")))?
+            .map_err(InvalidPlatformUrl)?
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -394,7 +455,7 @@ impl HealthSource for RemoteHealth {
     async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         if !self.allow() {
             self.stats.short_circuited.fetch_add(1, Ordering::Relaxed);
-            return Err(SourceError::Unavailable("circuit open".into()));
+            return Err(SourceError::CircuitOpen);
         }
         let hex = identity.to_string();
         match tokio::time::timeout_at(deadline, self.hedged(&hex, deadline)).await {
@@ -404,15 +465,13 @@ impl HealthSource for RemoteHealth {
                 if !response.found {
                     return Ok(None);
                 }
-                from_wire(response.status)
-                    .map(Some)
-                    .ok_or_else(|| SourceError::Unavailable("unusable status".into()))
+                from_wire(response.status).map(Some).ok_or(SourceError::Unusable)
             }
             Ok((Err(status), _)) => {
                 self.failed();
                 Err(match status.code() {
                     tonic::Code::DeadlineExceeded => SourceError::Timeout,
-                    _ => SourceError::Unavailable(status.message().to_owned()),
+                    _ => SourceError::Platform(Arc::new(status)),
                 })
             }
             Err(_) => {
@@ -437,6 +496,7 @@ mod tests {
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
+            watch: false,
         })
         .unwrap()
     }
@@ -509,11 +569,14 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
             let err = r.fetch(IdentityId([1; 16]), deadline).await.unwrap_err();
-            assert!(matches!(err, SourceError::Unavailable(_)), "{err:?}");
+            assert!(matches!(err, SourceError::Platform(_)), "{err:?}");
         }
         assert!(r.is_open());
         let started = Instant::now();
-        assert!(r.fetch(IdentityId([1; 16]), deadline).await.is_err());
+        assert!(matches!(
+            r.fetch(IdentityId([1; 16]), deadline).await,
+            Err(SourceError::CircuitOpen)
+        ));
         assert!(started.elapsed() < Duration::from_secs(1), "no call while open");
         assert_eq!(r.stats().short_circuited.load(Ordering::Relaxed), 1);
     }

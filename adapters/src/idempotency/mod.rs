@@ -16,12 +16,13 @@ pub use memory::MemoryIdempotency;
 pub use redis::RedisIdempotency;
 
 use crate::ids::RequestKey;
+use crate::shared::SharedError;
 use ridegate_core::model::{Answer, UnixMillis};
 
 /// The record store could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("idempotency store unavailable: {0}")]
-pub struct IdempotencyError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("idempotency store unavailable")]
+pub struct IdempotencyError(#[from] pub SharedError);
 
 /// Keeps answers by request.
 pub trait IdempotencyStore: Send + Sync + 'static {

@@ -36,11 +36,7 @@ impl IdempotencyStore for RedisIdempotency {
             .arg("PXAT")
             .arg(until.0)
             .arg("GET");
-        let earlier: Option<Vec<u8>> = self
-            .tier
-            .query(&cmd, None)
-            .await
-            .map_err(|e| IdempotencyError(e.to_string()))?;
+        let earlier: Option<Vec<u8>> = self.tier.query(&cmd, None).await?;
         Ok(earlier.as_deref().and_then(Answer::from_bytes))
     }
 }

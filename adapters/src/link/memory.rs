@@ -367,9 +367,9 @@ mod tests {
     fn link_resolve_refresh_and_unlink() {
         let links = MemoryLinks::default();
         let r = record(1, CredentialClass::PhysicalCard, b"1111");
-        assert_eq!(links.link_now(card(10), &r), Ok(Linked::New));
+        assert_eq!(links.link_now(card(10), &r).unwrap(), Linked::New);
         assert_eq!(links.resolve_now(&card(10), T), Some(IdentityId([1; 16])));
-        assert_eq!(links.link_now(card(10), &r), Ok(Linked::Refreshed));
+        assert_eq!(links.link_now(card(10), &r).unwrap(), Linked::Refreshed);
         assert_eq!(links.get_now(&card(10), T).unwrap().caller_id.as_ref(), "upgrade-1");
         assert_eq!(links.unlink_now(&card(10)).map(|r| r.masked()), Some("****1111".into()));
         assert_eq!(links.resolve_now(&card(10), T), None);
@@ -382,10 +382,10 @@ mod tests {
         links
             .link_now(card(10), &record(1, CredentialClass::RideAccount, b"aaaa"))
             .unwrap();
-        assert_eq!(
+        assert!(matches!(
             links.link_now(card(10), &record(2, CredentialClass::RideAccount, b"aaaa")),
             Err(LinkError::LinkedToAnother)
-        );
+        ));
         assert_eq!(links.resolve_now(&card(10), T), Some(IdentityId([1; 16])));
     }
 
@@ -421,12 +421,9 @@ mod tests {
         let err = strict
             .link_now(card(12), &record(1, CredentialClass::NfcCard, b"3333"))
             .unwrap_err();
-        assert_eq!(
-            err,
-            LinkError::SecondCard {
-                class: "NFC card",
-                masked: "****1111".into()
-            }
+        assert!(
+            matches!(&err, LinkError::SecondCard { class: "NFC card", masked } if masked == "****1111"),
+            "{err:?}"
         );
         // Any number of ride accounts and commemorative tickets.
         for n in 20..25 {
@@ -447,7 +444,7 @@ mod tests {
         // An expired ticket's number may be bound to another buyer.
         let mut other = record(2, CredentialClass::SingleJourneyTicket, b"SJ01");
         other.linked_at = T.plus_ms(2_000);
-        assert_eq!(links.link_now(card(30), &other), Ok(Linked::New));
+        assert_eq!(links.link_now(card(30), &other).unwrap(), Linked::New);
         assert_eq!(links.sweep_expired(T.plus_ms(2_000)), 0, "the rebound ticket is live");
         assert_eq!(
             links.sweep_expired(UnixMillis(i64::MAX - 1)),

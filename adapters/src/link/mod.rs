@@ -24,6 +24,7 @@ pub use target::{LinkTarget, TargetError};
 
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdentityId};
+use crate::shared::SharedError;
 use ridegate_core::model::UnixMillis;
 
 /// The kind of credential a link is for; limits and scopes depend on it.
@@ -137,8 +138,9 @@ pub enum Linked {
     },
 }
 
-/// Why a link could not be made, or the store could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a link could not be made, or the store could not answer. The refusals carry
+/// messages meant for the caller; a store failure keeps its cause for logs only.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
     /// The credential is linked to another identity.
     #[error("this credential is linked to another rider; it must be unlinked first")]
@@ -151,9 +153,12 @@ pub enum LinkError {
         /// The linked card, masked.
         masked: String,
     },
-    /// The store could not be reached or failed.
-    #[error("link store unavailable: {0}")]
-    Unavailable(String),
+    /// The store could not be reached, failed, or did not answer in time.
+    #[error("link store unavailable")]
+    Unavailable(#[from] SharedError),
+    /// The store holds or returned something this version cannot read.
+    #[error("link store entry unreadable: {0}")]
+    Unreadable(&'static str),
 }
 
 /// Stores links and resolves credentials to identities.

@@ -17,8 +17,8 @@ use std::time::Duration;
 use super::{Consent, CredentialClass, LinkError, LinkRecord, LinkStore, Linked, SecondCard};
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdHasher, IdentityId};
+use crate::shared::SharedTier;
 use crate::shared::changes::Change;
-use crate::shared::{SharedError, SharedTier};
 use ridegate_core::model::UnixMillis;
 
 /// Claims `KEYS[1]` for identity `ARGV[1]` at time `ARGV[2]` with record `ARGV[3]`.
@@ -92,10 +92,6 @@ impl std::fmt::Debug for RedisLinks {
     }
 }
 
-fn unavailable(e: SharedError) -> LinkError {
-    LinkError::Unavailable(e.to_string())
-}
-
 impl RedisLinks {
     /// Links in `tier`, with a local cache of `cache_capacity` answers kept `cache_ttl`.
     pub fn new(tier: Arc<SharedTier>, second_card: SecondCard, cache_capacity: u64, cache_ttl: Duration) -> Self {
@@ -126,30 +122,26 @@ impl RedisLinks {
         for arg in args {
             cmd.arg(*arg);
         }
-        self.tier.query(&cmd, None).await.map_err(unavailable)
+        Ok(self.tier.query(&cmd, None).await?)
     }
 
     async fn read(&self, credential: &CredentialId) -> Result<Option<LinkRecord>, LinkError> {
         let text: Option<String> = self
             .tier
             .query(redis::cmd("GET").arg(self.tier.key("l", credential)), None)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(text.as_deref().and_then(decode))
     }
 
     /// Announces a change to `credential` to every instance (this one included).
     async fn changed(&self, credential: CredentialId) -> Result<(), LinkError> {
         self.invalidate(&credential);
-        self.tier
-            .publish(&Change::Link { credential })
-            .await
-            .map_err(unavailable)
+        Ok(self.tier.publish(&Change::Link { credential }).await?)
     }
 }
 
 fn status_and_owner(value: redis::Value) -> Result<(i64, String), LinkError> {
-    redis::from_redis_value(value).map_err(|e| LinkError::Unavailable(format!("unexpected script reply: {e}")))
+    redis::from_redis_value(value).map_err(|_| LinkError::Unreadable("a link script reply"))
 }
 
 impl LinkStore for RedisLinks {
@@ -205,17 +197,13 @@ impl LinkStore for RedisLinks {
                 self.script(RELEASE, self.tier.key("l", credential), &[&identity])
                     .await?;
             }
-            let holder: CredentialId = other
-                .parse()
-                .map_err(|_| LinkError::Unavailable("bad slot entry".into()))?;
+            let holder: CredentialId = other.parse().map_err(|_| LinkError::Unreadable("a card slot"))?;
             let masked = self.read(&holder).await?.map_or_else(|| "****".into(), |r| r.masked());
             let class = if slot == "p" { "physical card" } else { "NFC card" };
             return Err(LinkError::SecondCard { class, masked });
         }
         if taken == 1 {
-            let previous: CredentialId = other
-                .parse()
-                .map_err(|_| LinkError::Unavailable("bad slot entry".into()))?;
+            let previous: CredentialId = other.parse().map_err(|_| LinkError::Unreadable("a card slot"))?;
             let released: Option<String> =
                 redis::from_redis_value(self.script(RELEASE, self.tier.key("l", previous), &[&identity]).await?)
                     .unwrap_or(None);
@@ -259,8 +247,7 @@ impl LinkStore for RedisLinks {
         let fields: Vec<(String, String)> = self
             .tier
             .query(redis::cmd("HGETALL").arg(self.tier.key("i", identity)), None)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let mut links = Vec::new();
         for (field, _) in fields {
             let Some(credential) = field

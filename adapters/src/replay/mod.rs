@@ -11,6 +11,7 @@ pub use memory::MemoryReplayGuard;
 pub use redis::RedisReplayGuard;
 
 use crate::ids::{CodeKey, RequestKey};
+use crate::shared::SharedError;
 use ridegate_core::model::UnixMillis;
 
 /// What claiming a code found.
@@ -25,9 +26,9 @@ pub enum Claim {
 }
 
 /// The guard's store could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("single-use store unavailable: {0}")]
-pub struct ReplayError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("single-use store unavailable")]
+pub struct ReplayError(#[from] pub SharedError);
 
 /// Remembers used ride codes.
 pub trait ReplayGuard: Send + Sync + 'static {

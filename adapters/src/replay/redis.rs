@@ -38,11 +38,7 @@ impl ReplayGuard for RedisReplayGuard {
             .arg("PXAT")
             .arg(valid_until.0)
             .arg("GET");
-        let earlier: Option<String> = self
-            .tier
-            .query(&cmd, None)
-            .await
-            .map_err(|e| ReplayError(e.to_string()))?;
+        let earlier: Option<String> = self.tier.query(&cmd, None).await?;
         Ok(match earlier {
             None => Claim::First,
             Some(earlier) if earlier == owner => Claim::Retry,

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use redis::streams::StreamReadReply;
 
+use super::encoding::{decode_status, encode_status};
 use super::{SharedError, SharedTier};
-use crate::health::redis::{decode_status, encode_status};
 use crate::ids::{CredentialId, IdentityId};
 use ridegate_core::model::HealthStatus;
 
@@ -119,7 +119,7 @@ pub fn follow(tier: Arc<SharedTier>, apply: impl Fn(Change) + Send + Sync + 'sta
             match read_from(&tier, &key, &mut last, &apply).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    tracing::debug!(error = %e, "change stream: reconnecting");
+                    tracing::debug!(error = &e as &dyn std::error::Error, "change stream: reconnecting");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -136,7 +136,6 @@ async fn read_from(
     last: &mut Option<EntryId>,
     apply: &impl Fn(Change),
 ) -> Result<(), SharedError> {
-    let redis_error = |e: redis::RedisError| SharedError::Redis(e.to_string());
     let mut connection = tier.dedicated(Duration::from_secs(5))?;
     let oldest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(key)
@@ -146,7 +145,7 @@ async fn read_from(
         .arg(1)
         .query_async(&mut connection)
         .await
-        .map_err(redis_error)?;
+        .map_err(SharedError::Connection)?;
     let oldest = oldest.first().and_then(|(id, _)| EntryId::parse(id));
     match (*last, oldest) {
         // First start: caches are empty, follow from the newest entry on.
@@ -159,7 +158,7 @@ async fn read_from(
                 .arg(1)
                 .query_async(&mut connection)
                 .await
-                .map_err(redis_error)?;
+                .map_err(SharedError::Connection)?;
             *last = Some(
                 newest
                     .first()
@@ -191,7 +190,7 @@ async fn read_from(
             .arg(from)
             .query_async(&mut connection)
             .await
-            .map_err(redis_error)?;
+            .map_err(SharedError::Connection)?;
         for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
             if let Some(change) = parse_entry(&entry.map) {
                 apply(change);

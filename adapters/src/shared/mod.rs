@@ -19,6 +19,7 @@
 //! waiting on a dead server for every tap) until a probe finds it up again.
 
 pub mod changes;
+pub(crate) mod encoding;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,39 +29,101 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, Value};
+use serde::Deserialize;
 use tokio::time::Instant;
 
-/// Where the shared tier is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Topology {
-    /// One server: `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS.
-    Single(String),
-    /// A Redis Cluster, found through these seed nodes (`redis://` / `rediss://` URLs).
-    Cluster(Vec<String>),
-}
+use crate::settings::{InvalidSetting, invalid};
 
-/// How to reach and use the shared tier.
-#[derive(Debug, Clone)]
+/// How to reach and use the shared tier: `[redis]` in the configuration. With neither
+/// `url` nor `cluster` set there is no shared tier, and everything stays in the process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SharedSettings {
-    /// Single server or cluster.
-    pub topology: Topology,
-    /// Username (overrides any in the URLs).
-    pub username: Option<String>,
-    /// Password (overrides any in the URLs).
-    pub password: Option<String>,
-    /// Key prefix.
+    /// One server: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS.
+    pub url: String,
+    /// Redis Cluster seed nodes (same URL forms). Exclusive with `url`.
+    pub cluster: Vec<String>,
+    /// Username, if not in the URLs (overrides any there).
+    pub username: String,
+    /// Password, if not in the URLs (overrides any there). Prefer
+    /// `RIDEGATE_REDIS_PASSWORD`.
+    pub password: String,
+    /// Prefix of every key ridegate writes.
     pub prefix: String,
-    /// Longest wait for one command (the tap's deadline may cut it shorter).
+    /// Longest wait for one Redis command; the tap's own deadline may cut it shorter.
+    /// Keep it well under the gate's budget: a timeout marks Redis down and later taps
+    /// fall back at once.
+    #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
     /// Longest wait to connect.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Change-stream length kept (approximately); an instance that falls further behind
-    /// clears its caches instead of catching up.
+    /// How often a down Redis is probed.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Change-stream entries kept (approximately): how far behind an instance may fall
+    /// and still catch up instead of clearing its caches.
     pub changes_max_len: u64,
+    /// Links cached locally.
+    pub link_cache_capacity: u64,
+    /// How long a cached link answer is kept (changes invalidate it sooner).
+    #[serde(with = "humantime_serde")]
+    pub link_cache_ttl: Duration,
 }
 
-/// The shared tier could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+impl Default for SharedSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            cluster: Vec::new(),
+            username: String::new(),
+            password: String::new(),
+            prefix: "rg".into(),
+            operation_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(500),
+            changes_max_len: 100_000,
+            link_cache_capacity: 2_000_000,
+            link_cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SharedSettings {
+    /// Whether a shared tier is configured at all.
+    pub fn is_configured(&self) -> bool {
+        !self.url.is_empty() || !self.cluster.is_empty()
+    }
+
+    /// Checks what the types alone do not; the error names the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if !self.url.is_empty() && !self.cluster.is_empty() {
+            return invalid(
+                "cluster",
+                "set either url (one server) or cluster (seed nodes), not both",
+            );
+        }
+        let prefix_ok = (1..=16).contains(&self.prefix.len())
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !prefix_ok {
+            return invalid("prefix", "must be 1-16 characters of letters, digits, '-' and '_'");
+        }
+        if self.operation_timeout.is_zero() {
+            return invalid("operation_timeout", "must be more than 0");
+        }
+        if self.probe_interval.is_zero() {
+            return invalid("probe_interval", "must be more than 0");
+        }
+        Ok(())
+    }
+}
+
+/// The shared tier could not answer. Cheap to make and to clone: no text is formatted
+/// when a command fails; the Redis error is kept as the source, for logs only.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SharedError {
     /// It is known to be down; the command was not sent.
     #[error("shared tier down")]
@@ -68,12 +131,15 @@ pub enum SharedError {
     /// No answer within the time allowed.
     #[error("shared tier timed out")]
     Timeout,
-    /// It answered with an error, or the connection failed.
-    #[error("shared tier error: {0}")]
-    Redis(String),
-    /// The configuration cannot be used (bad URL).
-    #[error("shared tier configuration: {0}")]
-    Config(String),
+    /// The connection failed or broke: an outage (the tier is marked down).
+    #[error("shared tier connection failed")]
+    Connection(#[source] redis::RedisError),
+    /// The server refused the command (a wrong type, a script error): not an outage.
+    #[error("shared tier refused a command")]
+    Rejected(#[source] redis::RedisError),
+    /// The configuration cannot be used (a bad URL).
+    #[error("shared tier configuration is not usable")]
+    Config(#[source] redis::RedisError),
 }
 
 /// A connection to either topology; both multiplex and reconnect on their own.
@@ -130,7 +196,8 @@ pub struct SharedTier {
 
 impl std::fmt::Debug for SharedTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SharedTier({:?}, up: {})", self.settings.topology, self.is_up())
+        let (url, cluster) = (&self.settings.url, &self.settings.cluster);
+        write!(f, "SharedTier({url:?}, {cluster:?}, up: {})", self.is_up())
     }
 }
 
@@ -200,10 +267,10 @@ impl SharedTier {
         };
         let result = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Redis(e.to_string())),
+            Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Rejected(e)),
             Ok(Err(e)) => {
                 self.mark_down();
-                Err(SharedError::Redis(e.to_string()))
+                Err(SharedError::Connection(e))
             }
             Err(_) => {
                 self.mark_down();
@@ -246,46 +313,44 @@ fn is_reply_error(e: &redis::RedisError) -> bool {
 }
 
 fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connection, SharedError> {
-    let config_error = |e: redis::RedisError| SharedError::Config(e.to_string());
-    match &settings.topology {
-        Topology::Single(url) => {
-            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(config_error)?;
-            let mut redis_settings = info.redis_settings().clone();
-            if let Some(password) = &settings.password {
-                redis_settings = redis_settings.set_password(password);
-            }
-            if let Some(username) = &settings.username {
-                redis_settings = redis_settings.set_username(username);
-            }
-            let info = info.set_redis_settings(redis_settings);
-            let client = redis::Client::open(info).map_err(config_error)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(response_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(2));
-            ConnectionManager::new_lazy_with_config(client, config)
-                .map(Connection::Single)
-                .map_err(config_error)
+    let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let (username, password) = (non_empty(&settings.username), non_empty(&settings.password));
+    if settings.cluster.is_empty() {
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(settings.url.as_str()).map_err(SharedError::Config)?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(password) = &password {
+            redis_settings = redis_settings.set_password(password);
         }
-        Topology::Cluster(seeds) => {
-            let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                .connection_timeout(settings.connect_timeout)
-                .response_timeout(response_timeout)
-                .retries(1);
-            if let Some(password) = &settings.password {
-                builder = builder.password(password.clone());
-            }
-            if let Some(username) = &settings.username {
-                builder = builder.username(username.clone());
-            }
-            let client = builder.build().map_err(config_error)?;
-            let config = redis::cluster::ClusterConfig::new()
-                .set_connection_timeout(settings.connect_timeout)
-                .set_response_timeout(response_timeout);
-            Ok(Connection::Cluster(
-                client.get_pending_async_connection_with_config(config),
-            ))
+        if let Some(username) = &username {
+            redis_settings = redis_settings.set_username(username);
         }
+        let info = info.set_redis_settings(redis_settings);
+        let client = redis::Client::open(info).map_err(SharedError::Config)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        return ConnectionManager::new_lazy_with_config(client, config)
+            .map(Connection::Single)
+            .map_err(SharedError::Config);
     }
+    let mut builder = ClusterClientBuilder::new(settings.cluster.iter().map(String::as_str))
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(response_timeout)
+        .retries(1);
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
+    if let Some(username) = username {
+        builder = builder.username(username);
+    }
+    let client = builder.build().map_err(SharedError::Config)?;
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(settings.connect_timeout)
+        .set_response_timeout(response_timeout);
+    Ok(Connection::Cluster(
+        client.get_pending_async_connection_with_config(config),
+    ))
 }

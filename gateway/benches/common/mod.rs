@@ -17,7 +17,7 @@ use ridegate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusRea
 use ridegate_adapters::audit::JsonLinesAudit;
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::credential::ride_code::{
-    CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
+    CodeMinter, DeviceCodeMinter, IssuerSettings, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
 };
 use ridegate_adapters::health::MemoryHealth;
 use ridegate_adapters::idempotency::MemoryIdempotency;
@@ -71,13 +71,12 @@ pub fn world() -> World {
         specs.push(IssuerSpec {
             id: id.into(),
             name: id.into(),
-            algorithms: vec![alg, SigningAlg::EdDsa],
             keys: vec![key.public_jwk().unwrap()],
-            max_lifetime: Duration::from_secs(60),
-            clock_skew: Duration::from_secs(5),
-            device_certificates: true,
-            max_certificate_lifetime: Duration::from_secs(86_400 * 30),
-            revoked_certificates: Vec::new(),
+            settings: IssuerSettings {
+                algorithms: vec![alg, SigningAlg::EdDsa],
+                max_certificate_lifetime: Duration::from_secs(86_400 * 30),
+                ..IssuerSettings::default()
+            },
         });
         minters.push((alg, CodeMinter::new(id, key)));
     }

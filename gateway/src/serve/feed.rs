@@ -14,8 +14,9 @@ use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::AuthError;
 use super::status::BatchTooLarge;
-use crate::stores::{StatusReader, StatusSource};
+use crate::stores::{StatusReader, StatusSource, StoreError};
 
 /// Most updates per `Publish` call or `Ingest` batch.
 pub const MAX_UPDATES: usize = 10_000;
@@ -75,13 +76,13 @@ impl FeedService {
         }
     }
 
-    async fn apply(&self, update: pb::StatusUpdate) -> Result<(), String> {
-        let (identity, status) = parse_update(&self.pseudonymizer, update)?;
+    async fn apply(&self, update: pb::StatusUpdate) -> Result<(), UpdateRejected> {
+        let (identity, status) = parse_update(&self.pseudonymizer, update).map_err(UpdateRejected::Invalid)?;
         let applied = self
             .statuses
             .put(identity, status)
             .await
-            .map_err(|e| format!("not stored, send it again: {e}"))?;
+            .map_err(UpdateRejected::NotStored)?;
         if applied == Applied::Stored {
             self.cache.store(identity, status);
         }
@@ -89,30 +90,46 @@ impl FeedService {
     }
 
     /// Applies `updates` in order: how many were applied, and the rejected ones by index.
+    /// A store failure is logged once per call, with the first failure's cause.
     async fn apply_all(&self, updates: Vec<pb::StatusUpdate>) -> (u32, Vec<pb::RejectedUpdate>) {
         let mut applied = 0;
         let mut rejected = Vec::new();
+        let mut not_stored = 0u32;
+        let mut first_failure = None;
         for (index, update) in updates.into_iter().enumerate() {
             match self.apply(update).await {
                 Ok(()) => applied += 1,
-                Err(reason) => rejected.push(pb::RejectedUpdate {
-                    index: index as u32,
-                    reason,
-                }),
+                Err(e) => {
+                    if let UpdateRejected::NotStored(failure) = &e {
+                        not_stored += 1;
+                        first_failure.get_or_insert_with(|| failure.clone());
+                    }
+                    rejected.push(pb::RejectedUpdate {
+                        index: index as u32,
+                        reason: e.to_string(),
+                    });
+                }
             }
+        }
+        if let Some(failure) = first_failure {
+            tracing::warn!(
+                not_stored,
+                error = &failure as &dyn std::error::Error,
+                "health statuses not stored; reported to the publisher as rejected"
+            );
         }
         (applied, rejected)
     }
 
     /// Applies one batch from an ingest stream.
-    async fn ingest_batch(&self, batch: pb::StatusBatch) -> Result<pb::IngestAck, Status> {
+    async fn ingest_batch(&self, batch: pb::StatusBatch) -> Result<pb::IngestAck, FeedDenied> {
         let sequence = batch.sequence;
         if batch.updates.len() > MAX_UPDATES {
             let too_large = BatchTooLarge {
                 got: batch.updates.len(),
                 limit: MAX_UPDATES,
             };
-            return Err(Status::invalid_argument(format!("batch {sequence}: {too_large}")));
+            return Err(FeedDenied::BatchTooLarge { sequence, too_large });
         }
         let (applied, rejected) = self.apply_all(batch.updates).await;
         tracing::debug!(
@@ -129,15 +146,44 @@ impl FeedService {
     }
 }
 
+/// Why one pushed update was not applied: the reason the publisher is given.
+#[derive(Debug, thiserror::Error)]
+enum UpdateRejected {
+    /// The update cannot be used (the message names the field).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store did not take it.
+    #[error("not stored: {0}")]
+    NotStored(StoreError),
+}
+
+/// Why a feed call, or an ingest batch, is refused; `super::status` maps each to its
+/// status.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FeedDenied {
+    /// The caller is not authenticated.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The caller may not publish statuses.
+    #[error("only the health platform or the back end may publish statuses")]
+    NotPublisher,
+    /// An ingest batch larger than accepted (it ends the stream).
+    #[error("batch {sequence}: {too_large}")]
+    BatchTooLarge {
+        /// The batch's sequence number.
+        sequence: u64,
+        /// Its size and the limit.
+        too_large: BatchTooLarge,
+    },
+}
+
 /// Only the health platform and the back end may push statuses.
-fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
+fn authorize<T>(request: &Request<T>) -> Result<(), FeedDenied> {
     let caller = super::auth::caller(request)?;
     if matches!(caller.kind, CallerKind::HealthPlatform | CallerKind::BackEnd) {
         Ok(())
     } else {
-        Err(Status::permission_denied(
-            "only the health platform or the back end may publish statuses",
-        ))
+        Err(FeedDenied::NotPublisher)
     }
 }
 
@@ -173,7 +219,7 @@ impl pb::health_feed_server::HealthFeed for FeedService {
             .into_inner()
             .then(move |batch| {
                 let this = this.clone();
-                async move { this.ingest_batch(batch?).await }
+                async move { Ok(this.ingest_batch(batch?).await?) }
             })
             .scan(false, |ended, ack| {
                 let item = (!*ended).then_some(ack);

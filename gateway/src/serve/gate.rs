@@ -55,11 +55,15 @@ impl GateService {
         let request_id = message.request_id.clone();
         let result = match self.decide(message, Instant::now(), None).await {
             Ok(response) => pb::tap_result::Result::Decision(response),
-            Err(e) => pb::tap_result::Result::Error(pb::TapError {
-                request_id,
-                code: tonic::Code::InvalidArgument as i32,
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                // Mapped like a unary call's error, in the one place that maps them.
+                let status = Status::from(e);
+                pb::tap_result::Result::Error(pb::TapError {
+                    request_id,
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                })
+            }
         };
         pb::TapResult { result: Some(result) }
     }

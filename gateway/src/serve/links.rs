@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::{Caller, CallerKind};
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer, ResidentId};
-use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, LinkStore, Linked};
+use ridegate_adapters::link::{Consent, CredentialClass, LinkError, LinkRecord, LinkStore, Linked};
 use ridegate_core::clock::Clock;
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
@@ -233,7 +233,7 @@ impl pb::links_server::Links for LinkService {
             .unlink(credential)
             .await
             .map_err(LinkDenied::from)?
-            .ok_or_else(|| LinkDenied::NotFound("this credential is not linked".into()))?;
+            .ok_or(LinkDenied::NotFound("this credential is not linked"))?;
         tracing::info!(caller = caller.kind.label(), class = ?record.class, "unlink");
         Ok(Response::new(pb::UnlinkResponse {
             credential_masked: record.masked(),
@@ -296,17 +296,34 @@ impl pb::links_server::Links for LinkService {
                     sequence: batch.sequence,
                     ..Default::default()
                 };
+                // A store failure rejects its row with a message naming no internals;
+                // the first one's cause is logged once for the batch.
+                let mut store_failure = None;
                 for (index, row) in batch.rows.into_iter().enumerate() {
                     match this.link_row(&caller, row).await {
                         Ok(linked) => {
                             result.linked += 1;
                             result.replaced += u32::from(matches!(linked, Linked::Replaced { .. }));
                         }
-                        Err(e) => result.rejected.push(pb::RejectedRow {
-                            index: index as u32,
-                            reason: e.to_string(),
-                        }),
+                        Err(e) => {
+                            if let LinkDenied::Store(failure @ (LinkError::Unavailable(_) | LinkError::Unreadable(_))) =
+                                &e
+                            {
+                                store_failure.get_or_insert_with(|| failure.clone());
+                            }
+                            result.rejected.push(pb::RejectedRow {
+                                index: index as u32,
+                                reason: e.to_string(),
+                            });
+                        }
                     }
+                }
+                if let Some(failure) = store_failure {
+                    tracing::warn!(
+                        sequence = result.sequence,
+                        error = &failure as &dyn std::error::Error,
+                        "bulk link: rows rejected because the link store failed"
+                    );
                 }
                 tracing::debug!(
                     sequence = result.sequence,

@@ -63,6 +63,7 @@ pub use keys::{KeyError, SigningAlg, SigningKey, VerifyingKey};
 pub use mint::{CodeMinter, DeviceCodeMinter, MintError};
 
 use crate::ids::{CodeKey, Pseudonymizer};
+use crate::settings::{InvalidSetting, invalid};
 use ridegate_core::clock::millis;
 use ridegate_core::model::{Reason, UnixMillis};
 
@@ -78,28 +79,67 @@ pub struct IssuerSpec {
     pub id: String,
     /// Name for operators' screens and logs.
     pub name: String,
-    /// Algorithms its codes and certificates may use.
-    pub algorithms: Vec<SigningAlg>,
     /// Its public keys; every key needs a `kid` unique across all issuers.
     pub keys: Vec<Jwk>,
+    /// How its codes are checked.
+    pub settings: IssuerSettings,
+}
+
+/// How one issuer's codes are checked: the checks in `[issuers.<id>]` of the
+/// configuration (where its keys come from is the configuration's business).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// Algorithms its codes and certificates may use: `ES256`, `EdDSA`.
+    pub algorithms: Vec<SigningAlg>,
     /// Longest allowed code lifetime (`exp` − `iat`).
+    #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
     /// Clock skew tolerated on `exp`, `iat` and `nbf`.
+    #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
     /// Whether it certifies device keys (the offline form).
     pub device_certificates: bool,
     /// Longest allowed device-certificate lifetime.
+    #[serde(with = "humantime_serde")]
     pub max_certificate_lifetime: Duration,
     /// Certificate ids (`jti`) it has revoked.
     pub revoked_certificates: Vec<String>,
 }
 
-/// Knobs that apply to every issuer.
-#[derive(Debug, Clone, Copy)]
+impl Default for IssuerSettings {
+    fn default() -> Self {
+        Self {
+            algorithms: vec![SigningAlg::Es256, SigningAlg::EdDsa],
+            max_lifetime: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(5),
+            device_certificates: true,
+            max_certificate_lifetime: Duration::from_secs(30 * 86_400),
+            revoked_certificates: Vec::new(),
+        }
+    }
+}
+
+impl IssuerSettings {
+    /// Checks what the types alone do not; the error names the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.algorithms.is_empty() {
+            return invalid("algorithms", "must list at least one of ES256, EdDSA");
+        }
+        if self.max_lifetime.is_zero() {
+            return invalid("max_lifetime", "must be more than 0");
+        }
+        Ok(())
+    }
+}
+
+/// Knobs that apply to every issuer: `[ride_codes]` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VerifierLimits {
     /// Longest QR text accepted, in bytes.
     pub max_code_bytes: usize,
-    /// How many verified device certificates to keep.
+    /// How many verified device certificates to cache.
     pub certificate_cache_capacity: u64,
 }
 
@@ -109,6 +149,16 @@ impl Default for VerifierLimits {
             max_code_bytes: 4096,
             certificate_cache_capacity: 100_000,
         }
+    }
+}
+
+impl VerifierLimits {
+    /// Checks what the types alone do not; the error names the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.max_code_bytes == 0 {
+            return invalid("max_code_bytes", "must be more than 0");
+        }
+        Ok(())
     }
 }
 
@@ -371,12 +421,12 @@ impl RideCodeVerifier {
                 };
                 let kid = jwk.common.key_id.clone().ok_or_else(|| bad_key(KeyError::MissingKid))?;
                 let key = VerifyingKey::from_jwk(jwk).map_err(bad_key)?;
-                if !spec.algorithms.contains(&key.alg()) {
+                if !spec.settings.algorithms.contains(&key.alg()) {
                     return Err(IssuerSetError::KeyAlgNotAllowed {
                         issuer: spec.id.clone(),
                         kid,
                         alg: key.alg(),
-                        allowed: spec.algorithms.clone(),
+                        allowed: spec.settings.algorithms.clone(),
                     });
                 }
                 if let Some((first, _)) = keys.get(&kid) {
@@ -390,12 +440,12 @@ impl RideCodeVerifier {
             }
             issuers.push(Issuer {
                 id: spec.id.as_str().into(),
-                algorithms: spec.algorithms.clone(),
-                max_lifetime_ms: millis(spec.max_lifetime),
-                skew_ms: millis(spec.clock_skew),
-                device_certificates: spec.device_certificates,
-                max_certificate_lifetime_ms: millis(spec.max_certificate_lifetime),
-                revoked: spec.revoked_certificates.iter().cloned().collect(),
+                algorithms: spec.settings.algorithms.clone(),
+                max_lifetime_ms: millis(spec.settings.max_lifetime),
+                skew_ms: millis(spec.settings.clock_skew),
+                device_certificates: spec.settings.device_certificates,
+                max_certificate_lifetime_ms: millis(spec.settings.max_certificate_lifetime),
+                revoked: spec.settings.revoked_certificates.iter().cloned().collect(),
             });
         }
         let certificates = moka::sync::Cache::builder()

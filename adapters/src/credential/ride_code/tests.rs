@@ -27,13 +27,15 @@ fn spec(id: &str, algorithms: Vec<SigningAlg>, keys: &[&SigningKey], devices: bo
     IssuerSpec {
         id: id.into(),
         name: id.into(),
-        algorithms,
         keys: keys.iter().map(|k| k.public_jwk().unwrap()).collect(),
-        max_lifetime: Duration::from_secs(60),
-        clock_skew: Duration::from_secs(5),
-        device_certificates: devices,
-        max_certificate_lifetime: Duration::from_secs(30 * 86_400),
-        revoked_certificates: vec!["revoked-cert".into()],
+        settings: IssuerSettings {
+            algorithms,
+            max_lifetime: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(5),
+            device_certificates: devices,
+            max_certificate_lifetime: Duration::from_secs(30 * 86_400),
+            revoked_certificates: vec!["revoked-cert".into()],
+        },
     }
 }
 
