@@ -22,8 +22,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Sha256;
 
 use ridegate_core::clock::Clock;
-use ridegate_core::credential::LinkKey;
-use ridegate_core::model::UnixMillis;
+use ridegate_core::credential::{Credential, LinkKey};
+use ridegate_core::model::{Direction, UnixMillis};
 
 /// A 128-bit keyed hash, rendered as 32 lowercase hex characters.
 macro_rules! hash_id {
@@ -77,7 +77,7 @@ hash_id! {
     CredentialId
 }
 hash_id! {
-    /// The keyed hash of a ride code's issuer, certificate and `jti`: what the
+    /// The keyed hash of a ride code's issuer (or phone key) and `jti`: what the
     /// single-use guard remembers.
     CodeKey
 }
@@ -85,6 +85,11 @@ hash_id! {
     /// The keyed hash of a gate id and request id: what idempotency records are kept by.
     RequestKey
 }
+
+/// A keyed hash of what a tap asked (see [`Pseudonymizer::tap`]), kept beside the answer
+/// to a request so that reusing a request id for another tap is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TapFingerprint(pub [u8; 8]);
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
@@ -264,6 +269,46 @@ impl Pseudonymizer {
     /// The single-use key of a ride code.
     pub fn code(&self, form: &[u8], scope: &[u8], jti: &str) -> CodeKey {
         CodeKey(self.sip(b"code", &[form, scope, jti.as_bytes()]))
+    }
+
+    /// What a tap asked, for telling a gate's retry from another tap that reuses its
+    /// request id: the credential as presented, the direction, the station and line.
+    pub fn tap(
+        &self,
+        credential: &Credential,
+        direction: Direction,
+        station_id: &str,
+        line_id: &str,
+    ) -> TapFingerprint {
+        let direction: &[u8] = match direction {
+            Direction::Entry => b"entry",
+            Direction::Exit => b"exit",
+        };
+        let (kind, number): (&[u8], &str) = match credential {
+            Credential::RideCode(text) => (b"code", text),
+            Credential::Card { number, .. } => (b"card", number.as_str()),
+            Credential::Ticket { kind, number } => (kind.label().as_bytes(), number.as_str()),
+            Credential::Uncovered(kind) => (b"uncovered", kind.label()),
+        };
+        let h = self.sip(
+            b"tap",
+            &[
+                kind,
+                number.as_bytes(),
+                direction,
+                station_id.as_bytes(),
+                line_id.as_bytes(),
+            ],
+        );
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h[..8]);
+        TapFingerprint(out)
+    }
+
+    /// Who owns the ride codes a tap uses: its request and what it asked, so a retry of
+    /// the same tap is never a replay, but another tap under the same request id is.
+    pub fn owner(&self, request: RequestKey, tap: TapFingerprint) -> RequestKey {
+        RequestKey(self.sip(b"owner", &[&request.0, &tap.0]))
     }
 
     /// The idempotency key of a gate's request.

@@ -83,6 +83,18 @@ pub enum UncoveredKind {
     AirRailTicket,
 }
 
+impl UncoveredKind {
+    /// A stable label, used inside tap fingerprints.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BankCard => "bank_card",
+            Self::DigitalRmbWearable => "digital_rmb_wearable",
+            Self::PrepaidETicket => "prepaid_e_ticket",
+            Self::AirRailTicket => "air_rail_ticket",
+        }
+    }
+}
+
 /// What kind of credential was presented, without any of its numbers: for audit
 /// records and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
+use ridegate_adapters::idempotency::Kept;
 use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, random_bytes};
 use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader};
+use crate::telemetry::Throttled;
 use ridegate_core::decision::{CredentialCheck, GateRequest, HealthView, Outcome, Rules, Subject, Tap};
 
 /// An answer and whether it was a stored one given again.
@@ -58,39 +60,6 @@ impl DecisionIds {
     }
 }
 
-/// Logs degraded answers as a WARN at most once per `DEGRADED_LOG_EVERY`, with how many
-/// there were since the last line: an outage must show in the log without flooding it.
-#[derive(Debug, Default)]
-struct DegradedLog {
-    since_last: AtomicU64,
-    last_logged: parking_lot::Mutex<Option<Instant>>,
-}
-
-/// At most one degraded-answers log line this often.
-const DEGRADED_LOG_EVERY: Duration = Duration::from_secs(1);
-
-impl DegradedLog {
-    fn note(&self, answer: &Answer, station_id: &str) {
-        self.since_last.fetch_add(1, Ordering::Relaxed);
-        // A tap never waits for the log: if another one is logging, this one is counted.
-        let Some(mut last) = self.last_logged.try_lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if last.is_some_and(|at| now - at < DEGRADED_LOG_EVERY) {
-            return;
-        }
-        *last = Some(now);
-        let answers = self.since_last.swap(0, Ordering::Relaxed);
-        tracing::warn!(
-            answers,
-            reason = answer.reason.label(),
-            station_id,
-            "degraded answers: the health platform or the shared tier did not answer in time"
-        );
-    }
-}
-
 /// What the decision learned along the way, for the audit record.
 #[derive(Debug, Default)]
 struct Trace {
@@ -114,7 +83,8 @@ pub struct Authorizer {
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
     ids: DecisionIds,
-    degraded_log: DegradedLog,
+    degraded_log: Throttled,
+    conflict_log: Throttled,
 }
 
 /// Everything [`Authorizer::new`] takes.
@@ -162,7 +132,8 @@ impl Authorizer {
             audit: parts.audit,
             metrics: parts.metrics,
             ids: DecisionIds::new(),
-            degraded_log: DegradedLog::default(),
+            degraded_log: Throttled::default(),
+            conflict_log: Throttled::default(),
         }
     }
 
@@ -172,10 +143,15 @@ impl Authorizer {
         let now = self.clock.now();
         let request_key = (!request.request_id.is_empty())
             .then(|| self.pseudonymizer.request(&request.gate.gate_id, &request.request_id));
+        let gate = &request.gate;
+        let tap = self
+            .pseudonymizer
+            .tap(&request.credential, gate.direction, &gate.station_id, &gate.line_id);
         let decision_id = self.ids.next();
-        // Without a request id, the decision's own id owns any code it uses: a second
-        // use of the code is then always a replay.
-        let owner = request_key.unwrap_or_else(|| owner_of(decision_id));
+        // A request and what it asked own the codes it uses, so a retry of the same tap
+        // is never a replay but another tap under the same request id is. Without a
+        // request id, the decision's own id owns them: a second use is always a replay.
+        let owner = request_key.map_or_else(|| owner_of(decision_id), |key| self.pseudonymizer.owner(key, tap));
         let mut trace = Trace::default();
         let outcome = self.decide(&request, owner, now, deadline, &mut trace).await;
         // While the shared tier is down, links and used codes are this instance's view
@@ -190,16 +166,32 @@ impl Authorizer {
             mode: outcome.mode,
             shadow: outcome.shadow,
         };
-        // A retry (same gate, same request id) gets the answer recorded for the first
-        // attempt, wherever that was decided; the fresh decision is dropped.
+        // A retry (same gate, same request id, same tap) gets the answer recorded for the
+        // first attempt, wherever that was decided; the fresh decision is dropped. Another
+        // tap reusing the request id (a gate that restarted its counter) keeps its fresh
+        // decision: it must never get someone else's answer.
         if let Some(key) = request_key {
             let until = now.plus_ms(millis(self.retry_window));
-            if let Some(first) = self.idempotency.record_by(key, answer, until, now, deadline).await {
-                self.record(request, first, Trace::default(), true, received, now);
-                return Decided {
-                    answer: first,
-                    retry: true,
-                };
+            let kept = Kept { answer, tap };
+            match self.idempotency.record_by(key, kept, until, now, deadline).await {
+                Some(first) if first.tap == tap => {
+                    self.record(request, first.answer, Trace::default(), true, received, now);
+                    return Decided {
+                        answer: first.answer,
+                        retry: true,
+                    };
+                }
+                Some(_) => {
+                    self.metrics.record_request_id_conflict();
+                    self.conflict_log.note(|taps| {
+                        tracing::warn!(
+                            taps,
+                            gate_id = %request.gate.gate_id,
+                            "request id reused for a different tap: decided afresh (has the gate restarted its counter?)"
+                        );
+                    });
+                }
+                None => {}
             }
         }
         self.record(request, answer, trace, false, received, now);
@@ -296,7 +288,14 @@ impl Authorizer {
         let latency = received.elapsed();
         self.metrics.record(&answer, retry, latency);
         if answer.degraded {
-            self.degraded_log.note(&answer, &request.gate.station_id);
+            self.degraded_log.note(|answers| {
+                tracing::warn!(
+                    answers,
+                    reason = answer.reason.label(),
+                    station_id = %request.gate.station_id,
+                    "degraded answers: the health platform or the shared tier did not answer in time"
+                );
+            });
         }
         let GateRequest { gate, credential, .. } = request;
         self.audit.record(AuditEvent {

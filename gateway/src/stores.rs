@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ridegate_adapters::health::{Applied, HealthSource, MemoryHealth, RedisHealth, RemoteHealth, SourceError};
-use ridegate_adapters::idempotency::{IdempotencyStore, MemoryIdempotency, RedisIdempotency};
+use ridegate_adapters::idempotency::{IdempotencyStore, Kept, MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::{CodeKey, CredentialId, IdentityId, RequestKey};
 use ridegate_adapters::link::{LinkError, LinkRecord, LinkStore, Linked, MemoryLinks, RedisLinks};
 use ridegate_adapters::replay::{Claim, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
 use ridegate_adapters::shared::SharedError;
-use ridegate_core::model::{Answer, HealthStatus, UnixMillis};
+use ridegate_core::model::{HealthStatus, UnixMillis};
 use tokio::time::{Instant, timeout_at};
 
 use crate::cache::HealthCache;
@@ -340,14 +340,14 @@ impl IdempotencyBackend {
     pub async fn record_by(
         &self,
         request: RequestKey,
-        answer: Answer,
+        kept: Kept,
         until: UnixMillis,
         now: UnixMillis,
         deadline: Instant,
-    ) -> Option<Answer> {
+    ) -> Option<Kept> {
         match self {
-            Self::Memory(m) => m.record_now(request, answer, until, now),
-            Self::Shared(r) => timeout_at(deadline, r.record(request, answer, until, now))
+            Self::Memory(m) => m.record_now(request, kept, until, now),
+            Self::Shared(r) => timeout_at(deadline, r.record(request, kept, until, now))
                 .await
                 .ok()?
                 .ok()?,

@@ -2,6 +2,10 @@
 //! station and counts — never rider data (no ID numbers, card numbers, codes or
 //! pseudonyms): those belong to the audit stream alone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -25,4 +29,50 @@ pub fn init(config: &LogConfig) -> Result<(), BadFilter> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     Ok(())
+}
+
+/// An alarm that can storm (degraded answers, reused request ids, shed calls): counted
+/// on every occurrence, logged at most once per [`Throttled::EVERY`] with the count
+/// since the last line, so an outage shows in the log without flooding it.
+#[derive(Debug, Default)]
+pub struct Throttled {
+    since_last: AtomicU64,
+    last_logged: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Throttled {
+    /// At most one line this often.
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    /// Counts one occurrence; calls `log` with the count since the last line when a line
+    /// is due. Never waits: if another caller is logging, this one is only counted.
+    pub fn note(&self, log: impl FnOnce(u64)) {
+        self.since_last.fetch_add(1, Ordering::Relaxed);
+        let Some(mut last) = self.last_logged.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|at| now - at < Self::EVERY) {
+            return;
+        }
+        *last = Some(now);
+        log(self.since_last.swap(0, Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_logs_once_a_second_with_the_count() {
+        let throttled = Throttled::default();
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            throttled.note(|n| lines.push(n));
+        }
+        tokio::time::advance(Throttled::EVERY).await;
+        throttled.note(|n| lines.push(n));
+        assert_eq!(lines, [1, 5]);
+    }
 }

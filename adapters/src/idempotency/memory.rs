@@ -1,13 +1,13 @@
 //! The embedded idempotency store: one process's memory.
 
-use super::{IdempotencyError, IdempotencyStore};
+use super::{IdempotencyError, IdempotencyStore, Kept};
 use crate::expiring::ExpiringMap;
 use crate::ids::RequestKey;
-use ridegate_core::model::{Answer, UnixMillis};
+use ridegate_core::model::UnixMillis;
 
 /// Answers kept in this process until they expire.
 pub struct MemoryIdempotency {
-    answers: ExpiringMap<Answer>,
+    answers: ExpiringMap<Kept>,
 }
 
 impl Default for MemoryIdempotency {
@@ -26,14 +26,8 @@ impl std::fmt::Debug for MemoryIdempotency {
 
 impl MemoryIdempotency {
     /// [`IdempotencyStore::record`] without the future.
-    pub fn record_now(
-        &self,
-        request: RequestKey,
-        answer: Answer,
-        until: UnixMillis,
-        now: UnixMillis,
-    ) -> Option<Answer> {
-        self.answers.insert_if_absent(request.0, answer, until, now)
+    pub fn record_now(&self, request: RequestKey, kept: Kept, until: UnixMillis, now: UnixMillis) -> Option<Kept> {
+        self.answers.insert_if_absent(request.0, kept, until, now)
     }
 }
 
@@ -41,10 +35,10 @@ impl IdempotencyStore for MemoryIdempotency {
     async fn record(
         &self,
         request: RequestKey,
-        answer: Answer,
+        kept: Kept,
         until: UnixMillis,
         now: UnixMillis,
-    ) -> Result<Option<Answer>, IdempotencyError> {
-        Ok(self.record_now(request, answer, until, now))
+    ) -> Result<Option<Kept>, IdempotencyError> {
+        Ok(self.record_now(request, kept, until, now))
     }
 }

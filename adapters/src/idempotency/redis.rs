@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{IdempotencyError, IdempotencyStore};
+use super::{IdempotencyError, IdempotencyStore, Kept};
 use crate::ids::RequestKey;
 use crate::shared::SharedTier;
-use ridegate_core::model::{Answer, UnixMillis};
+use ridegate_core::model::UnixMillis;
 
 /// Answers kept in Redis.
 #[derive(Debug, Clone)]
@@ -25,18 +25,18 @@ impl IdempotencyStore for RedisIdempotency {
     async fn record(
         &self,
         request: RequestKey,
-        answer: Answer,
+        kept: Kept,
         until: UnixMillis,
         _now: UnixMillis,
-    ) -> Result<Option<Answer>, IdempotencyError> {
+    ) -> Result<Option<Kept>, IdempotencyError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.tier.key("r", request))
-            .arg(answer.to_bytes().as_slice())
+            .arg(kept.to_bytes().as_slice())
             .arg("NX")
             .arg("PXAT")
             .arg(until.0)
             .arg("GET");
         let earlier: Option<Vec<u8>> = self.tier.query(&cmd, None).await?;
-        Ok(earlier.as_deref().and_then(Answer::from_bytes))
+        Ok(earlier.as_deref().and_then(Kept::from_bytes))
     }
 }

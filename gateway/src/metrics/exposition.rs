@@ -259,6 +259,11 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
             &m.retries,
         ),
         (
+            names::REQUEST_ID_CONFLICTS,
+            "Taps that reused a request id kept for a different tap, decided afresh.",
+            &m.request_id_conflicts,
+        ),
+        (
             names::SHADOW_REFUSALS,
             "Shadow-mode taps that enforcement would have refused.",
             &m.shadow_refusals,
@@ -432,6 +437,7 @@ mod tests {
             names::DECISIONS,
             names::DEGRADED,
             names::RETRIES,
+            names::REQUEST_ID_CONFLICTS,
             names::SHADOW_REFUSALS,
             names::INVALID,
             names::AUDIT_FAILED,

@@ -23,6 +23,8 @@ pub mod names {
     pub const DEGRADED: &str = "ridegate_degraded_decisions_total";
     /// Counter: answers given again to a retried request.
     pub const RETRIES: &str = "ridegate_retried_requests_total";
+    /// Counter: taps that reused a request id kept for a different tap (decided afresh).
+    pub const REQUEST_ID_CONFLICTS: &str = "ridegate_request_id_conflicts_total";
     /// Counter: shadow-mode taps that enforcement would have refused.
     pub const SHADOW_REFUSALS: &str = "ridegate_shadow_refusals_total";
     /// Counter: requests rejected as malformed.
@@ -119,6 +121,7 @@ pub struct Metrics {
     decisions: [[AtomicU64; Reason::ALL.len()]; 3],
     degraded: AtomicU64,
     retries: AtomicU64,
+    request_id_conflicts: AtomicU64,
     shadow_refusals: AtomicU64,
     invalid: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS_US.len() + 1],
@@ -131,6 +134,7 @@ impl Default for Metrics {
             decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             degraded: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            request_id_conflicts: AtomicU64::new(0),
             shadow_refusals: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -156,6 +160,11 @@ impl Metrics {
         let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Counts one tap that reused a request id kept for a different tap.
+    pub fn record_request_id_conflict(&self) {
+        self.request_id_conflicts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one malformed request.

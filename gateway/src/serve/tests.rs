@@ -162,14 +162,26 @@ impl Fixture {
 
     /// Decides `credential` under `request_id` on the tap path itself.
     async fn decide(&self, request_id: &str, credential: Credential) -> Decided {
+        self.decide_at(request_id, credential, "S07", Direction::Entry).await
+    }
+
+    /// [`Fixture::decide`] at another station or in another direction (the gate id
+    /// stays the same).
+    async fn decide_at(
+        &self,
+        request_id: &str,
+        credential: Credential,
+        station: &str,
+        direction: Direction,
+    ) -> Decided {
         let received = Instant::now();
         let request = GateRequest {
             request_id: request_id.into(),
             gate: GateContext {
                 gate_id: "L10-S07-G03".into(),
-                station_id: "S07".into(),
+                station_id: station.into(),
                 line_id: "L10".into(),
-                direction: Direction::Entry,
+                direction,
                 tapped_at: self.clock.now(),
                 budget: None,
             },
@@ -280,6 +292,50 @@ async fn a_retry_with_the_same_gate_and_request_id_gets_the_stored_answer() {
     let fresh = f.decide("r-2", card()).await;
     assert_eq!(outcome(&fresh), (Verdict::Deny, Reason::HealthRed));
     assert!(!fresh.retry);
+}
+
+#[tokio::test]
+async fn a_request_id_reused_for_another_tap_is_decided_afresh_never_given_the_stored_answer() {
+    let f = Fixture::new().await;
+    f.link(1).await;
+    f.publish(1, pb::HealthColour::Green).await;
+    let first = f.decide("42", card()).await;
+    assert_eq!(outcome(&first), (Verdict::Allow, Reason::HealthGreen));
+    // A gate that restarted its counter: the same id for an unlinked card.
+    let stranger = Credential::Card {
+        medium: CardMedium::Physical,
+        number: CardNumber::parse("1000754399999999").expect("card number"),
+    };
+    let other = f.decide("42", stranger).await;
+    assert_eq!(outcome(&other), (Verdict::Assist, Reason::NotLinked));
+    assert!(!other.retry);
+    // The same card leaving is another tap too.
+    let exit = f.decide_at("42", card(), "S07", Direction::Exit).await;
+    assert_eq!((outcome(&exit), exit.retry), ((Verdict::Allow, Reason::Exit), false));
+    // The first tap's own retry still gets its answer.
+    let retried = f.decide("42", card()).await;
+    assert_eq!((retried.answer, retried.retry), (first.answer, true));
+    let page = f.app.exposition.render().expect("metrics render");
+    assert!(page.contains("ridegate_request_id_conflicts_total 2"), "{page}");
+}
+
+#[tokio::test]
+async fn a_ride_code_under_a_reused_request_id_elsewhere_is_a_replay() {
+    let f = Fixture::new().await;
+    f.link(1).await;
+    f.publish(1, pb::HealthColour::Green).await;
+    let qr = f.code("jti-reuse");
+    let first = f.decide("7", ride_code(qr.clone())).await;
+    assert_eq!(outcome(&first), (Verdict::Allow, Reason::HealthGreen));
+    // Same gate id and request id, same code, another station: not a retry of the tap.
+    let elsewhere = f.decide_at("7", ride_code(qr.clone()), "S08", Direction::Entry).await;
+    assert_eq!(
+        (outcome(&elsewhere), elsewhere.retry),
+        ((Verdict::Deny, Reason::CodeReplayed), false)
+    );
+    // The genuine retry is still answered as the first tap was.
+    let retried = f.decide("7", ride_code(qr)).await;
+    assert_eq!((retried.answer, retried.retry), (first.answer, true));
 }
 
 #[tokio::test]
