@@ -115,11 +115,12 @@ pub enum Reason {
     CodeCertRevoked,
     CodeReplayed,
     CodeWrongType,
+    CodeSingleUseUnknown,
 }
 
 impl Reason {
     /// Every reason, in wire order; used to size per-reason metrics.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::HealthGreen,
         Reason::HealthYellow,
         Reason::HealthRed,
@@ -146,6 +147,7 @@ impl Reason {
         Reason::CodeCertRevoked,
         Reason::CodeReplayed,
         Reason::CodeWrongType,
+        Reason::CodeSingleUseUnknown,
     ];
 
     /// A stable snake_case label for metrics and audit records.
@@ -177,6 +179,7 @@ impl Reason {
             Reason::CodeCertRevoked => "code_cert_revoked",
             Reason::CodeReplayed => "code_replayed",
             Reason::CodeWrongType => "code_wrong_type",
+            Reason::CodeSingleUseUnknown => "code_single_use_unknown",
         }
     }
 

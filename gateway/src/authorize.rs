@@ -26,7 +26,7 @@ use ridegate_core::model::{Answer, DecisionId, Reason, UnixMillis};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader};
+use crate::stores::{Claimed, IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader};
 use crate::telemetry::Throttled;
 use ridegate_core::decision::{CredentialCheck, GateRequest, HealthView, Outcome, Rules, Subject, Tap};
 
@@ -222,14 +222,19 @@ impl Authorizer {
                     code = verified;
                     trace.issuer = Some(code.issuer.clone());
                     let key = code.code_key(&self.pseudonymizer);
-                    if self.replay.claim_by(key, owner, code.valid_until, now, deadline).await == Claim::Replayed {
-                        (CredentialCheck::Refused(Reason::CodeReplayed), None)
-                    } else {
-                        let account = LinkKey::RideAccount {
-                            issuer: &code.issuer,
-                            account: &code.account,
-                        };
-                        (CredentialCheck::Passed(CredentialKind::RideCode), Some(account))
+                    let account = LinkKey::RideAccount {
+                        issuer: &code.issuer,
+                        account: &code.account,
+                    };
+                    match self.replay.claim_by(key, owner, code.valid_until, now, deadline).await {
+                        // Used before, by the shared guard's or this instance's own record.
+                        Claimed {
+                            claim: Claim::Replayed, ..
+                        } => (CredentialCheck::Refused(Reason::CodeReplayed), None),
+                        Claimed { confirmed: false, .. } => (CredentialCheck::SingleUseUnknown, Some(account)),
+                        Claimed { confirmed: true, .. } => {
+                            (CredentialCheck::Passed(CredentialKind::RideCode), Some(account))
+                        }
                     }
                 }
             },

@@ -296,6 +296,16 @@ pub enum ReplayBackend {
     },
 }
 
+/// What claiming a code found, and whether the guard that decides was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    /// The claim.
+    pub claim: Claim,
+    /// False when the shared guard could not answer in time and the claim is this
+    /// instance's memory alone.
+    pub confirmed: bool,
+}
+
 impl ReplayBackend {
     /// Claims `code` for `request`, by `deadline`.
     pub async fn claim_by(
@@ -305,9 +315,12 @@ impl ReplayBackend {
         valid_until: UnixMillis,
         now: UnixMillis,
         deadline: Instant,
-    ) -> Claim {
+    ) -> Claimed {
         match self {
-            Self::Memory(m) => m.claim_now(code, request, valid_until, now),
+            Self::Memory(m) => Claimed {
+                claim: m.claim_now(code, request, valid_until, now),
+                confirmed: true,
+            },
             Self::Shared {
                 redis,
                 local,
@@ -315,10 +328,13 @@ impl ReplayBackend {
             } => {
                 let local_claim = local.claim_now(code, request, valid_until, now);
                 match timeout_at(deadline, redis.claim(code, request, valid_until, now)).await {
-                    Ok(Ok(claim)) => claim,
+                    Ok(Ok(claim)) => Claimed { claim, confirmed: true },
                     _ => {
                         fallbacks.fetch_add(1, Ordering::Relaxed);
-                        local_claim
+                        Claimed {
+                            claim: local_claim,
+                            confirmed: false,
+                        }
                     }
                 }
             }

@@ -22,7 +22,7 @@ pub mod changes;
 pub(crate) mod encoding;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -51,10 +51,13 @@ pub struct SharedSettings {
     /// Prefix of every key ridegate writes.
     pub prefix: String,
     /// Longest wait for one Redis command; the tap's own deadline may cut it shorter.
-    /// Keep it well under the gate's budget: a timeout marks Redis down and later taps
-    /// fall back at once.
+    /// Keep it well under the gate's budget: after `down_after_timeouts` timeouts in a
+    /// row Redis is marked down and later taps fall back at once.
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
+    /// Timeouts in a row before Redis is marked down. One slow reply under a CPU spike
+    /// is not an outage; a refused or dropped connection marks it down at once.
+    pub down_after_timeouts: u32,
     /// Longest wait to connect.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -80,6 +83,7 @@ impl Default for SharedSettings {
             password: String::new(),
             prefix: "rg".into(),
             operation_timeout: Duration::from_millis(50),
+            down_after_timeouts: 3,
             connect_timeout: Duration::from_secs(1),
             probe_interval: Duration::from_millis(500),
             changes_max_len: 100_000,
@@ -116,6 +120,9 @@ impl SharedSettings {
         }
         if self.probe_interval.is_zero() {
             return invalid("probe_interval", "must be more than 0");
+        }
+        if self.down_after_timeouts == 0 {
+            return invalid("down_after_timeouts", "must be at least 1");
         }
         Ok(())
     }
@@ -191,6 +198,8 @@ pub struct SharedTier {
     settings: SharedSettings,
     connection: Connection,
     up: AtomicBool,
+    /// Timeouts since the last success.
+    timeouts_in_a_row: AtomicU32,
     stats: SharedStats,
 }
 
@@ -210,6 +219,7 @@ impl SharedTier {
             settings,
             connection,
             up: AtomicBool::new(false),
+            timeouts_in_a_row: AtomicU32::new(0),
             stats: SharedStats::default(),
         }))
     }
@@ -268,19 +278,26 @@ impl SharedTier {
         let result = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Rejected(e)),
+            Ok(Err(e)) if e.is_timeout() => {
+                self.note_timeout();
+                Err(SharedError::Connection(e))
+            }
             Ok(Err(e)) => {
                 self.mark_down();
                 Err(SharedError::Connection(e))
             }
             Err(_) => {
-                self.mark_down();
+                self.note_timeout();
                 Err(SharedError::Timeout)
             }
         };
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        } else if !self.is_up() {
-            self.mark_up();
+        } else {
+            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+            if !self.is_up() {
+                self.mark_up();
+            }
         }
         result
     }
@@ -288,6 +305,14 @@ impl SharedTier {
     /// Pings the tier and records whether it is up; returns the new state.
     pub async fn probe(&self) -> bool {
         self.send::<String>(&redis::cmd("PING"), None).await.is_ok()
+    }
+
+    /// One more timeout in a row; enough of them mark the tier down.
+    fn note_timeout(&self) {
+        let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if in_a_row >= self.settings.down_after_timeouts {
+            self.mark_down();
+        }
     }
 
     fn mark_down(&self) {

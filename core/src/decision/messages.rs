@@ -49,6 +49,10 @@ pub fn screen_message(verdict: Verdict, reason: Reason) -> (&'static str, &'stat
             "Ride code no longer valid: go online and refresh",
         ),
         Reason::CodeUnknownIssuer => ("不支持该乘车码", "This ride-code app is not accepted here"),
+        Reason::CodeSingleUseUnknown => (
+            "乘车码暂时无法核验，请联系工作人员",
+            "Ride code cannot be checked right now: please see staff",
+        ),
         Reason::CodeMalformed
         | Reason::CodeOversize
         | Reason::CodeAlgNotAllowed

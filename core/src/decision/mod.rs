@@ -9,6 +9,8 @@ use std::time::Duration;
 pub use messages::screen_message;
 pub use rules::Rules;
 
+use serde::{Deserialize, Serialize};
+
 use crate::credential::{Credential, CredentialKind};
 use crate::model::{Direction, HealthStatus, Mode, Reason, UnixMillis, Verdict};
 
@@ -61,6 +63,24 @@ pub enum CredentialCheck {
     Passed(CredentialKind),
     /// Refused for this reason (a `Code*` reason).
     Refused(Reason),
+    /// A ride code that verified, whose single use the shared guard could not confirm
+    /// in time (this instance had not seen it used): [`Rules::single_use_unknown`]
+    /// decides.
+    SingleUseUnknown,
+}
+
+/// What to do with a verified ride code whose single use cannot be confirmed because
+/// the shared replay guard (Redis) is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SingleUseFallback {
+    /// Trust this instance's own memory of used codes, and mark the answer degraded (a
+    /// code could be used once at each instance while Redis is unreachable).
+    Local,
+    /// Refuse ride codes: DENY, `CODE_SINGLE_USE_UNKNOWN`.
+    Deny,
+    /// Send the rider to staff: ASSIST, `CODE_SINGLE_USE_UNKNOWN`.
+    Assist,
 }
 
 /// What is known about the rider, once the credential itself is valid.

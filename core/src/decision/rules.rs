@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CredentialCheck, HealthView, Outcome, Subject, Tap};
+use super::{CredentialCheck, HealthView, Outcome, SingleUseFallback, Subject, Tap};
 use crate::clock::millis;
 use crate::credential::{CredentialKind, TicketKind};
 use crate::model::{Colour, Direction, HealthStatus, Mode, Reason, UnixMillis, Verdict};
@@ -51,6 +51,9 @@ pub struct Rules {
     pub unavailable_lines: BTreeMap<String, Verdict>,
     /// Refuse electronic single-journey tickets (suspended; refunded by the seller).
     pub electronic_single_journey_suspended: bool,
+    /// A verified ride code whose single use the shared guard cannot confirm in time:
+    /// `local` (this instance's memory, answer degraded), `deny` or `assist`.
+    pub single_use_unknown: SingleUseFallback,
     /// Mode where no station or line mode is set.
     pub default_mode: Mode,
     /// Mode by station id (wins over the line's).
@@ -74,6 +77,7 @@ impl Default for Rules {
             unavailable_stations: BTreeMap::new(),
             unavailable_lines: BTreeMap::new(),
             electronic_single_journey_suspended: true,
+            single_use_unknown: SingleUseFallback::Local,
             default_mode: Mode::Enforce,
             stations: BTreeMap::new(),
             lines: BTreeMap::new(),
@@ -87,11 +91,16 @@ impl Rules {
     /// said no — or, defensively, could not be: then the unavailable-policy applies).
     pub fn decide(&self, tap: &Tap<'_>, rider: Option<Subject>, now: UnixMillis) -> Outcome {
         let mode = self.mode(tap.station_id, tap.line_id);
-        if let Some(judgement) = self.without_rider(tap, mode) {
-            return apply_mode(mode, judgement);
-        }
-        let subject = rider.unwrap_or(Subject::Linked(HealthView::Unavailable));
-        apply_mode(mode, self.judge(subject, now, tap.station_id, tap.line_id))
+        let mut judgement = match self.without_rider(tap, mode) {
+            Some(judgement) => judgement,
+            None => {
+                let subject = rider.unwrap_or(Subject::Linked(HealthView::Unavailable));
+                self.judge(subject, now, tap.station_id, tap.line_id)
+            }
+        };
+        // A code trusted on this instance's memory alone is a guess: say so.
+        judgement.degraded |= tap.credential == CredentialCheck::SingleUseUnknown;
+        apply_mode(mode, judgement)
     }
 
     /// Whether deciding `tap` needs the rider's link and health status: false when the
@@ -128,6 +137,14 @@ impl Rules {
         let kind = match tap.credential {
             CredentialCheck::Refused(reason) => return refuse(reason),
             CredentialCheck::Passed(kind) => kind,
+            CredentialCheck::SingleUseUnknown => match self.single_use_unknown {
+                SingleUseFallback::Local => CredentialKind::RideCode,
+                SingleUseFallback::Deny => return refuse(Reason::CodeSingleUseUnknown),
+                SingleUseFallback::Assist => {
+                    let assist = Judgement::plain(Verdict::Assist, Reason::CodeSingleUseUnknown);
+                    return Some(assist.enforced());
+                }
+            },
         };
         if kind == CredentialKind::Ticket(TicketKind::ElectronicSingleJourney)
             && self.electronic_single_journey_suspended
@@ -382,6 +399,35 @@ mod tests {
         ];
         for (name, credential, rider, expected) in table {
             assert_eq!(verdict(&rules, &entry(credential), rider), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_single_use_follows_the_configured_fallback() {
+        let green = Some(known(Colour::Green, Some(1)));
+        let local = Rules::default().decide(&entry(CredentialCheck::SingleUseUnknown), green, NOW);
+        assert_eq!(
+            (local.verdict, local.reason, local.degraded),
+            (Verdict::Allow, Reason::HealthGreen, true)
+        );
+        for (fallback, verdict) in [
+            (SingleUseFallback::Deny, Verdict::Deny),
+            (SingleUseFallback::Assist, Verdict::Assist),
+        ] {
+            for mode in [Mode::Enforce, Mode::Shadow, Mode::Off] {
+                let rules = Rules {
+                    single_use_unknown: fallback,
+                    default_mode: mode,
+                    ..Rules::default()
+                };
+                let o = rules.decide(&entry(CredentialCheck::SingleUseUnknown), green, NOW);
+                assert_eq!(
+                    (o.verdict, o.reason, o.degraded, o.shadow),
+                    (verdict, Reason::CodeSingleUseUnknown, true, None),
+                    "{fallback:?} {mode:?}"
+                );
+                assert!(!rules.needs_rider(&entry(CredentialCheck::SingleUseUnknown)));
+            }
         }
     }
 

@@ -180,6 +180,7 @@ pub(super) fn reason(r: Reason) -> pb::Reason {
         Reason::CodeCertRevoked => pb::Reason::CodeCertRevoked,
         Reason::CodeReplayed => pb::Reason::CodeReplayed,
         Reason::CodeWrongType => pb::Reason::CodeWrongType,
+        Reason::CodeSingleUseUnknown => pb::Reason::CodeSingleUseUnknown,
     }
 }
 

@@ -1,12 +1,23 @@
 //! `ridegate.v1.Gate`: unary `Authorize` and the `Taps` stream.
+//!
+//! `Taps` is served by [`TapsRoute`] with a decoder of its own ([`TapCodec`]): a tap
+//! whose bytes do not decode gets a `TapError` in place and the stream stays open, as
+//! the contract promises (tonic's stock decoder cannot carry on past such a message).
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Buf as _;
 use futures::{Stream, StreamExt as _};
+use prost::Message as _;
 use ridegate_proto::pb;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::codegen::{Body, BoxFuture, StdError};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_prost::ProstEncoder;
 
 use super::convert::{self, InvalidRequest};
 use super::deadline::{Deadlines, grpc_timeout};
@@ -51,7 +62,21 @@ impl GateService {
         Ok(convert::response(request_id, decided))
     }
 
-    async fn tap(&self, message: pb::AuthorizeRequest) -> pb::TapResult {
+    async fn tap(&self, message: TapMessage) -> pb::TapResult {
+        let message = match message {
+            TapMessage::Tap(message) => message,
+            TapMessage::Undecodable(problem) => {
+                self.authorizer.record_invalid();
+                let error = pb::TapError {
+                    request_id: String::new(),
+                    code: Code::InvalidArgument as i32,
+                    message: format!("malformed protobuf message: {problem}"),
+                };
+                return pb::TapResult {
+                    result: Some(pb::tap_result::Result::Error(error)),
+                };
+            }
+        };
         let request_id = message.request_id.clone();
         let result = match self.decide(message, Instant::now(), None).await {
             Ok(response) => pb::tap_result::Result::Decision(response),
@@ -90,27 +115,34 @@ impl pb::gate_server::Gate for GateService {
     type TapsStream = TapStream;
 
     async fn taps(&self, request: Request<Streaming<pb::AuthorizeRequest>>) -> Result<Response<TapStream>, Status> {
+        Ok(Response::new(
+            self.answer_taps(request.into_inner().map(|r| r.map(TapMessage::Tap))),
+        ))
+    }
+}
+
+impl GateService {
+    /// Answers a stream of taps, concurrently, until it ends or the server drains. Taps
+    /// received before a transport error (a message over the size limit, a broken
+    /// connection) are still answered; then the stream ends with the error mapped in
+    /// the one place that maps errors.
+    fn answer_taps(&self, taps: impl Stream<Item = Result<TapMessage, Status>> + Send + 'static) -> TapStream {
         let mut draining = self.draining.clone();
         let drained = async move {
             let _ = draining.wait_for(|d| *d).await;
         };
-        // Taps received before a broken message are still answered; then the stream
-        // ends with the error (tonic cannot resynchronise after an undecodable message).
         let (broken_tx, broken_rx) = tokio::sync::oneshot::channel::<Status>();
-        let taps = request
-            .into_inner()
-            .take_until(drained)
-            .scan(Some(broken_tx), |broken_tx, item| {
-                std::future::ready(match item {
-                    Ok(message) => Some(message),
-                    Err(status) => {
-                        if let Some(tx) = broken_tx.take() {
-                            let _ = tx.send(status);
-                        }
-                        None
+        let taps = taps.take_until(drained).scan(Some(broken_tx), |broken_tx, item| {
+            std::future::ready(match item {
+                Ok(message) => Some(message),
+                Err(status) => {
+                    if let Some(tx) = broken_tx.take() {
+                        let _ = tx.send(super::status::transport(status));
                     }
-                })
-            });
+                    None
+                }
+            })
+        });
         let this = self.clone();
         let answers = taps
             .map(move |message| {
@@ -120,7 +152,104 @@ impl pb::gate_server::Gate for GateService {
             .buffer_unordered(self.stream_concurrency)
             .map(Ok);
         let broken = futures::stream::once(broken_rx).filter_map(|r| std::future::ready(r.ok().map(Err)));
-        let results = answers.chain(broken);
-        Ok(Response::new(Box::pin(results)))
+        Box::pin(answers.chain(broken))
+    }
+}
+
+/// One message on the `Taps` stream: a tap, or bytes that did not decode as one.
+#[derive(Debug)]
+pub(super) enum TapMessage {
+    /// A tap (not yet validated).
+    Tap(pb::AuthorizeRequest),
+    /// Why the message's bytes did not decode.
+    Undecodable(String),
+}
+
+/// The `Taps` codec: prost for answers, and a decoder that consumes an undecodable
+/// message whole and yields it as [`TapMessage::Undecodable`], so the next message is
+/// read from its own frame.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct TapCodec;
+
+impl Codec for TapCodec {
+    type Encode = pb::TapResult;
+    type Decode = TapMessage;
+    type Encoder = ProstEncoder<pb::TapResult>;
+    type Decoder = TapCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        TapCodec
+    }
+}
+
+impl Decoder for TapCodec {
+    type Item = TapMessage;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<TapMessage>, Status> {
+        // The buffer holds exactly this message's bytes (tonic frames them by length).
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        Ok(Some(match pb::AuthorizeRequest::decode(bytes) {
+            Ok(tap) => TapMessage::Tap(tap),
+            Err(e) => TapMessage::Undecodable(e.to_string()),
+        }))
+    }
+}
+
+/// `/ridegate.v1.Gate/Taps` over [`TapCodec`], routed ahead of the generated server's
+/// own `Taps`.
+#[derive(Clone)]
+pub(super) struct TapsRoute {
+    gate: GateService,
+    max_request_bytes: usize,
+}
+
+impl TapsRoute {
+    /// Serves `gate`'s `Taps`, with messages up to `max_request_bytes`.
+    pub(super) fn new(gate: GateService, max_request_bytes: usize) -> Self {
+        Self {
+            gate,
+            max_request_bytes,
+        }
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for TapsRoute
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (gate, limit) = (self.gate.clone(), self.max_request_bytes);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(TapCodec).apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.streaming(TapsCall(gate), request).await)
+        })
+    }
+}
+
+/// One `Taps` call, for tonic's streaming handler.
+struct TapsCall(GateService);
+
+impl tonic::server::StreamingService<TapMessage> for TapsCall {
+    type Response = pb::TapResult;
+    type ResponseStream = TapStream;
+    type Future = BoxFuture<Response<TapStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<TapMessage>>) -> Self::Future {
+        let stream = self.0.answer_taps(request.into_inner());
+        Box::pin(async move { Ok(Response::new(stream)) })
     }
 }

@@ -137,6 +137,7 @@ pub async fn serve(
     } = app;
     let server_config = config.server.clone();
 
+    let taps = gate::TapsRoute::new(services.gate.clone(), server_config.max_request_bytes);
     let gate = GateServer::new(services.gate)
         // Big enough that an oversize QR text reaches the verifier and gets a DENY with
         // CODE_OVERSIZE instead of a transport error.
@@ -212,13 +213,17 @@ pub async fn serve(
             }
         }
     });
-    let router = routes.into_axum_router().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let exposition = exposition.clone();
-            async move { metrics_page(&exposition) }
-        }),
-    );
+    let router = routes
+        .into_axum_router()
+        // Taps with a decoder that answers an undecodable tap in place (see gate.rs).
+        .route_service("/ridegate.v1.Gate/Taps", taps)
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let exposition = exposition.clone();
+                async move { metrics_page(&exposition) }
+            }),
+        );
 
     let addr = listener.local_addr().context("listener address")?;
     // The drain runs while the server keeps serving: NOT_SERVING first, then (after
@@ -233,6 +238,8 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
     let server = transport(&server_config)
+        // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
+        .layer(tower::util::MapResponseLayer::new(status::transport_headers))
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming(listener, &server_config), drain);
     tracing::info!(%addr, feed = config.health.feed_enabled, "ridegate serving");

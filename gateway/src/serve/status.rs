@@ -10,7 +10,7 @@
 use std::error::Error;
 
 use ridegate_adapters::link::LinkError;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::auth::AuthError;
 use super::convert::InvalidRequest;
@@ -21,6 +21,38 @@ use crate::linking::LinkDenied;
 const LINK_STORE_UNAVAILABLE: &str = "the link store is unavailable, retry";
 /// What a caller is told when ridegate itself is at fault.
 const INTERNAL: &str = "internal error in ridegate; it has been logged";
+
+/// How tonic's status for a message over the size limit begins (it says OUT_OF_RANGE).
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: ";
+
+/// A status from the transport as ridegate reports it: a message over the size limit is
+/// RESOURCE_EXHAUSTED, gRPC's code for it, not tonic's OUT_OF_RANGE.
+pub(super) fn transport(status: Status) -> Status {
+    match status.message().strip_prefix(TONIC_TOO_LARGE) {
+        Some(sizes) if status.code() == Code::OutOfRange => {
+            Status::resource_exhausted(format!("request message too large: {sizes}"))
+        }
+        _ => status,
+    }
+}
+
+/// [`transport`] on a finished HTTP response: a unary call refused by the decoder is
+/// answered in the response's headers (a trailers-only response), before any service
+/// sees it. Layered over the whole server.
+pub(super) fn transport_headers<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let refused_too_large = response.headers().get("grpc-status").is_some_and(|v| v == "11");
+    if refused_too_large && let Some(status) = Status::from_header_map(response.headers()) {
+        let mapped = transport(status);
+        if mapped.code() == Code::ResourceExhausted {
+            let headers = response.headers_mut();
+            headers.remove("grpc-message");
+            if mapped.add_header(headers).is_err() {
+                tracing::error!("an oversize request's status could not be rewritten");
+            }
+        }
+    }
+    response
+}
 
 impl From<InvalidRequest> for Status {
     fn from(e: InvalidRequest) -> Self {
