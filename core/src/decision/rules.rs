@@ -308,7 +308,9 @@ mod tests {
         let uncovered = CredentialCheck::Passed(CredentialKind::Uncovered(UncoveredKind::BankCard));
         let e_ticket = CredentialCheck::Passed(CredentialKind::Ticket(TicketKind::ElectronicSingleJourney));
         let ticket = CredentialCheck::Passed(CredentialKind::Ticket(TicketKind::SingleJourney));
-        let table: Vec<(&str, CredentialCheck, Option<Subject>, (Verdict, Reason))> = vec![
+        // A scenario: its name, the credential check, the subject's status, the answer.
+        type Row = (&'static str, CredentialCheck, Option<Subject>, (Verdict, Reason));
+        let table: Vec<Row> = vec![
             (
                 "green, tested 3 h ago",
                 CARD,
