@@ -19,3 +19,5 @@ pub mod lines;
 pub mod link;
 pub mod replay;
 pub mod shared;
+#[cfg(feature = "test-util")]
+pub mod test_util;

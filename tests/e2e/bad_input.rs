@@ -1,13 +1,13 @@
 //! Bad requests get a clear status or a DENY with a reason, and never take the server
 //! down.
 
-use ridegate_adapters::credential::ride_code::SigningAlg;
+use ridegate_adapters::test_util::SigningAlg;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
-use crate::support::*;
+use ridegate_tests::*;
 
 async fn gateway() -> Gateway {
     GatewayBuilder::new()

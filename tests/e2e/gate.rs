@@ -3,12 +3,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use ridegate_adapters::credential::ride_code::SigningAlg;
+use ridegate_adapters::test_util::SigningAlg;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tokio_stream::StreamExt as _;
 
-use crate::support::codes;
-use crate::support::*;
+use ridegate_tests::codes;
+use ridegate_tests::*;
 
 const HOUR: i64 = 3_600_000;
 
@@ -179,7 +179,7 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
             tap(code(&codes::at(
                 alipay,
                 "acct-green",
-                t.plus_ms(-600_000),
+                t + -600_000,
                 Duration::from_secs(30),
             ))),
             (Verdict::Deny, Reason::CodeExpired),
@@ -189,7 +189,7 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
             tap(code(&codes::at(
                 alipay,
                 "acct-green",
-                t.plus_ms(120_000),
+                t + 120_000,
                 Duration::from_secs(30),
             ))),
             (Verdict::Deny, Reason::CodeNotYetValid),
@@ -205,7 +205,7 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
                 ytx,
                 "ytx-green",
                 &codes::jti(),
-                t.plus_ms(-50 * HOUR),
+                t + -50 * HOUR,
                 day,
             )))),
             (Verdict::Deny, Reason::CodeCertExpired),

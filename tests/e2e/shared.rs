@@ -6,18 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::credential::ride_code::SigningAlg;
-use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_adapters::test_util::{CallerKind, SigningAlg, synthetic_resident_id};
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::codes;
-use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::*;
+use ridegate_tests::codes;
+use ridegate_tests::redis::{RedisCluster, RedisServer};
+use ridegate_tests::*;
 
 const PROPAGATION: Duration = Duration::from_secs(1);
 
@@ -96,8 +94,8 @@ async fn publish(gateway: &Gateway, person: u64, colour: pb::HealthColour) {
     let update = pb::StatusUpdate {
         subject: Some(pb::status_update::Subject::IdNumber(synthetic_resident_id(person))),
         colour: colour.into(),
-        set_at_unix_ms: now().0,
-        negative_test_at_unix_ms: now().0 - 3_600_000,
+        set_at_unix_ms: now(),
+        negative_test_at_unix_ms: now() - 3_600_000,
     };
     let response = HealthFeedClient::new(gateway.channel().await)
         .publish(authed(pb::PublishRequest { updates: vec![update] }, &token))

@@ -15,6 +15,7 @@
 //! by ridegate's clock with the issuer's clock skew.
 
 mod keys;
+#[cfg(any(test, feature = "test-util"))]
 mod mint;
 
 use std::collections::{HashMap, HashSet};
@@ -27,7 +28,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
 use serde::Deserialize;
 
-pub use keys::{KeyError, SigningAlg, SigningKey, VerifyingKey};
+#[cfg(any(test, feature = "test-util"))]
+pub use keys::SigningKey;
+pub use keys::{KeyError, SigningAlg, VerifyingKey};
+#[cfg(any(test, feature = "test-util"))]
 pub use mint::{CodeMinter, DeviceCodeMinter, MintError};
 
 use crate::ids::{CodeKey, Pseudonymizer};
