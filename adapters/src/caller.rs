@@ -14,11 +14,17 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::credential::ride_code::{KeyError, SigningAlg, SigningKey, VerifyingKey};
+use crate::credential::ride_code::{KeyError, VerifyingKey};
+// Minting is for the tools and tests only (feature `test-util`).
 use ridegate_core::model::UnixMillis;
+#[cfg(any(test, feature = "test-util"))]
+use {
+    crate::credential::ride_code::{SigningAlg, SigningKey},
+    jsonwebtoken::{Algorithm, Header},
+};
 
 /// The `aud` every caller token must carry.
 pub const AUDIENCE: &str = "ridegate";
@@ -194,12 +200,15 @@ impl CallerVerifier {
     }
 }
 
-/// Mints caller tokens: for `ridegate keys token`, the demo and tests.
+/// Mints caller tokens: for `ridegate keys token`, the demo and tests (behind the
+/// `test-util` feature: the server never mints).
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Clone)]
 pub struct CallerTokenMinter {
     key: SigningKey,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl CallerTokenMinter {
     /// A minter signing with `key`.
     pub fn new(key: SigningKey) -> Self {
@@ -212,10 +221,10 @@ impl CallerTokenMinter {
         kind: CallerKind,
         id: &str,
         issuer: Option<&str>,
-        now: UnixMillis,
+        now: impl Into<UnixMillis>,
         lifetime: Duration,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        let iat = u64::try_from(now.0 / 1000).unwrap_or(0);
+        let iat = u64::try_from(now.into().0 / 1000).unwrap_or(0);
         let claims = Claims {
             sub: id.into(),
             kind,

@@ -487,6 +487,7 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 /// A valid but made-up resident ID number, distinct for every `n` below 10^9: for
 /// demos, load tests and fixtures. Region 110101 (Beijing Dongcheng); the birth date and
 /// sequence encode `n`.
+#[cfg(any(test, feature = "test-util"))]
 pub fn synthetic_resident_id(n: u64) -> String {
     let day_index = n / 1000;
     let seq = n % 1000;

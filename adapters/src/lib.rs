@@ -20,3 +20,5 @@ pub mod link;
 pub mod replay;
 pub mod settings;
 pub mod shared;
+#[cfg(feature = "test-util")]
+pub mod test_util;

@@ -27,6 +27,13 @@ impl UnixMillis {
     }
 }
 
+/// Plain milliseconds since the epoch (what the wire carries).
+impl From<i64> for UnixMillis {
+    fn from(ms: i64) -> Self {
+        Self(ms)
+    }
+}
+
 /// A health-code colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

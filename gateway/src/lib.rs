@@ -3,21 +3,17 @@
 //! to a linked identity, checks the identity's cached health-code status, and answers
 //! allow / deny / assist within the gate's timing budget.
 //!
-//! The binary is thin: [`cli::main`] parses arguments and calls [`run`], which tests and
-//! the demo call too.
+//! This is the server library. The `ridegate` command line (package `ridegate-tools`)
+//! parses arguments and calls [`run`] for `ridegate serve`; its demo calls it too.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod authorize;
 pub mod cache;
-pub mod cli;
 pub mod config;
-pub mod healthsim;
 pub mod linking;
-pub mod load;
 pub mod metrics;
-pub mod population;
 pub mod serve;
 pub mod stores;
 pub mod telemetry;

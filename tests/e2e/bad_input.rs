@@ -1,13 +1,13 @@
 //! Bad requests get a clear status or a DENY with a reason, and never take the server
 //! down.
 
-use ridegate_adapters::credential::ride_code::SigningAlg;
+use ridegate_adapters::test_util::SigningAlg;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
-use crate::support::*;
+use ridegate_tests::*;
 
 async fn gateway() -> Gateway {
     GatewayBuilder::new()
@@ -138,8 +138,22 @@ async fn a_request_beyond_the_size_limit_gets_a_clear_status() {
         .authorize(tap(code(&"A".repeat(3 << 20))))
         .await
         .expect_err("too large");
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(status.message().contains("message length too large"), "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("request message too large"), "{status:?}");
+    assert_still_serving(&mut gateway).await;
+}
+
+#[tokio::test]
+async fn an_oversize_tap_on_a_stream_ends_it_with_resource_exhausted_after_answering_what_came_before() {
+    let mut gateway = gateway().await;
+    let good = prost::Message::encode_to_vec(&tap(card("1000000000000001")).id("before"));
+    let huge = prost::Message::encode_to_vec(&tap(code(&"A".repeat(3 << 20))).id("huge"));
+    let mut body = raw::frame(&good).to_vec();
+    body.extend_from_slice(&raw::frame(&huge));
+    let raw = raw::call(&gateway.addr, "/ridegate.v1.Gate/Taps", &[], body.into()).await;
+    assert_eq!(raw.status, Code::ResourceExhausted as i32, "{}", raw.message);
+    assert!(raw.message.starts_with("request message too large"), "{}", raw.message);
+    assert_eq!(raw.messages.len(), 1, "the tap before the oversize one was answered");
     assert_still_serving(&mut gateway).await;
 }
 
@@ -171,18 +185,36 @@ async fn a_bad_tap_on_a_stream_gets_an_error_result_and_the_stream_goes_on() {
 }
 
 #[tokio::test]
-async fn garbage_on_a_stream_ends_it_with_invalid_argument_after_answering_what_came_before() {
+async fn garbage_on_a_stream_gets_a_tap_error_in_place_and_the_stream_goes_on() {
     let mut gateway = gateway().await;
-    let good = prost::Message::encode_to_vec(&tap(card("1000000000000001")).id("before"));
-    let mut body = raw::frame(&good).to_vec();
+    let before = prost::Message::encode_to_vec(&tap(card("1000000000000001")).id("before"));
+    let after = prost::Message::encode_to_vec(&tap(card("1000000000000001")).id("after"));
+    let mut body = raw::frame(&before).to_vec();
     body.extend_from_slice(&raw::frame(&[0xff, 0xff, 0xff]));
+    body.extend_from_slice(&raw::frame(&after));
     let raw = raw::call(&gateway.addr, "/ridegate.v1.Gate/Taps", &[], body.into()).await;
-    assert_eq!(raw.status, Code::InvalidArgument as i32, "{}", raw.message);
-    assert_eq!(raw.messages.len(), 1, "the tap before the garbage was answered");
-    let result = <pb::TapResult as prost::Message>::decode(raw.messages[0].clone()).unwrap();
-    let Some(pb::tap_result::Result::Decision(d)) = result.result else {
-        panic!("{result:?}")
-    };
-    assert_eq!(d.request_id, "before");
+    assert_eq!(raw.status, Code::Ok as i32, "{}", raw.message);
+    assert_eq!(raw.messages.len(), 3, "every message answered");
+    let mut decided = Vec::new();
+    let mut errors = Vec::new();
+    for message in &raw.messages {
+        match <pb::TapResult as prost::Message>::decode(message.clone())
+            .unwrap()
+            .result
+        {
+            Some(pb::tap_result::Result::Decision(d)) => decided.push(d.request_id),
+            Some(pb::tap_result::Result::Error(e)) => errors.push(e),
+            None => panic!("an empty result"),
+        }
+    }
+    decided.sort();
+    assert_eq!(decided, ["after", "before"]);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].code, Code::InvalidArgument as i32);
+    assert!(
+        errors[0].message.starts_with("malformed protobuf message"),
+        "{}",
+        errors[0].message
+    );
     assert_still_serving(&mut gateway).await;
 }

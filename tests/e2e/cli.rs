@@ -5,7 +5,7 @@ use std::process::Output;
 
 use ridegate_proto::pb::{Reason, Verdict};
 
-use crate::support::*;
+use ridegate_tests::*;
 
 fn ridegate(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = std::process::Command::new(binary());

@@ -1,19 +1,18 @@
 //! Health statuses pushed at run time through `ridegate.v1.HealthFeed`.
 
-use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::ids::{Pseudonymizer, ResidentId, synthetic_resident_id};
+use ridegate_adapters::test_util::{CallerKind, pseudonym, synthetic_resident_id};
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tonic::Code;
 
-use crate::support::*;
+use ridegate_tests::*;
 
 fn update(subject: pb::status_update::Subject, colour: pb::HealthColour, set_at: i64) -> pb::StatusUpdate {
     pb::StatusUpdate {
         subject: Some(subject),
         colour: colour.into(),
         set_at_unix_ms: set_at,
-        negative_test_at_unix_ms: now().0 - 3_600_000,
+        negative_test_at_unix_ms: now() - 3_600_000,
     }
 }
 
@@ -45,7 +44,7 @@ async fn a_pushed_status_changes_the_very_next_tap() {
 
     let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
     let red = pb::PublishRequest {
-        updates: vec![update(by_id_number(1), pb::HealthColour::Red, now().0)],
+        updates: vec![update(by_id_number(1), pb::HealthColour::Red, now())],
     };
     let published = feed.publish(authed(red, &token)).await.unwrap().into_inner();
     assert_eq!((published.applied, published.rejected.len()), (1, 0));
@@ -57,13 +56,10 @@ async fn a_pushed_status_changes_the_very_next_tap() {
     assert_eq!(outcome(&response), (Verdict::Deny, Reason::HealthRed));
 
     // By pseudonym, as a platform that shares the secret would send it.
-    let pseudonym = Pseudonymizer::new(SECRET.as_bytes())
-        .unwrap()
-        .identity(&ResidentId::parse(&synthetic_resident_id(1)).unwrap())
-        .to_string();
+    let pseudonym = pseudonym(SECRET.as_bytes(), &synthetic_resident_id(1)).unwrap();
     let subject = pb::status_update::Subject::Identity(pseudonym);
     let yellow = pb::PublishRequest {
-        updates: vec![update(subject, pb::HealthColour::Yellow, now().0 + 1)],
+        updates: vec![update(subject, pb::HealthColour::Yellow, now() + 1)],
     };
     feed.publish(authed(yellow, &token)).await.unwrap();
     assert_eq!(
@@ -99,9 +95,9 @@ async fn bad_updates_are_rejected_by_index_and_the_good_ones_applied() {
         update(
             pb::status_update::Subject::IdNumber(bad_id.into()),
             pb::HealthColour::Red,
-            now().0,
+            now(),
         ),
-        update(by_id_number(2), pb::HealthColour::Green, now().0),
+        update(by_id_number(2), pb::HealthColour::Green, now()),
         pb::StatusUpdate {
             subject: None,
             colour: 1,
@@ -110,13 +106,13 @@ async fn bad_updates_are_rejected_by_index_and_the_good_ones_applied() {
         },
         pb::StatusUpdate {
             colour: 9,
-            ..update(by_id_number(3), pb::HealthColour::Green, now().0)
+            ..update(by_id_number(3), pb::HealthColour::Green, now())
         },
         update(by_id_number(4), pb::HealthColour::Green, 0),
         update(
             pb::status_update::Subject::Identity("not-hex".into()),
             pb::HealthColour::Green,
-            now().0,
+            now(),
         ),
     ];
     let token = gateway.token(CallerKind::BackEnd, "ops-console", None);
@@ -172,7 +168,7 @@ async fn publishing_needs_a_health_platform_or_back_end_token() {
     let (gateway, _) = GatewayBuilder::new().feed().start().await;
     let mut feed = HealthFeedClient::new(gateway.channel().await);
     let request = || pb::PublishRequest {
-        updates: vec![update(by_id_number(1), pb::HealthColour::Red, now().0)],
+        updates: vec![update(by_id_number(1), pb::HealthColour::Red, now())],
     };
     let status = feed.publish(request()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -208,11 +204,11 @@ async fn an_ingest_stream_acknowledges_each_batch_in_order_and_ends_on_an_oversi
     // Batch 7 turns rider 11 red; its second row has no subject and is rejected.
     let bad = pb::StatusUpdate {
         subject: None,
-        ..update(by_id_number(12), pb::HealthColour::Green, now().0)
+        ..update(by_id_number(12), pb::HealthColour::Green, now())
     };
     let batch = pb::StatusBatch {
         sequence: 7,
-        updates: vec![update(by_id_number(11), pb::HealthColour::Red, now().0), bad],
+        updates: vec![update(by_id_number(11), pb::HealthColour::Red, now()), bad],
     };
     tx.send(batch).await.unwrap();
     let ack = acks.message().await.unwrap().unwrap();
@@ -233,7 +229,7 @@ async fn an_ingest_stream_acknowledges_each_batch_in_order_and_ends_on_an_oversi
     for sequence in [8, 9] {
         let batch = pb::StatusBatch {
             sequence,
-            updates: vec![update(by_id_number(12), pb::HealthColour::Green, now().0)],
+            updates: vec![update(by_id_number(12), pb::HealthColour::Green, now())],
         };
         tx.send(batch).await.unwrap();
     }

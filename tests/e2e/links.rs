@@ -3,17 +3,15 @@
 
 use std::time::Duration;
 
-use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::credential::ride_code::SigningAlg;
-use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_adapters::test_util::{CallerKind, CallerTokenMinter, SigningAlg, SigningKey, synthetic_resident_id};
 use ridegate_proto::pb::links_client::LinksClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::codes;
-use crate::support::*;
+use ridegate_tests::codes;
+use ridegate_tests::*;
 
 fn account(issuer: &str, account: &str) -> pb::LinkCredential {
     pb::LinkCredential {
@@ -355,7 +353,7 @@ async fn ticket_windows_bind_single_journey_tickets_for_the_day_of_sale() {
         &token,
     ));
     let sold = sold.await.unwrap().into_inner();
-    let until = sold.valid_until_unix_ms - now().0;
+    let until = sold.valid_until_unix_ms - now();
     assert!(
         until > 0 && until <= 86_400_000,
         "valid until the end of the local day: {until} ms"
@@ -448,9 +446,7 @@ async fn callers_without_a_valid_token_are_unauthenticated() {
             "{bad}"
         );
     }
-    let stranger = ridegate_adapters::caller::CallerTokenMinter::new(
-        ridegate_adapters::credential::ride_code::SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).unwrap(),
-    );
+    let stranger = CallerTokenMinter::new(SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).unwrap());
     let forged = stranger
         .token(CallerKind::BackEnd, "intruder", None, now(), Duration::from_secs(60))
         .unwrap();
@@ -464,7 +460,7 @@ async fn callers_without_a_valid_token_are_unauthenticated() {
             CallerKind::BackEnd,
             "ops",
             None,
-            now().plus_ms(-7_200_000),
+            now() + -7_200_000,
             Duration::from_secs(3600),
         )
         .unwrap();

@@ -9,7 +9,7 @@ use prost::Message as _;
 use ridegate_proto::pb;
 use tokio::process::{Child, Command};
 
-use crate::support::{binary, wait_ready};
+use ridegate_tests::{binary, wait_ready};
 
 /// A server process started by a test, killed when dropped.
 struct Server {

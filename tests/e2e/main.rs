@@ -12,4 +12,3 @@ mod load;
 mod operations;
 mod platform;
 mod shared;
-mod support;

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use ridegate_adapters::credential::ride_code::SigningAlg;
-use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_adapters::test_util::{SigningAlg, synthetic_resident_id};
 use ridegate_proto::pb::{Reason, Verdict};
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::HealthCheckRequest;
@@ -15,8 +14,8 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::support::codes;
-use crate::support::*;
+use ridegate_tests::codes;
+use ridegate_tests::*;
 
 async fn health_status(gateway: &Gateway, service: &str) -> Result<ServingStatus, tonic::Status> {
     let mut client = HealthClient::new(gateway.channel().await);

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ridegate::population::{Population, Role};
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tonic::transport::Channel;
 
-use crate::support::platform::HealthSim;
-use crate::support::redis::RedisServer;
-use crate::support::*;
+use ridegate_tests::platform::{HealthSim, Role, card_number};
+use ridegate_tests::redis::RedisServer;
+use ridegate_tests::*;
 
 /// The gate's budget in these tests (ridegate's default).
 const BUDGET: Duration = Duration::from_millis(200);
@@ -24,7 +23,7 @@ fn linked(sim: &HealthSim, riders: &[u64], platform: &str) -> GatewayBuilder {
     riders
         .iter()
         .fold(GatewayBuilder::new().platform(&sim.url(), platform), |builder, n| {
-            builder.card(&Population::card_number(*n), *n)
+            builder.card(&card_number(*n), *n)
         })
 }
 
@@ -35,7 +34,7 @@ async fn tap_at(gate: &mut GateClient<Channel>, n: u64, station: &str) -> pb::Au
 }
 
 async fn tap_within(gate: &mut GateClient<Channel>, n: u64, station: &str, budget: Duration) -> pb::AuthorizeResponse {
-    let mut request = tonic::Request::new(tap(card(&Population::card_number(n))).at(station));
+    let mut request = tonic::Request::new(tap(card(&card_number(n))).at(station));
     request.set_timeout(budget);
     match gate.authorize(request).await {
         Ok(response) => response.into_inner(),

@@ -6,18 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::credential::ride_code::SigningAlg;
-use ridegate_adapters::ids::synthetic_resident_id;
+use ridegate_adapters::test_util::{CallerKind, SigningAlg, synthetic_resident_id};
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
 use ridegate_proto::pb::{self, Reason, Verdict};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::codes;
-use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::*;
+use ridegate_tests::codes;
+use ridegate_tests::redis::{RedisCluster, RedisServer};
+use ridegate_tests::*;
 
 const PROPAGATION: Duration = Duration::from_secs(1);
 
@@ -96,8 +94,8 @@ async fn publish(gateway: &Gateway, person: u64, colour: pb::HealthColour) {
     let update = pb::StatusUpdate {
         subject: Some(pb::status_update::Subject::IdNumber(synthetic_resident_id(person))),
         colour: colour.into(),
-        set_at_unix_ms: now().0,
-        negative_test_at_unix_ms: now().0 - 3_600_000,
+        set_at_unix_ms: now(),
+        negative_test_at_unix_ms: now() - 3_600_000,
     };
     let response = HealthFeedClient::new(gateway.channel().await)
         .publish(authed(pb::PublishRequest { updates: vec![update] }, &token))
@@ -351,4 +349,85 @@ async fn an_instance_started_while_redis_is_down_serves_degraded_then_uses_redis
         (outcome(&response), response.degraded),
         ((Verdict::Allow, Reason::HealthGreen), false)
     );
+}
+
+#[tokio::test]
+async fn while_the_replay_guard_is_unreachable_ride_codes_follow_the_single_use_policy() {
+    let mut redis = RedisServer::start();
+    let mut gateways = Vec::new();
+    for policy in ["local", "deny", "assist"] {
+        let builder = builder("--redis", &redis.url()).toml(&format!("[policy]\nsingle_use_unknown = \"{policy}\"\n"));
+        let (gateway, issuers) = builder.start().await;
+        wait_shared_state(&gateway, ServingStatus::Serving, Duration::from_secs(5)).await;
+        // Warm the link and status caches for the account while Redis answers.
+        let warm = codes::valid(&issuers[0].minter, "acct-1");
+        let warmed = gateway
+            .gate()
+            .await
+            .authorize(tap(code(&warm)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&warmed), (Verdict::Allow, Reason::HealthGreen), "{policy}");
+        gateways.push((policy, gateway, issuers));
+    }
+    redis.kill();
+    for (policy, gateway, issuers) in &gateways {
+        wait_shared_state(gateway, ServingStatus::NotServing, Duration::from_secs(3)).await;
+        let qr = codes::valid(&issuers[0].minter, "acct-1");
+        let answer = gateway
+            .gate()
+            .await
+            .authorize(tap(code(&qr)))
+            .await
+            .unwrap()
+            .into_inner();
+        let expected = match *policy {
+            // The code itself passes on this instance's memory; the rider is then judged
+            // from the caches (green), or by the unavailable-policy if the follower has
+            // dropped them since Redis went away.
+            "local" => outcome(&answer),
+            "deny" => (Verdict::Deny, Reason::CodeSingleUseUnknown),
+            _ => (Verdict::Assist, Reason::CodeSingleUseUnknown),
+        };
+        assert_eq!(outcome(&answer), expected, "{policy}");
+        if *policy == "local" {
+            assert!(
+                [
+                    (Verdict::Allow, Reason::HealthGreen),
+                    (Verdict::Assist, Reason::HealthUnavailable)
+                ]
+                .contains(&expected),
+                "local: {answer:?}"
+            );
+        }
+        assert!(
+            answer.degraded,
+            "{policy}: a code the shared guard could not confirm is degraded"
+        );
+        // A code this instance itself has seen is a replay under every policy (under
+        // deny and assist too: the rider refreshes the code, as for any refusal).
+        let again = gateway
+            .gate()
+            .await
+            .authorize(tap(code(&qr)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            outcome(&again),
+            (Verdict::Deny, Reason::CodeReplayed),
+            "{policy}: second use"
+        );
+        // Cards need no replay guard: never CODE_SINGLE_USE_UNKNOWN, always degraded.
+        let tapped = gateway
+            .gate()
+            .await
+            .authorize(tap(card("1000000000000002")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(outcome(&tapped).1, Reason::CodeSingleUseUnknown, "{policy}");
+        assert!(tapped.degraded, "{policy}");
+    }
 }

@@ -7,6 +7,7 @@ mod import;
 mod memory;
 mod redis;
 mod remote;
+mod update;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub use import::{StatusLine, read_statuses};
 pub use memory::{Applied, MemoryHealth};
 pub use redis::RedisHealth;
 pub use remote::{InvalidPlatformUrl, RemoteHealth, RemoteSettings, RemoteStats, WatchEvent, from_wire, to_wire};
+pub use update::parse_update;
 
 use tokio::time::Instant;
 

@@ -325,6 +325,7 @@ mod tests {
         let uncovered = CredentialCheck::Passed(CredentialKind::Uncovered(UncoveredKind::BankCard));
         let e_ticket = CredentialCheck::Passed(CredentialKind::Ticket(TicketKind::ElectronicSingleJourney));
         let ticket = CredentialCheck::Passed(CredentialKind::Ticket(TicketKind::SingleJourney));
+        // A scenario: its name, the credential check, the subject's status, the answer.
         type Row = (&'static str, CredentialCheck, Option<Subject>, (Verdict, Reason));
         let table: Vec<Row> = vec![
             (

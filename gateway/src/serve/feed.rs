@@ -8,9 +8,8 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::CallerKind;
-use ridegate_adapters::health::Applied;
-use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
-use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
+use ridegate_adapters::health::{Applied, parse_update};
+use ridegate_adapters::ids::Pseudonymizer;
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -20,43 +19,6 @@ use crate::stores::{StatusReader, StatusSource, StoreError};
 
 /// Most updates per `Publish` call or `Ingest` batch.
 pub const MAX_UPDATES: usize = 10_000;
-
-/// A pushed status update, checked: the identity it is for (an ID number is turned
-/// into its pseudonym at once) and the status; or why it cannot be used.
-pub fn parse_update(
-    pseudonymizer: &Pseudonymizer,
-    update: pb::StatusUpdate,
-) -> Result<(IdentityId, HealthStatus), String> {
-    use pb::status_update::Subject;
-    let identity = match update.subject {
-        Some(Subject::Identity(hex)) => {
-            let id = hex.parse::<IdentityId>().map_err(|e| format!("identity: {e}"))?;
-            pseudonymizer.subject(None, Some(id))
-        }
-        Some(Subject::IdNumber(number)) => pseudonymizer.subject(Some(&number), None),
-        None => return Err("subject: one of identity or id_number is required".into()),
-    }
-    .map_err(|e| e.to_string())?;
-    let colour = match pb::HealthColour::try_from(update.colour) {
-        Ok(pb::HealthColour::Green) => Colour::Green,
-        Ok(pb::HealthColour::Yellow) => Colour::Yellow,
-        Ok(pb::HealthColour::Red) => Colour::Red,
-        Ok(pb::HealthColour::Unspecified) => return Err("colour: is required".into()),
-        Err(_) => return Err(format!("colour: unknown value {}", update.colour)),
-    };
-    if update.set_at_unix_ms <= 0 {
-        return Err("set_at_unix_ms: must be a positive time".into());
-    }
-    let negative_test_at = (update.negative_test_at_unix_ms > 0).then_some(UnixMillis(update.negative_test_at_unix_ms));
-    Ok((
-        identity,
-        HealthStatus {
-            colour,
-            set_at: UnixMillis(update.set_at_unix_ms),
-            negative_test_at,
-        },
-    ))
-}
 
 /// Applies pushed statuses.
 #[derive(Clone)]

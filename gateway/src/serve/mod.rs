@@ -2,7 +2,6 @@
 //! graceful drain.
 
 mod auth;
-pub mod baseline;
 pub mod convert;
 mod deadline;
 mod feed;
@@ -11,6 +10,7 @@ mod links;
 mod status;
 #[cfg(test)]
 mod tests;
+pub mod transport;
 
 use std::future::Future;
 
@@ -22,13 +22,11 @@ use ridegate_proto::pb::links_server::LinksServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 pub use convert::InvalidRequest;
 pub use deadline::{Deadlines, grpc_timeout};
-pub use feed::{MAX_UPDATES, parse_update};
+pub use feed::MAX_UPDATES;
 pub use links::MAX_BATCH_ROWS;
 
 /// The health-checking service name that reports whether the shared tier (Redis)
@@ -36,31 +34,7 @@ pub use links::MAX_BATCH_ROWS;
 pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
-use crate::config::ServerConfig;
 use crate::metrics::Exposition;
-
-/// The tonic server with ridegate's transport settings (the baseline server uses the
-/// same, so benchmarks compare like with like).
-pub(crate) fn transport(config: &ServerConfig) -> Server {
-    Server::builder()
-        // Keep idle gate connections open through NATs and find dead ones.
-        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
-        // Bound the work one connection can queue; beyond it, calls wait.
-        .concurrency_limit_per_connection(config.concurrency_per_connection)
-        .max_concurrent_streams(config.max_concurrent_streams)
-        // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
-        .accept_http1(true)
-}
-
-/// Connections from `listener`, with ridegate's socket settings.
-pub(crate) fn incoming(listener: TcpListener, config: &ServerConfig) -> TcpIncoming {
-    // Gates send small requests and wait for each answer: never delay a packet (the
-    // builder's own nodelay setting does not reach a listener we bound ourselves).
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(config.tcp_keepalive))
-}
 
 /// The gRPC services of one built [`App`], each given only the parts it needs.
 pub(crate) struct Services {
@@ -237,11 +211,11 @@ pub async fn serve(
         let _ = draining_tx.send(true);
         let _ = drained_tx.send(());
     };
-    let server = transport(&server_config)
+    let server = transport::server(&server_config)
         // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
         .layer(tower::util::MapResponseLayer::new(status::transport_headers))
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(incoming(listener, &server_config), drain);
+        .serve_with_incoming_shutdown(transport::incoming(listener, &server_config), drain);
     tracing::info!(%addr, feed = config.health.feed_enabled, "ridegate serving");
 
     let grace_expired = async {

@@ -6,16 +6,20 @@
 
 use std::fmt;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-    ParsedPublicKey,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ED25519, ParsedPublicKey};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::{Deserialize, Serialize};
+// Signing is for the tools and tests only (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+use {
+    aws_lc_rs::rand::SystemRandom,
+    aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair},
+    base64::engine::general_purpose::STANDARD,
+    jsonwebtoken::EncodingKey,
+};
 
 /// The signature algorithms ridegate accepts for ride codes and device certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -181,7 +185,9 @@ fn b64url(s: &str) -> Result<Vec<u8>, KeyError> {
         .map_err(|_| KeyError::UnsupportedJwk("key coordinates are not base64url"))
 }
 
-/// A private signing key with its `kid`: what an issuer (or a phone) signs codes with.
+/// A private signing key with its `kid`: what an issuer (or a phone) signs codes with
+/// (behind the `test-util` feature: the server only verifies).
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Clone)]
 pub struct SigningKey {
     kid: String,
@@ -190,12 +196,14 @@ pub struct SigningKey {
     encoding: EncodingKey,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SigningKey({}, {})", self.kid, self.alg)
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl SigningKey {
     /// A fresh random key.
     pub fn generate(alg: SigningAlg, kid: impl Into<String>) -> Result<Self, KeyError> {

@@ -1,6 +1,6 @@
 //! Minting real signed ride codes: for `ridegate keys`, the demo, the load tool and
-//! tests. Issuers and phones do the same with their own software; the format is in the
-//! parent module's documentation.
+//! tests (behind the `test-util` feature: the server never mints). Issuers and phones do
+//! the same with their own software; the format is in the parent module's documentation.
 
 use std::time::Duration;
 
@@ -85,10 +85,10 @@ impl CodeMinter {
         &self,
         account: &str,
         jti: &str,
-        issued_at: UnixMillis,
+        issued_at: impl Into<UnixMillis>,
         lifetime: Duration,
     ) -> Result<String, MintError> {
-        let iat = secs(issued_at);
+        let iat = secs(issued_at.into());
         let claims = CodeClaims {
             iss: Some(&self.issuer),
             sub: Some(account),
@@ -106,12 +106,12 @@ impl CodeMinter {
         account: &str,
         certificate_id: &str,
         device: &SigningKey,
-        issued_at: UnixMillis,
+        issued_at: impl Into<UnixMillis>,
         lifetime: Duration,
     ) -> Result<String, MintError> {
         let mut jwk = device.public_jwk()?;
         jwk.common.key_id = None;
-        let iat = secs(issued_at);
+        let iat = secs(issued_at.into());
         let claims = CertificateClaims {
             iss: &self.issuer,
             sub: account,
@@ -139,8 +139,8 @@ impl DeviceCodeMinter {
     }
 
     /// The QR text of a fresh code: `<certificate>~<code>`.
-    pub fn code(&self, jti: &str, issued_at: UnixMillis, lifetime: Duration) -> Result<String, MintError> {
-        let iat = secs(issued_at);
+    pub fn code(&self, jti: &str, issued_at: impl Into<UnixMillis>, lifetime: Duration) -> Result<String, MintError> {
+        let iat = secs(issued_at.into());
         let claims = CodeClaims {
             iss: None,
             sub: None,

@@ -47,6 +47,7 @@
 //! that does not matter, since nothing is keyed by the signature.
 
 mod keys;
+#[cfg(any(test, feature = "test-util"))]
 mod mint;
 
 use std::collections::{HashMap, HashSet};
@@ -59,7 +60,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
 use serde::Deserialize;
 
-pub use keys::{KeyError, SigningAlg, SigningKey, VerifyingKey};
+#[cfg(any(test, feature = "test-util"))]
+pub use keys::SigningKey;
+pub use keys::{KeyError, SigningAlg, VerifyingKey};
+#[cfg(any(test, feature = "test-util"))]
 pub use mint::{CodeMinter, DeviceCodeMinter, MintError};
 
 use crate::ids::{CodeKey, Pseudonymizer};

@@ -6,7 +6,7 @@
 //!   `grpc.health.v1` check on the same connection — the cheapest call the same server
 //!   answers — so the report gives the link's cost over the stack's in the same moment.
 //!
-//! `cargo bench -p ridegate --bench link [-- ROWS]` (default 5,000,000).
+//! `cargo bench -p ridegate-tools --bench link [-- ROWS]` (default 5,000,000).
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 

@@ -4,14 +4,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ridegate_adapters::credential::ride_code::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey};
-use ridegate_core::model::UnixMillis;
+use ridegate_adapters::test_util::{CodeMinter, DeviceCodeMinter, SigningAlg, SigningKey, random_bytes};
 
-use super::now;
+use crate::now;
 
 /// A fresh random jti.
 pub fn jti() -> String {
-    URL_SAFE_NO_PAD.encode(ridegate_adapters::ids::random_bytes::<12>())
+    URL_SAFE_NO_PAD.encode(random_bytes::<12>())
 }
 
 /// A valid issuer-signed code.
@@ -22,7 +21,7 @@ pub fn valid(minter: &CodeMinter, account: &str) -> String {
 }
 
 /// A code issued at `issued_at` with `lifetime`.
-pub fn at(minter: &CodeMinter, account: &str, issued_at: UnixMillis, lifetime: Duration) -> String {
+pub fn at(minter: &CodeMinter, account: &str, issued_at: i64, lifetime: Duration) -> String {
     minter.code(account, &jti(), issued_at, lifetime).expect("mint")
 }
 
@@ -31,7 +30,7 @@ pub fn phone(
     minter: &CodeMinter,
     account: &str,
     cert_id: &str,
-    issued_at: UnixMillis,
+    issued_at: i64,
     lifetime: Duration,
 ) -> DeviceCodeMinter {
     let key = SigningKey::generate(SigningAlg::EdDsa, "device").expect("key");
@@ -50,14 +49,14 @@ pub fn device(phone: &DeviceCodeMinter) -> String {
 pub fn tampered(minter: &CodeMinter, account: &str, issuer: &str) -> String {
     let code = valid(minter, account);
     let mut parts: Vec<String> = code.split('.').map(str::to_owned).collect();
-    let t = now().0 / 1000;
+    let t = now() / 1000;
     parts[1] = b64(&serde_json::json!({"iss": issuer, "sub": "someone-else", "jti": jti(), "iat": t, "exp": t + 30}));
     parts.join(".")
 }
 
 /// An unsigned (`alg: none`) code.
 pub fn alg_none(issuer: &str, kid: &str, account: &str) -> String {
-    let t = now().0 / 1000;
+    let t = now() / 1000;
     let header = b64(&serde_json::json!({"alg": "none", "typ": "rc+jwt", "kid": kid}));
     let claims = b64(&serde_json::json!({"iss": issuer, "sub": account, "jti": jti(), "iat": t, "exp": t + 30}));
     format!("{header}.{claims}.AAAA")

@@ -11,8 +11,11 @@ mod keys;
 mod load;
 mod serve;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// Exit code for a runtime failure.
@@ -126,4 +129,13 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
             let _ = tokio::signal::ctrl_c().await;
         })
     }
+}
+
+/// Once a command listens, writes its bound address (`{"addr": "<ip:port>"}`) for
+/// the scripts and tests that started it on port 0; atomically (temp file, then rename).
+fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::json!({ "addr": addr.to_string() }).to_string())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

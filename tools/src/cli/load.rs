@@ -1,5 +1,5 @@
 //! `ridegate load`, `ridegate load-setup` and `ridegate baseline`: the load-testing
-//! tools (see [`crate::load`] and [`crate::serve::baseline`]).
+//! tools (see [`crate::load`] and [`crate::baseline`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::serve::write_ready_file;
-use super::{Failure, runtime, shutdown_signal};
-use crate::config::ServerConfig;
+use ridegate::config::ServerConfig;
+
+use super::{Failure, runtime, shutdown_signal, write_ready_file};
 use crate::load::setup::{Manifest, write_setup};
 use crate::load::traffic::{Mix, Shares, Source, Templates};
 use crate::load::{MIN_RPS, Options, run};
@@ -316,7 +316,7 @@ pub(super) fn run_baseline(args: BaselineArgs) -> Result<(), Failure> {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
             write_ready_file(path, addr).map_err(Failure::runtime)?;
         }
-        crate::serve::baseline::serve_baseline(listener, &ServerConfig::default(), shutdown)
+        crate::baseline::serve_baseline(listener, &ServerConfig::default(), shutdown)
             .await
             .map_err(Failure::runtime)
     })

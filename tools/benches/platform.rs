@@ -10,7 +10,7 @@
 //!    in flight) with the simulator up (5 ms) and down, alternating; p50/p99 of each and
 //!    the calls that missed their 200 ms deadline.
 //!
-//! `cargo bench -p ridegate --bench platform`.
+//! `cargo bench -p ridegate-tools --bench platform`.
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 
@@ -20,12 +20,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use ridegate::population::Population;
 use ridegate_adapters::ids::Pseudonymizer;
 use ridegate_proto::pb;
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::health_platform_client::HealthPlatformClient;
 use ridegate_proto::pb::health_simulator_client::HealthSimulatorClient;
+use ridegate_tools::population::Population;
 use tonic::transport::Channel;
 
 const SECRET: &str = "platform-benchmark-secret";

@@ -6,7 +6,7 @@
 //! riders with cards, phone cards and ride accounts at several issuers, each line naming
 //! the rider by ID number (validated and hashed on import).
 //!
-//! `cargo bench -p ridegate --bench import [-- LINKS]` (default 5,000,000).
+//! `cargo bench -p ridegate-tools --bench import [-- LINKS]` (default 5,000,000).
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use super::keys::random_jti;
 use super::{Failure, runtime};
-use crate::config::{Config, IssuerConfig, LogConfig};
+use ridegate::config::{Config, IssuerConfig, LogConfig};
 
 /// `ridegate demo` options.
 #[derive(Debug, clap::Args)]
@@ -70,7 +70,7 @@ struct Issuers {
 
 /// Runs the demo.
 pub(super) fn run(args: DemoArgs) -> Result<(), Failure> {
-    crate::telemetry::init(&LogConfig {
+    ridegate::telemetry::init(&LogConfig {
         filter: "warn".into(),
         ..LogConfig::default()
     })
@@ -84,7 +84,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind")?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::run(config, listener, async {
+    let server = tokio::spawn(ridegate::run(config, listener, async {
         let _ = stop_rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}"))?

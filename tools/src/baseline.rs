@@ -1,5 +1,5 @@
 //! The baseline server: ridegate's gRPC contract (`ridegate.v1.Gate`), transport
-//! settings, routes and runtime, with a handler that answers at once with a constant
+//! settings ([`ridegate::serve::transport`], the very functions `ridegate serve` uses), routes and runtime, with a handler that answers at once with a constant
 //! ALLOW — the same answer ridegate gives a green rider, the same size on the wire.
 //! Benchmarks report ridegate as a ratio to it, measured in the same run, so what they
 //! show is ridegate's own cost over the cost of the stack.
@@ -9,16 +9,15 @@ use std::pin::Pin;
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _};
+use ridegate::config::ServerConfig;
+use ridegate::serve::transport;
+use ridegate_core::decision::screen_message;
 use ridegate_core::model::{Reason, Verdict};
 use ridegate_proto::pb;
 use ridegate_proto::pb::gate_server::GateServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
-
-use super::{incoming, transport};
-use crate::config::ServerConfig;
-use ridegate_core::decision::screen_message;
 
 /// Answers every tap with the constant.
 #[derive(Debug, Clone)]
@@ -98,9 +97,9 @@ pub async fn serve_baseline(
         .add_service(reflection)
         .into_axum_router()
         .route("/metrics", axum::routing::get(|| async { String::new() }));
-    transport(config)
+    transport::server(config)
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(incoming(listener, config), shutdown)
+        .serve_with_incoming_shutdown(transport::incoming(listener, config), shutdown)
         .await
         .context("baseline server failed")
 }

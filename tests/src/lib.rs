@@ -2,8 +2,6 @@
 //! with a population, issuer keys and a configuration written to a temp directory, and
 //! a gRPC client for it. The process is killed when the fixture is dropped.
 
-#![allow(dead_code, unreachable_pub)] // each test module uses a different part
-
 pub mod codes;
 pub mod platform;
 pub mod raw;
@@ -15,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::credential::ride_code::{CodeMinter, SigningAlg, SigningKey};
-use ridegate_adapters::ids::synthetic_resident_id;
-use ridegate_core::model::UnixMillis;
+use ridegate_adapters::test_util::{
+    CallerKind, CallerTokenMinter, CodeMinter, SigningAlg, SigningKey, synthetic_resident_id,
+};
 use ridegate_proto::pb;
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::links_client::LinksClient;
@@ -28,14 +25,43 @@ use tonic::transport::Channel;
 /// The pseudonym secret the fixtures configure.
 pub const SECRET: &str = "e2e-test-secret-0123456789";
 
-/// The binary under test.
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_ridegate")
+/// The environment variable that names the `ridegate` binary to test, instead of the
+/// one built next to the test executable.
+pub const BIN_ENV: &str = "RIDEGATE_BIN";
+
+/// The binary under test: `$RIDEGATE_BIN`, else `ridegate` in the directory cargo
+/// builds binaries into, which holds the test executable's `deps/` folder (the binary
+/// is in another package, so cargo does not point at it). `cargo nextest run
+/// --workspace` builds it first.
+pub fn binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os(BIN_ENV) {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let dir = exe
+            .parent()
+            .filter(|deps| deps.ends_with("deps"))
+            .and_then(Path::parent)
+            .unwrap_or_else(|| exe.parent().expect("a directory"));
+        let path = dir.join(format!("ridegate{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            path.is_file(),
+            "the ridegate binary is not at {}: build it with `cargo build -p ridegate-tools` \
+             (same profile as the tests), or set {BIN_ENV}",
+            path.display()
+        );
+        path
+    })
 }
 
-/// Milliseconds since the epoch now.
-pub fn now() -> UnixMillis {
-    ridegate_core::clock::Clock::System.now()
+/// Milliseconds since the Unix epoch now.
+pub fn now() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since.as_millis()).expect("milliseconds fit in i64")
 }
 
 /// A health status to give a rider.
@@ -189,7 +215,7 @@ impl GatewayBuilder {
 
     /// Gives the `person`-th synthetic resident a health status.
     pub fn status(mut self, person: u64, status: Status) -> Self {
-        let at = now().0;
+        let at = now();
         let mut line = format!(
             r#"{{"id_number": "{}", "colour": "{}", "set_at_unix_ms": {}"#,
             synthetic_resident_id(person),
@@ -499,7 +525,7 @@ pub fn tap(credential: pb::authorize_request::Credential) -> pb::AuthorizeReques
             station_id: "S07".into(),
             line_id: "L10".into(),
             direction: pb::Direction::Entry.into(),
-            tapped_at_unix_ms: now().0,
+            tapped_at_unix_ms: now(),
             budget_ms: 0,
         }),
         credential: Some(credential),

@@ -6,7 +6,7 @@
 //! - propagation: two real `ridegate` processes on one Redis; a status pushed through one
 //!   until the other's next decision shows it, repeated, as percentiles.
 //!
-//! `cargo bench -p ridegate --bench shared`.
+//! `cargo bench -p ridegate-tools --bench shared`.
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 

@@ -1,14 +1,14 @@
 //! `ridegate serve`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
+use ridegate::App;
+use ridegate::config::{Config, LogFormat};
 use ridegate_core::clock::Clock;
 
-use super::{Failure, runtime, shutdown_signal};
-use crate::app::App;
-use crate::config::{Config, LogFormat};
+use super::{Failure, runtime, shutdown_signal, write_ready_file};
 
 /// Flags override environment variables, which override the config file.
 #[derive(Debug, clap::Args)]
@@ -109,7 +109,8 @@ impl ServeArgs {
 /// Runs `ridegate serve`.
 pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let config = args.config()?;
-    crate::telemetry::init(&config.log).map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
+    ridegate::telemetry::init(&config.log)
+        .map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
     let rt = runtime()?;
     rt.block_on(async {
         let listen = config.server.listen;
@@ -125,14 +126,6 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
             write_ready_file(path, addr).map_err(Failure::runtime)?;
         }
-        crate::serve(app, listener, shutdown).await.map_err(Failure::runtime)
+        ridegate::serve(app, listener, shutdown).await.map_err(Failure::runtime)
     })
-}
-
-/// Writes the bound address atomically (temp file, then rename).
-pub(super) fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::json!({ "addr": addr.to_string() }).to_string())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ridegate::config::LogConfig;
 use ridegate_adapters::ids::{MIN_SECRET_BYTES, Pseudonymizer};
 use ridegate_core::clock::Clock;
 use ridegate_proto::pb::health_platform_server::HealthPlatformServer;
@@ -16,9 +17,7 @@ use ridegate_proto::pb::health_simulator_server::HealthSimulatorServer;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use super::serve::write_ready_file;
-use super::{Failure, runtime, shutdown_signal};
-use crate::config::LogConfig;
+use super::{Failure, runtime, shutdown_signal, write_ready_file};
 use crate::healthsim::{Faults, SimService, Simulator};
 use crate::population::{HealthMix, MAX_RIDERS, Population};
 
@@ -103,7 +102,7 @@ impl HealthSimArgs {
 
 /// Runs `ridegate health-sim`.
 pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
-    crate::telemetry::init(&LogConfig {
+    ridegate::telemetry::init(&LogConfig {
         filter: args.log.clone(),
         ..LogConfig::default()
     })

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use parking_lot::{Mutex, RwLock};
-use ridegate_adapters::health::{Applied, MemoryHealth, read_statuses, to_wire};
+use ridegate_adapters::health::{Applied, MemoryHealth, parse_update, read_statuses, to_wire};
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::lines::ImportReport;
 use ridegate_core::clock::Clock;
@@ -27,7 +27,6 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::population::{Population, unit};
-use crate::serve::parse_update;
 
 /// Most identities per `GetStatuses` call.
 pub const MAX_BATCH: usize = 1_000;
