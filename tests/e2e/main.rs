@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test or benchmark that cannot set itself up should stop loudly
 
+mod adversary;
 mod bad_input;
 mod cli;
 mod feed;

@@ -105,6 +105,13 @@ pub struct Issuer {
     revoked: Vec<String>,
 }
 
+impl Issuer {
+    /// The issuer's signing key (to forge codes that misuse it).
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+}
+
 /// The key id of the caller key every fixture configures.
 pub const CALLER_KID: &str = "callers-e2e";
 
