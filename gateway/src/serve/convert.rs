@@ -11,6 +11,16 @@ use ridegate_proto::pb;
 use crate::authorize::Decided;
 use ridegate_core::decision::{GateContext, GateRequest, screen_message};
 
+/// A batch larger than a service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("batch of {got} items is larger than the limit of {limit}")]
+pub struct BatchTooLarge {
+    /// Items sent.
+    pub got: usize,
+    /// Items accepted per call.
+    pub limit: usize,
+}
+
 /// A request that cannot be decided, and which field is why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]

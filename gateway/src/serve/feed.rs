@@ -14,7 +14,7 @@ use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::AuthError;
-use super::status::BatchTooLarge;
+use super::convert::BatchTooLarge;
 use crate::stores::{StatusReader, StatusSource, StoreError};
 
 /// Most updates per `Publish` call or `Ingest` batch.

@@ -286,7 +286,7 @@ impl pb::links_server::Links for LinkService {
             async move {
                 let batch = batch?;
                 if batch.rows.len() > MAX_BATCH_ROWS {
-                    return Err(super::status::BatchTooLarge {
+                    return Err(super::convert::BatchTooLarge {
                         got: batch.rows.len(),
                         limit: MAX_BATCH_ROWS,
                     }

@@ -13,7 +13,7 @@ use ridegate_adapters::link::LinkError;
 use tonic::{Code, Status};
 
 use super::auth::AuthError;
-use super::convert::InvalidRequest;
+use super::convert::{BatchTooLarge, InvalidRequest};
 use super::feed::FeedDenied;
 use crate::linking::LinkDenied;
 
@@ -58,16 +58,6 @@ impl From<InvalidRequest> for Status {
     fn from(e: InvalidRequest) -> Self {
         Status::invalid_argument(e.to_string())
     }
-}
-
-/// A batch larger than a service accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("batch of {got} items is larger than the limit of {limit}")]
-pub struct BatchTooLarge {
-    /// Items sent.
-    pub got: usize,
-    /// Items accepted per call.
-    pub limit: usize,
 }
 
 impl From<BatchTooLarge> for Status {
