@@ -431,3 +431,49 @@ async fn while_the_replay_guard_is_unreachable_ride_codes_follow_the_single_use_
         assert!(tapped.degraded, "{policy}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_slow_redis_reply_is_not_an_outage_but_timeouts_in_a_row_are() {
+    let redis = std::sync::Arc::new(RedisServer::start());
+    let patient = builder("--redis", &redis.url());
+    let hasty = builder("--redis", &redis.url()).toml("[redis]\ndown_after_timeouts = 1\n");
+    let (a, issuers_a) = patient.start().await;
+    let (b, issuers_b) = hasty.start().await;
+    for gateway in [&a, &b] {
+        wait_shared_state(gateway, ServingStatus::Serving, Duration::from_secs(5)).await;
+    }
+    let (mut gate_a, mut gate_b) = (a.gate().await, b.gate().await);
+    // Warm the link and status caches, so the frozen Redis is asked only about the code.
+    for (gate, issuers) in [(&mut gate_a, &issuers_a), (&mut gate_b, &issuers_b)] {
+        let warm = codes::valid(&issuers[0].minter, "acct-1");
+        let answer = gate.authorize(tap(code(&warm))).await.unwrap().into_inner();
+        assert_eq!(outcome(&answer), (Verdict::Allow, Reason::HealthGreen));
+    }
+    // Redis stops answering for 150 ms (three operation timeouts); one code tap each
+    // meanwhile: one timeout each.
+    let freezer = {
+        let redis = redis.clone();
+        tokio::task::spawn_blocking(move || redis.freeze_for(Duration::from_millis(150)))
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let code_a = codes::valid(&issuers_a[0].minter, "acct-1");
+    let code_b = codes::valid(&issuers_b[0].minter, "acct-1");
+    let a_answer = gate_a.authorize(tap(code(&code_a))).await.unwrap().into_inner();
+    let b_answer = gate_b.authorize(tap(code(&code_b))).await.unwrap().into_inner();
+    freezer.await.unwrap();
+    for answer in [&a_answer, &b_answer] {
+        assert_eq!(outcome(answer).0, Verdict::Allow, "{answer:?}");
+        assert!(answer.degraded, "a code the shared guard did not confirm is degraded");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !a.log().contains("shared tier (Redis) down"),
+        "one timeout marked Redis down:\n{}",
+        a.log()
+    );
+    assert!(
+        b.log().contains("shared tier (Redis) down"),
+        "with a threshold of one, the same timeout marks it down:\n{}",
+        b.log()
+    );
+}

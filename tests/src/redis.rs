@@ -115,6 +115,20 @@ impl RedisServer {
         }
     }
 
+    /// Freezes it (SIGSTOP) for `pause`, then lets it go on (SIGCONT): a server that
+    /// is up but does not answer, as under a CPU spike or a long fork.
+    pub fn freeze_for(&self, pause: Duration) {
+        let Some(child) = &self.child else { return };
+        let pid = child.id().to_string();
+        let signal = |sig: &str| {
+            let status = Command::new("kill").args([sig, &pid]).status().expect("kill");
+            assert!(status.success(), "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        std::thread::sleep(pause);
+        signal("-CONT");
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
