@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
-use ridegate_adapters::idempotency::Kept;
+use ridegate_adapters::idempotency::{Kept, MemoryIdempotency};
 use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, random_bytes};
 use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
@@ -64,6 +64,8 @@ impl DecisionIds {
 #[derive(Debug, Default)]
 struct Trace {
     issuer: Option<Arc<str>>,
+    /// Until when the ride code used stays acceptable.
+    code_valid_until: Option<UnixMillis>,
     credential: Option<CredentialId>,
     identity: Option<IdentityId>,
 }
@@ -75,6 +77,8 @@ pub struct Authorizer {
     verifier: RideCodeVerifier,
     replay: ReplayBackend,
     idempotency: IdempotencyBackend,
+    /// The first tap this instance saw under each request id, to notice reuse.
+    request_ids: MemoryIdempotency,
     links: LinkBackend,
     health: StatusReader,
     shared: Option<Arc<SharedTier>>,
@@ -124,6 +128,7 @@ impl Authorizer {
             verifier: parts.verifier,
             replay: parts.replay,
             idempotency: parts.idempotency,
+            request_ids: MemoryIdempotency::default(),
             links: parts.links,
             health: parts.health,
             shared: parts.shared,
@@ -166,32 +171,41 @@ impl Authorizer {
             mode: outcome.mode,
             shadow: outcome.shadow,
         };
-        // A retry (same gate, same request id, same tap) gets the answer recorded for the
-        // first attempt, wherever that was decided; the fresh decision is dropped. Another
-        // tap reusing the request id (a gate that restarted its counter) keeps its fresh
-        // decision: it must never get someone else's answer.
+        // A retry — the same gate, request id and tap — gets the answer recorded for the
+        // first attempt, wherever that was decided; the fresh decision is dropped. The
+        // record is kept by request and tap fingerprint (the owner), so another tap
+        // reusing the request id (a gate that restarted its counter) is decided afresh
+        // and kept on its own: it never gets someone else's answer. Such reuse is
+        // counted and logged as this instance sees it.
         if let Some(key) = request_key {
-            let until = now.plus_ms(millis(self.retry_window));
+            // A record outlives the code it answered: until the code expires, a late
+            // retry of its tap still gets the kept answer, never a second acceptance.
+            let until = now
+                .plus_ms(millis(self.retry_window))
+                .max(trace.code_valid_until.unwrap_or_default());
             let kept = Kept { answer, tap };
-            match self.idempotency.record_by(key, kept, until, now, deadline).await {
-                Some(first) if first.tap == tap => {
-                    self.record(request, first.answer, Trace::default(), true, received, now);
-                    return Decided {
-                        answer: first.answer,
-                        retry: true,
-                    };
-                }
-                Some(_) => {
-                    self.metrics.record_request_id_conflict();
-                    self.conflict_log.note(|taps| {
-                        tracing::warn!(
-                            taps,
-                            gate_id = %request.gate.gate_id,
-                            "request id reused for a different tap: decided afresh (has the gate restarted its counter?)"
-                        );
-                    });
-                }
-                None => {}
+            if self
+                .request_ids
+                .record_now(key, kept, until, now)
+                .is_some_and(|seen| seen.tap != tap)
+            {
+                self.metrics.record_request_id_conflict();
+                self.conflict_log.note(|taps| {
+                    tracing::warn!(
+                        taps,
+                        gate_id = %request.gate.gate_id,
+                        "request id reused for a different tap: decided afresh (has the gate restarted its counter?)"
+                    );
+                });
+            }
+            if let Some(first) = self.idempotency.record_by(owner, kept, until, now, deadline).await
+                && first.tap == tap
+            {
+                self.record(request, first.answer, Trace::default(), true, received, now);
+                return Decided {
+                    answer: first.answer,
+                    retry: true,
+                };
             }
         }
         self.record(request, answer, trace, false, received, now);
@@ -221,6 +235,7 @@ impl Authorizer {
                 Ok(verified) => {
                     code = verified;
                     trace.issuer = Some(code.issuer.clone());
+                    trace.code_valid_until = Some(code.valid_until);
                     let key = code.code_key(&self.pseudonymizer);
                     let account = LinkKey::RideAccount {
                         issuer: &code.issuer,

@@ -171,7 +171,8 @@ pub struct DeadlineConfig {
     /// half the budget, whichever leaves more time).
     #[serde(with = "humantime_serde")]
     pub margin: Duration,
-    /// How long a gate's retry (same gate id and request id) gets the original answer.
+    /// How long a gate's retry (same gate id, request id and tap) gets the original
+    /// answer; a ride-code tap's record lives at least as long as its code.
     #[serde(with = "humantime_serde")]
     pub retry_window: Duration,
 }

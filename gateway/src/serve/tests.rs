@@ -366,12 +366,11 @@ async fn a_ride_code_retried_under_its_request_id_is_not_a_replay_but_under_a_ne
     assert!(retried.retry);
     assert_eq!(retried.answer, first.answer);
 
-    // Past the window the code is still valid and still owned by request A: decided
-    // afresh, and A's own code is not a replay.
+    // Past the window the code is still valid: the record lives as long as the code, so
+    // a late retry still gets the kept answer — never a second acceptance.
     f.clock.advance(RETRY_WINDOW + Duration::from_secs(1));
-    let afresh = f.decide("A", ride_code(qr.clone())).await;
-    assert!(!afresh.retry);
-    assert_eq!(outcome(&afresh), (Verdict::Allow, Reason::HealthGreen));
+    let late = f.decide("A", ride_code(qr.clone())).await;
+    assert_eq!((late.answer, late.retry), (first.answer, true));
 
     // Under another request id, the same code is a replay.
     let replayed = f.decide("B", ride_code(qr)).await;
@@ -678,5 +677,212 @@ mod loopback {
         );
         stop.send(()).expect("server running");
         server.await.expect("joined").expect("stopped cleanly");
+    }
+}
+
+/// Arbitrary sequences of taps from a confused or hostile gate — request ids reused
+/// across riders, codes shown again and again, at other stations, in both directions,
+/// with time passing — against one in-process ridegate. Whatever the sequence: no entry
+/// is let through for a rider who is not green and tested, no code is accepted twice,
+/// and a retry gets only its own tap's answer.
+mod sequences {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Who taps: a card of each kind of rider, or one of a few ride codes of the green
+    /// rider's account.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    enum Rider {
+        Green,
+        Red,
+        Yellow,
+        Untested,
+        NoRecord,
+        Unlinked,
+        Code(u8),
+    }
+
+    impl Rider {
+        fn card(self) -> Option<&'static str> {
+            Some(match self {
+                Rider::Green => CARD,
+                Rider::Red => "1000000000000002",
+                Rider::Yellow => "1000000000000003",
+                Rider::Untested => "1000000000000004",
+                Rider::NoRecord => "1000000000000005",
+                Rider::Unlinked => "1000000000000009",
+                Rider::Code(_) => return None,
+            })
+        }
+
+        /// May this rider enter on health grounds?
+        fn fit(self) -> bool {
+            matches!(self, Rider::Green | Rider::Code(_))
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Tap {
+            rider: Rider,
+            request_id: Option<u8>,
+            exit: bool,
+            station: &'static str,
+        },
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let rider = prop_oneof![
+            Just(Rider::Green),
+            Just(Rider::Red),
+            Just(Rider::Yellow),
+            Just(Rider::Untested),
+            Just(Rider::NoRecord),
+            Just(Rider::Unlinked),
+            (0u8..3).prop_map(Rider::Code),
+        ];
+        let tap = (
+            rider,
+            proptest::option::weighted(0.8, 0u8..4),
+            proptest::bool::weighted(0.2),
+            prop_oneof![Just("S07"), Just("S08")],
+        )
+            .prop_map(|(rider, request_id, exit, station)| Step::Tap {
+                rider,
+                request_id,
+                exit,
+                station,
+            });
+        prop_oneof![6 => tap, 1 => (0u64..20_000).prop_map(Step::Wait)]
+    }
+
+    /// Links `number` to the `person`-th resident through the Links service.
+    async fn link_to(f: &Fixture, number: &str, person: u64) {
+        let request = pb::LinkRequest {
+            credential: Some(super::link_card(number)),
+            id_number: synthetic_resident_id(person),
+            consent: pb::Consent::BulkProgramme.into(),
+            staff_operator_id: String::new(),
+        };
+        let token = f.token(CallerKind::BackEnd, None);
+        f.services
+            .links
+            .link(f.authed(request, &token).expect("authenticated"))
+            .await
+            .expect("linked");
+    }
+
+    /// The population: green (person 1, card and account), red, yellow, green without
+    /// a recent test, linked without a record, and an unlinked card.
+    async fn population() -> (Fixture, HashMap<u8, String>) {
+        let f = Fixture::new().await;
+        f.link(1).await;
+        f.publish(1, pb::HealthColour::Green).await;
+        for (rider, person, colour) in [
+            (Rider::Red, 2, Some(pb::HealthColour::Red)),
+            (Rider::Yellow, 3, Some(pb::HealthColour::Yellow)),
+            (Rider::Untested, 4, Some(pb::HealthColour::Green)),
+            (Rider::NoRecord, 5, None),
+        ] {
+            link_to(&f, rider.card().expect("a card"), person).await;
+            if let Some(colour) = colour {
+                let mut status = update(person, colour, f.clock.now());
+                if rider == Rider::Untested {
+                    status.negative_test_at_unix_ms = f.clock.now().0 - 100 * HOUR_MS;
+                }
+                let token = f.token(CallerKind::HealthPlatform, None);
+                let request = pb::PublishRequest { updates: vec![status] };
+                let feed = f.services.feed.as_ref().expect("the feed is enabled");
+                feed.publish(f.authed(request, &token).expect("authenticated"))
+                    .await
+                    .expect("published");
+            }
+        }
+        let codes = (0..3).map(|k| (k, f.code(&format!("seq-{k}")))).collect();
+        (f, codes)
+    }
+
+    async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+        let (f, codes) = population().await;
+        let mut accepted_codes: HashMap<u8, u64> = HashMap::new();
+        // The answer kept for each tap under each request id, and when (ms since the
+        // start) it was kept.
+        type Kept = (ridegate_core::model::DecisionId, u64);
+        let mut kept: HashMap<(u8, (Rider, bool, &'static str)), Kept> = HashMap::new();
+        let mut elapsed = 0u64;
+        let window = u64::try_from(RETRY_WINDOW.as_millis()).expect("small");
+        for step in steps {
+            let (rider, request_id, exit, station) = match step {
+                Step::Wait(ms) => {
+                    f.clock.advance(Duration::from_millis(ms));
+                    elapsed += ms;
+                    continue;
+                }
+                Step::Tap {
+                    rider,
+                    request_id,
+                    exit,
+                    station,
+                } => (rider, request_id, exit, station),
+            };
+            let credential = match rider {
+                Rider::Code(k) => ride_code(codes[&k].clone()),
+                card_rider => Credential::Card {
+                    medium: CardMedium::Physical,
+                    number: CardNumber::parse(card_rider.card().expect("a card")).expect("number"),
+                },
+            };
+            let direction = if exit { Direction::Exit } else { Direction::Entry };
+            let id = request_id.map_or_else(String::new, |r| format!("r-{r}"));
+            let decided = f.decide_at(&id, credential, station, direction).await;
+            let answer = decided.answer;
+            let tap = (rider, exit, station);
+            let held = request_id.and_then(|r| kept.get(&(r, tap)).copied());
+            if decided.retry {
+                let (decision, _) = held.expect("a retry is given an answer kept for the same tap");
+                prop_assert_eq!(decision, answer.decision_id, "a retry was given another answer");
+                continue;
+            }
+            if let Some(r) = request_id {
+                match held {
+                    Some((_, at)) if elapsed - at < window => {
+                        prop_assert!(false, "the same tap within the window was decided afresh");
+                    }
+                    _ => {
+                        kept.insert((r, tap), (answer.decision_id, elapsed));
+                    }
+                }
+            }
+            if !exit && answer.verdict == Verdict::Allow {
+                prop_assert!(rider.fit(), "{rider:?} let in: {answer:?}");
+                prop_assert_eq!(answer.reason, Reason::HealthGreen);
+            }
+            if let (Rider::Code(k), Verdict::Allow) = (rider, answer.verdict) {
+                let uses = accepted_codes.entry(k).or_default();
+                *uses += 1;
+                prop_assert!(*uses <= 1, "code {k} accepted {uses} times");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_sequence_of_taps_lets_the_wrong_rider_in_or_a_code_in_twice(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("a runtime");
+            runtime.block_on(run(steps))?;
+        }
     }
 }
