@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use ridegate_adapters::credential::ride_code::{
-    CodeMinter, DeviceCodeMinter, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
+    CodeMinter, DeviceCodeMinter, IssuerSettings, IssuerSpec, RideCodeVerifier, SigningAlg, SigningKey, VerifierLimits,
 };
 use ridegate_core::model::UnixMillis;
 use ridegate_proto::pb;
@@ -55,13 +55,15 @@ fn spec(id: &str, algorithms: Vec<SigningAlg>, key: &SigningKey, devices: bool) 
     IssuerSpec {
         id: id.into(),
         name: id.into(),
-        algorithms,
         keys: vec![key.public_jwk().expect("public JWK")],
-        max_lifetime: Duration::from_secs(60),
-        clock_skew: Duration::from_secs(5),
-        device_certificates: devices,
-        max_certificate_lifetime: Duration::from_secs(30 * 86_400),
-        revoked_certificates: vec!["revoked-cert".into()],
+        settings: IssuerSettings {
+            algorithms,
+            max_lifetime: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(5),
+            device_certificates: devices,
+            max_certificate_lifetime: Duration::from_secs(30 * 86_400),
+            revoked_certificates: vec!["revoked-cert".into()],
+        },
     }
 }
 

@@ -477,3 +477,65 @@ async fn one_slow_redis_reply_is_not_an_outage_but_timeouts_in_a_row_are() {
         b.log()
     );
 }
+
+#[tokio::test]
+async fn no_code_is_accepted_twice_across_instances_whatever_the_gates_send() {
+    let redis = RedisServer::start();
+    let builder = builder("--redis", &redis.url());
+    let (a, issuers) = builder.start().await;
+    let (b, _) = builder.start().await;
+    for gateway in [&a, &b] {
+        wait_shared_state(gateway, ServingStatus::Serving, Duration::from_secs(5)).await;
+    }
+    let gates = [a.gate().await, b.gate().await];
+    let codes: Vec<String> = (0..6).map(|_| codes::valid(&issuers[0].minter, "acct-1")).collect();
+    // A fixed pseudo-random schedule (SplitMix64): which instance, which code, which
+    // request id (a small pool, so ids collide across codes and instances), which
+    // station, in which direction. Bounded: 300 taps.
+    let mut state = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let mut accepted = vec![0u32; codes.len()];
+    let mut kept: std::collections::HashMap<(u64, usize, u64, bool), String> = std::collections::HashMap::new();
+    for _ in 0..300 {
+        let (instance, which, id, station, exit) = (
+            next(2) as usize,
+            next(codes.len() as u64) as usize,
+            next(5),
+            next(2),
+            next(5) == 0,
+        );
+        let station = if station == 0 { "S07" } else { "S08" };
+        let mut request = tap(code(&codes[which])).id(&format!("r-{id}")).at(station);
+        if exit {
+            request = request.exit();
+        }
+        let answer = gates[instance].clone().authorize(request).await.unwrap().into_inner();
+        let same_tap = (id, which, station, exit);
+        if answer.retry {
+            assert_eq!(
+                kept.get(&same_tap),
+                Some(&answer.decision_id),
+                "a retry got another tap's answer"
+            );
+            continue;
+        }
+        kept.entry(same_tap).or_insert_with(|| answer.decision_id.clone());
+        if answer.verdict() == Verdict::Allow {
+            accepted[which] += 1;
+        }
+    }
+    assert!(
+        accepted.iter().all(|&n| n <= 1),
+        "a code was accepted more than once: {accepted:?}"
+    );
+    assert!(
+        accepted.iter().any(|&n| n == 1),
+        "the schedule accepted some code: {accepted:?}"
+    );
+}

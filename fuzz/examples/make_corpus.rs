@@ -1,5 +1,5 @@
 //! Writes the seed corpus: valid and near-valid inputs for each target, minted with
-//! the fixed fuzz keys at the fixed clock. `cargo run --bin make-corpus` from `fuzz/`.
+//! the fixed fuzz keys at the fixed clock. `cargo run --example make-corpus` from `fuzz/`.
 
 use std::fs;
 use std::path::Path;
@@ -45,7 +45,7 @@ fn main() {
             kind: pb::TicketKind::SingleJourney as i32,
             number: "SJ-2022-0001".into(),
         }),
-        pb::authorize_request::Credential::Uncovered(pb::Uncovered {
+        pb::authorize_request::Credential::Uncovered(pb::UncoveredCredential {
             kind: pb::UncoveredKind::BankCard as i32,
         }),
     ];
@@ -64,7 +64,7 @@ fn main() {
         };
         write("gate_request", &format!("seed-{i}"), &request.encode_to_vec());
     }
-    let example = include_str!("../../../deploy/ridegate.example.toml");
+    let example = include_str!("../../deploy/ridegate.example.toml");
     write("config", "example", example.as_bytes());
     write("config", "minimal", b"[server]\nlisten = \"127.0.0.1:50061\"\n");
     write(
