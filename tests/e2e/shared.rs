@@ -501,7 +501,7 @@ async fn no_code_is_accepted_twice_across_instances_whatever_the_gates_send() {
         (z ^ (z >> 31)) % n
     };
     let mut accepted = vec![0u32; codes.len()];
-    let mut kept: std::collections::HashMap<(u64, usize, u64, bool), String> = std::collections::HashMap::new();
+    let mut kept: std::collections::HashMap<(u64, usize, &str, bool), String> = std::collections::HashMap::new();
     for _ in 0..300 {
         let (instance, which, id, station, exit) = (
             next(2) as usize,
