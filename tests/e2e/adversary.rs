@@ -151,3 +151,50 @@ async fn an_id_number_born_in_the_future_is_refused() {
         .await
         .expect("a valid ID number links");
 }
+
+#[tokio::test]
+async fn signed_codes_with_odd_times_get_the_documented_reasons() {
+    let (gateway, issuers) = population().await;
+    let minter = &issuers[0].minter;
+    let now_s = now() / 1000;
+    let claims = |iat: serde_json::Value, exp: serde_json::Value, nbf: Option<i64>| {
+        let mut c =
+            serde_json::json!({"iss": "alipay", "sub": "acct-green", "jti": codes::jti(), "iat": iat, "exp": exp});
+        if let Some(nbf) = nbf {
+            c["nbf"] = nbf.into();
+        }
+        minter.code_with_claims(&c).expect("mint")
+    };
+    let cases = [
+        // A fractional exp is a valid NumericDate: the code is judged, not refused as malformed.
+        (
+            "fractional exp",
+            claims(now_s.into(), (now_s as f64 + 29.5).into(), None),
+            Reason::NotLinked,
+        ),
+        (
+            "future nbf on a long-lived code",
+            claims(now_s.into(), (now_s + 120).into(), Some(now_s + 60)),
+            Reason::CodeNotYetValid,
+        ),
+        (
+            "exp before iat",
+            claims(now_s.into(), (now_s - 1).into(), None),
+            Reason::CodeMalformed,
+        ),
+        (
+            "expired and too long-lived",
+            claims((now_s - 600).into(), (now_s - 480).into(), None),
+            Reason::CodeExpired,
+        ),
+        (
+            "valid now but too long-lived",
+            claims(now_s.into(), (now_s + 61).into(), None),
+            Reason::CodeLifetimeTooLong,
+        ),
+    ];
+    for (name, qr, reason) in cases {
+        let answer = authorize(&gateway, tap(code(&qr))).await;
+        assert_eq!(answer.reason(), reason, "{name}");
+    }
+}
