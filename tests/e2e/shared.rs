@@ -264,10 +264,89 @@ async fn when_redis_dies_every_tap_is_answered_in_time_and_redis_is_used_again_w
         "answers during the outage are marked degraded ({degraded})"
     );
 
-    // Redis comes back (empty: it keeps nothing on disk) and is used again.
+    // Redis comes back empty (it keeps nothing on disk) while both instances are
+    // tapped steadily for linked riders. Both remember the epoch marker Redis held and
+    // find it gone: the data is lost, so neither trusts Redis — SharedState stays
+    // NOT_SERVING and every answer is degraded, never a confident NOT_LINKED for a
+    // rider who is linked (the old behaviour, fixed by issue 12).
     redis.restart();
+    let during_loss = {
+        let (a_gate, b_gate) = (a.gate().await, b.gate().await);
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..40 {
+                for (name, gate) in [("A", &a_gate), ("B", &b_gate)] {
+                    let mut gate = gate.clone();
+                    let mut request =
+                        tonic::Request::new(tap(card("1000000000000002")).id(&format!("lost-{name}-{i}")));
+                    request.set_timeout(budget);
+                    let response = gate.authorize(request).await;
+                    results.push((name, response.map(tonic::Response::into_inner)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        shared_state(&a).await,
+        Some(ServingStatus::NotServing),
+        "A\n{}",
+        a.log()
+    );
+    assert_eq!(
+        shared_state(&b).await,
+        Some(ServingStatus::NotServing),
+        "B\n{}",
+        b.log()
+    );
+    for (name, response) in during_loss.await.unwrap() {
+        let response = response.unwrap_or_else(|e| panic!("a tap at {name} failed: {e}"));
+        assert_ne!(
+            outcome(&response).1,
+            Reason::NotLinked,
+            "{name} told a linked rider NOT_LINKED from an empty Redis"
+        );
+        assert!(response.degraded, "{name} answered {:?} undegraded", outcome(&response));
+    }
+    assert_eq!(a.metric("ridegate_shared_data_lost").await, 1.0);
+    assert_eq!(a.metric("ridegate_shared_data_losses_total").await, 1.0);
+    assert_eq!(a.metric("ridegate_shared_tier_up").await, 0.0);
+    assert!(a.log().contains("lost its data"), "{}", a.log());
+    // Still so later: an empty Redis is not trusted again by itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = b
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(outcome(&later).1, Reason::NotLinked);
+    assert!(later.degraded);
+    assert_eq!(shared_state(&b).await, Some(ServingStatus::NotServing));
+
+    // The operator confirms (after re-importing what was lost) with the command the
+    // ERROR line names; both instances use Redis again.
+    let confirm = a
+        .log()
+        .lines()
+        .find_map(|line| {
+            line.split_once("confirm with ")
+                .map(|(_, command)| command.trim().to_owned())
+        })
+        .expect("the ERROR line names the command");
+    let args: Vec<&str> = confirm
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.trim_matches('"'))
+        .collect();
+    assert_eq!(args[0], "SET", "{confirm}");
+    redis.cli(&args);
     wait_shared_state(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
     wait_shared_state(&b, ServingStatus::Serving, Duration::from_secs(5)).await;
+    assert_eq!(a.metric("ridegate_shared_data_lost").await, 0.0);
     let qr = codes::valid(&issuers[0].minter, "acct-1");
     a.gate().await.authorize(tap(code(&qr)).id("after-1")).await.unwrap();
     let replayed = b
@@ -285,9 +364,9 @@ async fn when_redis_dies_every_tap_is_answered_in_time_and_redis_is_used_again_w
         b.log()
     );
     assert!(!replayed.degraded);
-    // And the change stream carries changes again. Redis came back empty, so the
-    // rider's status is gone too: B first sees "not linked", then (the link arriving)
-    // "no health record", then (the status arriving) green.
+    // And the change stream carries changes again. A credential never linked is "not
+    // linked" on B, then (the link arriving) "no health record", then (the status
+    // arriving) green.
     let fresh_card = card("1000000000000003");
     assert_eq!(
         outcome(

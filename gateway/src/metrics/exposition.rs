@@ -201,8 +201,20 @@ impl Collector for Sources {
             gauge(
                 &mut out,
                 names::SHARED_TIER_UP,
-                "1 while Redis answers, 0 while it is down.",
+                "1 while Redis answers and holds its data, 0 while it is down or has lost its data.",
                 u64::from(tier.is_up()),
+            )?;
+            gauge(
+                &mut out,
+                names::SHARED_DATA_LOST,
+                "1 while Redis has lost its data (epoch marker missing) and is not restored.",
+                u64::from(tier.is_data_lost()),
+            )?;
+            counter(
+                &mut out,
+                names::SHARED_DATA_LOSSES,
+                "Times Redis was found to have lost its data.",
+                load(&tier.stats().data_lost),
             )?;
             counter(
                 &mut out,
@@ -459,6 +471,7 @@ mod tests {
             names::PLATFORM_RESETS,
             names::SHARED_ERRORS,
             names::SHARED_SKIPPED,
+            names::SHARED_DATA_LOSSES,
             names::REPLAY_LOCAL_FALLBACKS,
         ] {
             assert_ne!(family(name), name, "{name}");

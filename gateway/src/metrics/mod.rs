@@ -80,8 +80,13 @@ pub mod names {
     /// Counter: times the change feed lost its place and the cache was cleared.
     pub const PLATFORM_RESETS: &str = "ridegate_platform_resets_total";
 
-    /// Gauge: 1 while Redis answers, 0 while it is down.
+    /// Gauge: 1 while Redis answers and holds its data, 0 while it is down or has lost
+    /// its data.
     pub const SHARED_TIER_UP: &str = "ridegate_shared_tier_up";
+    /// Gauge: 1 while Redis has lost its data (epoch marker missing) and is not restored.
+    pub const SHARED_DATA_LOST: &str = "ridegate_shared_data_lost";
+    /// Counter: times Redis was found to have lost its data.
+    pub const SHARED_DATA_LOSSES: &str = "ridegate_shared_data_losses_total";
     /// Counter: Redis commands that failed or timed out.
     pub const SHARED_ERRORS: &str = "ridegate_shared_errors_total";
     /// Counter: Redis commands not sent while it was down.
