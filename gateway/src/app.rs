@@ -70,14 +70,16 @@ impl App {
     /// Builds everything from `config`: keys, stores, data files, audit output.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         config.validate()?;
-        let pseudonymizer = if config.identity.secret.is_empty() {
-            tracing::warn!(
-                "identity.secret is not set: using a random secret, so pseudonyms differ between instances \
-                 and restarts; set RIDEGATE_IDENTITY_SECRET in production"
-            );
-            Pseudonymizer::random()
-        } else {
-            Pseudonymizer::new(config.identity.secret.as_bytes())?
+        let pseudonymizer = match config.identity.secret_bytes()? {
+            Some(secret) => Pseudonymizer::new(&secret)?,
+            None => {
+                // Only without Redis and a platform: validation refuses it otherwise.
+                tracing::warn!(
+                    "identity.secret is not set: using a random secret, so pseudonyms differ between restarts; \
+                     set RIDEGATE_IDENTITY_SECRET or identity.secret_file in production"
+                );
+                Pseudonymizer::random()
+            }
         };
         let specs = config.issuer_specs()?;
         let verifier = RideCodeVerifier::new(&specs, config.ride_codes).context("issuers")?;

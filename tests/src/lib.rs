@@ -348,8 +348,14 @@ impl GatewayBuilder {
     }
 
     fn write_files(&self, dir: &Path) -> PathBuf {
+        // No drain delay unless a test asks for one: a stopped gateway stops at once.
+        let drain_delay = if self.server.contains("drain_delay") {
+            ""
+        } else {
+            "drain_delay = \"0s\"\n"
+        };
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
              [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
             self.server,
             dir.join("audit.jsonl").display()
