@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
+use ridegate_adapters::audit::{AuditFile, AuditOutput, AuditSettings, AuditSink, JsonLinesAudit};
 use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::credential::ride_code::RideCodeVerifier;
 use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
@@ -160,7 +160,7 @@ impl App {
                 clock.clone(),
             )),
         };
-        let audit = Arc::new(open_audit(&config.audit.path)?);
+        let audit = Arc::new(open_audit(&config.audit)?);
         let metrics = Arc::new(Metrics::default());
         let authorizer = Arc::new(Authorizer::new(Parts {
             clock: clock.clone(),
@@ -333,16 +333,13 @@ fn log_import(what: &str, report: &ImportReport) {
     }
 }
 
-fn open_audit(path: &str) -> anyhow::Result<JsonLinesAudit> {
-    let out: Box<dyn std::io::Write + Send> = if path == "-" {
-        Box::new(std::io::stdout())
+fn open_audit(settings: &AuditSettings) -> anyhow::Result<JsonLinesAudit> {
+    let out: Box<dyn AuditOutput> = if settings.path == "-" {
+        Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()))
     } else {
         Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("audit.path: cannot open {path} for appending"))?,
+            AuditFile::open(settings.clone())
+                .with_context(|| format!("audit.path: cannot open {} for appending", settings.path))?,
         )
     };
     JsonLinesAudit::new(out).context("audit: cannot start the writer thread")

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
+use ridegate_adapters::audit::AuditSettings;
 use ridegate_adapters::credential::ride_code::{IssuerSettings, IssuerSpec, VerifierLimits};
 use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
@@ -94,7 +95,7 @@ pub struct Config {
     /// this process.
     pub redis: SharedSettings,
     /// Where decisions are recorded.
-    pub audit: AuditConfig,
+    pub audit: AuditSettings,
     /// Logging.
     pub log: LogConfig,
 }
@@ -444,29 +445,6 @@ impl HealthConfig {
     }
 }
 
-/// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Where audit events go as JSON lines: `-` for stdout, or a file path (appended).
-    pub path: String,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self { path: "-".into() }
-    }
-}
-
-impl AuditConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.path.is_empty() {
-            return Err(invalid("audit.path", "must be - (stdout) or a file path"));
-        }
-        Ok(())
-    }
-}
-
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -529,7 +507,7 @@ impl Config {
         }
         self.links.validate()?;
         self.redis.validate().map_err(in_section("redis"))?;
-        self.audit.validate()?;
+        self.audit.validate().map_err(in_section("audit"))?;
         self.server.validate()?;
         for (id, issuer) in &self.issuers {
             issuer.validate(id)?;
