@@ -658,6 +658,51 @@ mod tests {
         );
     }
 
+    /// The `ridegate.toml: |` blocks of a Kubernetes manifest's ConfigMaps.
+    fn config_maps(yaml: &str) -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut lines = yaml.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.trim() != "ridegate.toml: |" {
+                continue;
+            }
+            let indent = line.len() - line.trim_start().len();
+            let mut block = String::new();
+            while let Some(next) = lines.next_if(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent) {
+                block.push_str(next.get(indent + 2..).unwrap_or(""));
+                block.push('\n');
+            }
+            blocks.push(block);
+        }
+        blocks
+    }
+
+    #[test]
+    fn the_configs_the_deployments_ship_parse_and_validate() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut configs = vec![(
+            "compose/ridegate.toml".to_owned(),
+            std::fs::read_to_string(deploy.join("compose/ridegate.toml")).unwrap(),
+        )];
+        for manifest in ["shared.yaml", "embedded.yaml"] {
+            let yaml = std::fs::read_to_string(deploy.join("kubernetes").join(manifest)).unwrap();
+            let blocks = config_maps(&yaml);
+            assert_eq!(blocks.len(), 1, "{manifest}");
+            configs.extend(blocks.into_iter().map(|b| (manifest.to_owned(), b)));
+        }
+        for (name, text) in configs {
+            let mut config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // As every deployment sets it: RIDEGATE_IDENTITY_SECRET from a secret.
+            config.identity.secret = "0123456789abcdef0123".into();
+            config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.server.listen.port(), 50061, "{name}");
+            assert!(
+                !config.server.listen.ip().is_loopback(),
+                "{name}: a container must not listen on loopback"
+            );
+        }
+    }
+
     #[test]
     fn a_shared_tier_or_a_platform_needs_a_configured_secret() {
         for toml in [
