@@ -33,10 +33,14 @@ fn builder(flag: &str, target: &str) -> GatewayBuilder {
 }
 
 async fn shared_state(gateway: &Gateway) -> Option<ServingStatus> {
+    service_state(gateway, "ridegate.v1.SharedState").await
+}
+
+async fn service_state(gateway: &Gateway, service: &str) -> Option<ServingStatus> {
     let mut health = HealthClient::new(gateway.channel().await);
     let response = health
         .check(HealthCheckRequest {
-            service: "ridegate.v1.SharedState".into(),
+            service: service.into(),
         })
         .await
         .ok()?;
@@ -402,6 +406,11 @@ async fn an_instance_started_while_redis_is_down_serves_degraded_then_uses_redis
     redis.kill();
     let (gateway, _) = builder("--redis", &url).start().await;
     wait_shared_state(&gateway, ServingStatus::NotServing, Duration::from_secs(3)).await;
+    // Its links and statuses files cannot land in Redis yet: not ready.
+    assert_eq!(
+        service_state(&gateway, "ridegate.v1.Gate").await,
+        Some(ServingStatus::NotServing)
+    );
     let response = gateway
         .gate()
         .await
@@ -415,6 +424,23 @@ async fn an_instance_started_while_redis_is_down_serves_degraded_then_uses_redis
     );
     redis.restart();
     wait_shared_state(&gateway, ServingStatus::Serving, Duration::from_secs(5)).await;
+    // The files land; then it is ready, and the file's rider resolves.
+    let started = Instant::now();
+    while service_state(&gateway, "ridegate.v1.Gate").await != Some(ServingStatus::Serving) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = gateway
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (outcome(&response), response.degraded),
+        ((Verdict::Allow, Reason::HealthGreen), false)
+    );
     link_card(&gateway, "1000000000000004", 3).await;
     publish(&gateway, 3, pb::HealthColour::Green).await;
     let response = gateway
@@ -555,4 +581,49 @@ async fn one_slow_redis_reply_is_not_an_outage_but_timeouts_in_a_row_are() {
         "with a threshold of one, the same timeout marks it down:\n{}",
         b.log()
     );
+}
+
+#[test]
+fn a_start_up_import_redis_refuses_is_reported_row_by_row_and_serve_stops_with_exit_1() {
+    let redis = RedisServer::start();
+    // An existing deployment (its epoch in place) on a Redis that refuses every write.
+    redis.cli(&["SET", "rg:epoch", "e2e-epoch"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let links = dir.path().join("links.jsonl");
+    let rows: Vec<String> = (1..=3)
+        .map(|n| format!("{{\"card\": {{\"number\": \"100000000000000{n}\"}}, \"identity\": \"{n:032x}\"}}"))
+        .collect();
+    std::fs::write(&links, rows.join("\n")).unwrap();
+    let config = dir.path().join("ridegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[identity]\nsecret = \"{SECRET}\"\n\
+             [redis]\nurl = \"{}\"\n\
+             [links]\nfile = \"{}\"\n[audit]\npath = \"/dev/null\"\n",
+            redis.url(),
+            links.display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("links.file: 3 of 3 rows could not be written to the shared tier"),
+        "{stderr}"
+    );
+    for line in 1..=3 {
+        assert!(
+            stderr.lines().any(|l| l.contains("could not be written")
+                && l.contains(&format!("line={line} "))
+                && l.contains("OOM")),
+            "line {line} is not reported with its reason:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("import landed"), "{stderr}");
 }

@@ -336,15 +336,14 @@ impl GatewayBuilder {
         )
         .await;
         let callers = CallerTokenMinter::new(self.caller_key.clone());
-        (
-            Gateway {
-                child,
-                callers,
-                addr,
-                dir,
-            },
-            self.issuers.clone(),
-        )
+        let gateway = Gateway {
+            child,
+            callers,
+            addr,
+            dir,
+        };
+        gateway.wait_settled().await;
+        (gateway, self.issuers.clone())
     }
 
     fn write_files(&self, dir: &Path) -> PathBuf {
@@ -429,6 +428,30 @@ pub async fn wait_ready(ready: &Path, log: &Path, what: &str) -> String {
 }
 
 impl Gateway {
+    /// Waits (up to 10 s) until `ridegate.v1.Gate` reports SERVING — a start-up import
+    /// into Redis has landed — or `ridegate.v1.SharedState` reports NOT_SERVING (then
+    /// the import waits for Redis, and so does the test).
+    async fn wait_settled(&self) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let mut health = HealthClient::new(self.channel().await);
+        for _ in 0..200 {
+            let mut status = async |service: &str| {
+                let request = HealthCheckRequest {
+                    service: service.into(),
+                };
+                health.check(request).await.ok().map(|r| r.into_inner().status())
+            };
+            if status("ridegate.v1.Gate").await == Some(ServingStatus::Serving)
+                || status("ridegate.v1.SharedState").await == Some(ServingStatus::NotServing)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A gRPC channel to it.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))

@@ -85,6 +85,11 @@ pub struct SharedSettings {
     /// How long a cached link answer is kept (changes invalidate it sooner).
     #[serde(with = "humantime_serde")]
     pub link_cache_ttl: Duration,
+    /// How long the start-up import of `links.file` / `health.file` into Redis may take,
+    /// retries included (Redis down or timing out), before ridegate gives up and exits
+    /// non-zero. Until the import lands, `ridegate.v1.Gate` reports NOT_SERVING.
+    #[serde(with = "humantime_serde")]
+    pub import_timeout: Duration,
 }
 
 impl Default for SharedSettings {
@@ -102,6 +107,7 @@ impl Default for SharedSettings {
             changes_max_len: 100_000,
             link_cache_capacity: 2_000_000,
             link_cache_ttl: Duration::from_secs(60),
+            import_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -133,6 +139,9 @@ impl SharedSettings {
         }
         if self.probe_interval.is_zero() {
             return invalid("probe_interval", "must be more than 0");
+        }
+        if self.import_timeout.is_zero() {
+            return invalid("import_timeout", "must be more than 0");
         }
         if self.down_after_timeouts == 0 {
             return invalid("down_after_timeouts", "must be at least 1");
@@ -221,6 +230,8 @@ pub struct SharedTier {
     epoch: parking_lot::Mutex<Option<String>>,
     /// Set while the marker is missing or changed: the data is lost.
     data_lost: AtomicBool,
+    /// Set while this instance's start-up import is still writing into the tier.
+    importing: AtomicBool,
     /// Timeouts since the last success.
     timeouts_in_a_row: AtomicU32,
     stats: SharedStats,
@@ -244,6 +255,7 @@ impl SharedTier {
             up: AtomicBool::new(false),
             epoch: parking_lot::Mutex::new(None),
             data_lost: AtomicBool::new(false),
+            importing: AtomicBool::new(false),
             timeouts_in_a_row: AtomicU32::new(0),
             stats: SharedStats::default(),
         }))
@@ -275,6 +287,18 @@ impl SharedTier {
     /// been restored.
     pub fn is_data_lost(&self) -> bool {
         self.data_lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the tier's answers can be given as confident ones: it is up, and this
+    /// instance's start-up import has landed (a half-imported Redis would call riders
+    /// on the missing rows "not linked").
+    pub fn is_trusted(&self) -> bool {
+        self.is_up() && !self.importing.load(Ordering::Relaxed)
+    }
+
+    /// Marks this instance's start-up import as running (`true`) or landed (`false`).
+    pub fn set_importing(&self, importing: bool) {
+        self.importing.store(importing, Ordering::Relaxed);
     }
 
     /// The epoch this instance found or wrote, once a probe has succeeded.
