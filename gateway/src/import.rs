@@ -91,12 +91,15 @@ pub struct ImportFailed {
     pub rows: u64,
 }
 
+/// A file's rows by 1-based line number, and what reading it found.
+pub(crate) type Rows<T> = (Vec<(u64, T)>, ImportReport);
+
 /// The rows of the data files, read and waiting to be written into the shared tier.
 pub(crate) struct StartupImport {
-    /// `links.file`: its rows by line number, and what reading it found.
-    pub(crate) links: Option<(Vec<(u64, (CredentialId, LinkRecord))>, ImportReport)>,
-    /// `health.file`: likewise.
-    pub(crate) statuses: Option<(Vec<(u64, (IdentityId, HealthStatus))>, ImportReport)>,
+    /// `links.file`.
+    pub(crate) links: Option<Rows<(CredentialId, LinkRecord)>>,
+    /// `health.file`.
+    pub(crate) statuses: Option<Rows<(IdentityId, HealthStatus)>>,
 }
 
 impl StartupImport {
