@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
-use ridegate_adapters::audit::{AuditFile, AuditOutput, AuditSettings, AuditSink, JsonLinesAudit};
+use ridegate_adapters::audit::{
+    AuditFile, AuditOutput, AuditSettings, AuditSink, Both, JsonLinesAudit, RedisStreamAudit,
+};
 use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::credential::ride_code::RideCodeVerifier;
 use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
@@ -167,6 +169,18 @@ impl App {
             )),
         };
         let audit = Arc::new(open_audit(&config.audit)?);
+        // The central trail: a Redis stream beside the file, when asked for.
+        let audit_stream = shared.as_ref().filter(|_| config.audit.stream).map(|tier| {
+            Arc::new(RedisStreamAudit::start(
+                tier.clone(),
+                config.audit.stream_max_len,
+                config.audit.stream_queue,
+            ))
+        });
+        let sink: Arc<dyn AuditSink> = match &audit_stream {
+            Some(stream) => Arc::new(Both(audit.clone(), stream.clone())),
+            None => audit.clone(),
+        };
         let metrics = Arc::new(Metrics::default());
         let authorizer = Arc::new(Authorizer::new(Parts {
             clock: clock.clone(),
@@ -179,12 +193,13 @@ impl App {
             shared: shared.clone(),
             rules: config.policy.clone(),
             retry_window: config.deadline.retry_window,
-            audit: audit.clone() as Arc<dyn AuditSink>,
+            audit: sink,
             metrics: metrics.clone(),
         }));
         let exposition = Arc::new(Exposition::new(Sources {
             decisions: metrics,
             audit: audit.clone(),
+            audit_stream,
             links: links.clone(),
             status_source: status_source.clone(),
             status_reader: status_reader.clone(),

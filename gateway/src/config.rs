@@ -512,6 +512,12 @@ impl Config {
         for (id, issuer) in &self.issuers {
             issuer.validate(id)?;
         }
+        if self.audit.stream && !self.redis.is_configured() {
+            return Err(invalid(
+                "audit.stream",
+                "needs a shared tier ([redis]): the stream is kept in Redis",
+            ));
+        }
         // Pseudonyms in Redis or asked of the platform must be the same in every process
         // and after every restart: a random secret would make them all wrong.
         let shares_pseudonyms = self.redis.is_configured() || self.health.platform.is_configured();
@@ -780,6 +786,11 @@ mod tests {
                 "[ride_codes]\nmax_code_bytes = 0\n",
                 "ride_codes.max_code_bytes: must be more than 0",
             ),
+            (
+                "[audit]\nstream = true\n",
+                "audit.stream: needs a shared tier ([redis]): the stream is kept in Redis",
+            ),
+            ("[audit]\nkeep = 0\n", "audit.keep: must be at least 1"),
         ] {
             let config = Config::from_toml(toml).unwrap();
             assert_eq!(config.validate().unwrap_err().to_string(), message);

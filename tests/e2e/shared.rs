@@ -627,3 +627,58 @@ fn a_start_up_import_redis_refuses_is_reported_row_by_row_and_serve_stops_with_e
     }
     assert!(!stderr.contains("import landed"), "{stderr}");
 }
+
+#[tokio::test]
+async fn every_instance_ships_its_audit_events_to_one_redis_stream_and_counts_what_it_cannot() {
+    let mut redis = RedisServer::start();
+    let builder = builder("--redis", &redis.url()).audit_setting("stream = true\nstream_max_len = 1000");
+    let (a, _) = builder.start().await;
+    let (b, _) = builder.start().await;
+    for gateway in [&a, &b] {
+        for _ in 0..3 {
+            gateway
+                .gate()
+                .await
+                .authorize(tap(card("1000000000000002")))
+                .await
+                .unwrap();
+        }
+    }
+    let started = Instant::now();
+    while redis.cli(&["XLEN", "rg:audit"]).trim() != "6" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            redis.cli(&["XLEN", "rg:audit"])
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entry = redis.cli(&["XRANGE", "rg:audit", "-", "+", "COUNT", "1"]);
+    assert!(entry.contains("\"reason\":\"health_green\""), "{entry}");
+    assert!(
+        !entry.contains("1000000000000002"),
+        "no card number in the stream: {entry}"
+    );
+    assert_eq!(a.metric("ridegate_audit_stream_shipped_total").await, 3.0);
+    // Redis gone: taps are answered all the same; what could not be shipped is counted,
+    // and the file still has every event.
+    redis.kill();
+    wait_shared_state(&a, ServingStatus::NotServing, Duration::from_secs(3)).await;
+    for _ in 0..2 {
+        let response = a
+            .gate()
+            .await
+            .authorize(tap(card("1000000000000002")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&response), (Verdict::Allow, Reason::HealthGreen));
+    }
+    let started = Instant::now();
+    while a.metric("ridegate_audit_stream_failed_total").await < 2.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", a.metrics().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, a) = a.terminate().await;
+    assert_eq!(a.audit().len(), 5);
+}

@@ -128,6 +128,7 @@ pub struct GatewayBuilder {
     server: String,
     links_extra: String,
     health_extra: String,
+    audit_extra: String,
     platform: Option<String>,
     callers: bool,
     caller_key: SigningKey,
@@ -165,6 +166,7 @@ impl GatewayBuilder {
             server: String::new(),
             links_extra: String::new(),
             health_extra: String::new(),
+            audit_extra: String::new(),
             platform: None,
             callers: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
@@ -283,6 +285,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a line to the `[audit]` section.
+    pub fn audit_setting(mut self, line: &str) -> Self {
+        self.audit_extra.push_str(line);
+        self.audit_extra.push('\n');
+        self
+    }
+
     /// Takes statuses from the health platform at `url` (instead of a statuses file),
     /// with extra `[health.platform]` lines.
     pub fn platform(mut self, url: &str, settings: &str) -> Self {
@@ -355,9 +364,10 @@ impl GatewayBuilder {
         };
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
-             [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
+             [audit]\npath = \"{}\"\n{}\n[log]\nfilter = \"info\"\n\n",
             self.server,
-            dir.join("audit.jsonl").display()
+            dir.join("audit.jsonl").display(),
+            self.audit_extra
         );
         let links = dir.join("links.jsonl");
         std::fs::write(&links, self.links.join("\n")).expect("links");

@@ -33,6 +33,14 @@ pub struct AuditSettings {
     pub rotate_age: Duration,
     /// Rotated files kept (`<path>.<unix millis>`); older ones are deleted.
     pub keep: usize,
+    /// Also append every event to the Redis stream `<prefix>:audit` (needs `[redis]`):
+    /// a central trail across instances, best effort, never delaying a tap.
+    pub stream: bool,
+    /// Entries the stream keeps (approximately; XADD `MAXLEN ~`).
+    pub stream_max_len: u64,
+    /// Events waiting to be shipped to the stream; beyond it, events are dropped from
+    /// the stream (and counted), never from the file.
+    pub stream_queue: usize,
 }
 
 impl Default for AuditSettings {
@@ -43,6 +51,9 @@ impl Default for AuditSettings {
             rotate_bytes: 256 << 20,
             rotate_age: Duration::from_secs(24 * 3600),
             keep: 14,
+            stream: false,
+            stream_max_len: 10_000_000,
+            stream_queue: 100_000,
         }
     }
 }
@@ -58,6 +69,9 @@ impl AuditSettings {
         }
         if self.keep == 0 {
             return invalid("keep", "must be at least 1");
+        }
+        if self.stream && (self.stream_max_len == 0 || self.stream_queue == 0) {
+            return invalid("stream_max_len", "stream_max_len and stream_queue must be more than 0");
         }
         Ok(())
     }
@@ -189,6 +203,7 @@ mod tests {
             rotate_bytes: 100,
             rotate_age: Duration::ZERO,
             keep: 2,
+            ..AuditSettings::default()
         }
     }
 

@@ -4,6 +4,7 @@
 mod file;
 mod json_lines;
 mod memory;
+mod stream;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 pub use file::{AuditFile, AuditSettings};
 pub use json_lines::{FLUSH_INTERVAL, JsonLinesAudit};
 pub use memory::MemoryAudit;
+pub use stream::{Both, RedisStreamAudit, StreamStats};
 
 /// Where the JSON-lines writer puts its lines: a file, stdout, or a test's buffer.
 /// Called only on the writer thread.

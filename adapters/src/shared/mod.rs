@@ -429,7 +429,7 @@ impl SharedTier {
     }
 
     /// The key `<prefix>:<name>`.
-    fn key_of(&self, name: &str) -> String {
+    pub fn key_of(&self, name: &str) -> String {
         format!("{}:{name}", self.settings.prefix)
     }
 

@@ -36,6 +36,12 @@ pub mod names {
     pub const AUDIT_PENDING: &str = "ridegate_audit_pending";
     /// Counter: audit events that could not be written.
     pub const AUDIT_FAILED: &str = "ridegate_audit_failed_total";
+    /// Counter: audit events appended to the Redis stream.
+    pub const AUDIT_STREAM_SHIPPED: &str = "ridegate_audit_stream_shipped_total";
+    /// Counter: audit events not shipped to the stream: its queue was full.
+    pub const AUDIT_STREAM_DROPPED: &str = "ridegate_audit_stream_dropped_total";
+    /// Counter: audit events not shipped to the stream: Redis refused or was down.
+    pub const AUDIT_STREAM_FAILED: &str = "ridegate_audit_stream_failed_total";
 
     /// Gauge: statuses in the health cache.
     pub const HEALTH_CACHE_ENTRIES: &str = "ridegate_health_cache_entries";
