@@ -242,8 +242,13 @@ pub async fn serve(
             }
         }
     };
+    // A shutdown stops an unfinished import first, so it cannot report SERVING again.
+    let import_abort = importer.as_ref().map(tokio::task::JoinHandle::abort_handle);
     let drain = async move {
         drain.await;
+        if let Some(import) = import_abort {
+            import.abort();
+        }
         tracing::info!(delay = ?server_config.drain_delay, "shutting down: draining");
         health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
         tokio::time::sleep(server_config.drain_delay).await;
