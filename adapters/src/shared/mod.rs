@@ -14,6 +14,7 @@
 //! | `rg:r:<request key>` | an answer, for retries, expiring after the retry window |
 //! | `rg:changes` | the change stream (status changes, link changes), trimmed |
 //! | `rg:epoch` | this deployment's epoch marker, written once, checked on every probe |
+//! | `rg:audit` | the central audit stream, when `audit.stream` is on, trimmed |
 //!
 //! Every command is bounded by the operation timeout and by the tap's own deadline.
 //! When a command fails the tier is marked down and callers fall back at once (no
