@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
-use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
+use ridegate_adapters::audit::{
+    AuditFile, AuditOutput, AuditSettings, AuditSink, Both, JsonLinesAudit, RedisStreamAudit,
+};
 use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::credential::ride_code::RideCodeVerifier;
 use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
 use ridegate_adapters::idempotency::{MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::Pseudonymizer;
-use ridegate_adapters::lines::ImportReport;
-use ridegate_adapters::link::{LinkStore, MemoryLinks, RedisLinks, read_links};
+use ridegate_adapters::link::{MemoryLinks, RedisLinks, read_links};
 use ridegate_adapters::replay::{MemoryReplayGuard, RedisReplayGuard};
 use ridegate_adapters::shared::SharedTier;
 use ridegate_adapters::shared::changes::Change;
@@ -26,12 +26,10 @@ use ridegate_core::clock::Clock;
 use crate::authorize::{Authorizer, Parts};
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
+use crate::import::{self, StartupImport};
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
 use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader, StatusSource};
-
-/// Writes to the shared tier kept in flight while loading files into it.
-const LOAD_CONCURRENCY: usize = 64;
 
 /// A built ridegate: the decision path and the stores the services share. Only
 /// [`serve`](crate::serve) takes it apart, handing each service and task the parts it
@@ -64,20 +62,24 @@ pub struct App {
     pub(crate) issuer_ids: HashSet<String>,
     /// The wall clock.
     pub(crate) clock: Clock,
+    /// Rows of the data files still to be written into the shared tier.
+    pub(crate) import: Option<StartupImport>,
 }
 
 impl App {
     /// Builds everything from `config`: keys, stores, data files, audit output.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         config.validate()?;
-        let pseudonymizer = if config.identity.secret.is_empty() {
-            tracing::warn!(
-                "identity.secret is not set: using a random secret, so pseudonyms differ between instances \
-                 and restarts; set RIDEGATE_IDENTITY_SECRET in production"
-            );
-            Pseudonymizer::random()
-        } else {
-            Pseudonymizer::new(config.identity.secret.as_bytes())?
+        let pseudonymizer = match config.identity.secret_bytes()? {
+            Some(secret) => Pseudonymizer::new(&secret)?,
+            None => {
+                // Only without Redis and a platform: validation refuses it otherwise.
+                tracing::warn!(
+                    "identity.secret is not set: using a random secret, so pseudonyms differ between restarts; \
+                     set RIDEGATE_IDENTITY_SECRET or identity.secret_file in production"
+                );
+                Pseudonymizer::random()
+            }
         };
         let specs = config.issuer_specs()?;
         let verifier = RideCodeVerifier::new(&specs, config.ride_codes).context("issuers")?;
@@ -142,7 +144,15 @@ impl App {
                 ttl: config.health.cache_ttl,
             };
         }
-        load_files(&config, &pseudonymizer, &clock, &links, &status_source).await?;
+        let import = load_files(
+            &config,
+            &pseudonymizer,
+            &clock,
+            shared.as_deref(),
+            &links,
+            &status_source,
+        )
+        .await?;
 
         let status_reader = match &status_source {
             StatusSource::Memory(store) => StatusReader::Embedded(store.clone()),
@@ -158,7 +168,19 @@ impl App {
                 clock.clone(),
             )),
         };
-        let audit = Arc::new(open_audit(&config.audit.path)?);
+        let audit = Arc::new(open_audit(&config.audit)?);
+        // The central trail: a Redis stream beside the file, when asked for.
+        let audit_stream = shared.as_ref().filter(|_| config.audit.stream).map(|tier| {
+            Arc::new(RedisStreamAudit::start(
+                tier.clone(),
+                config.audit.stream_max_len,
+                config.audit.stream_queue,
+            ))
+        });
+        let sink: Arc<dyn AuditSink> = match &audit_stream {
+            Some(stream) => Arc::new(Both(audit.clone(), stream.clone())),
+            None => audit.clone(),
+        };
         let metrics = Arc::new(Metrics::default());
         let authorizer = Arc::new(Authorizer::new(Parts {
             clock: clock.clone(),
@@ -171,12 +193,13 @@ impl App {
             shared: shared.clone(),
             rules: config.policy.clone(),
             retry_window: config.deadline.retry_window,
-            audit: audit.clone() as Arc<dyn AuditSink>,
+            audit: sink,
             metrics: metrics.clone(),
         }));
         let exposition = Arc::new(Exposition::new(Sources {
             decisions: metrics,
             audit: audit.clone(),
+            audit_stream,
             links: links.clone(),
             status_source: status_source.clone(),
             status_reader: status_reader.clone(),
@@ -202,6 +225,7 @@ impl App {
             link_rules,
             issuer_ids,
             clock,
+            import,
         })
     }
 
@@ -254,93 +278,80 @@ impl Caches {
     }
 }
 
-/// Loads the links and statuses files, if configured, into the chosen stores.
+/// Loads the links and statuses files, if configured. Into this process's stores they
+/// are loaded at once; for the shared tier they are read (bad lines reported) and their
+/// rows returned, to be written while serving (see [`import`]).
 async fn load_files(
     config: &Config,
     pseudonymizer: &Pseudonymizer,
     clock: &Clock,
+    tier: Option<&SharedTier>,
     links: &LinkBackend,
     status_source: &StatusSource,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<StartupImport>> {
     let open = |field: &str, path: &std::path::Path| {
         File::open(path)
             .map(|f| BufReader::with_capacity(1 << 20, f))
             .with_context(|| format!("{field}: cannot open {}", path.display()))
     };
+    let mut pending = StartupImport {
+        links: None,
+        statuses: None,
+    };
     if let Some(path) = &config.links.file {
         let reader = open("links.file", path)?;
         let now = clock.now();
-        let report = match links {
-            LinkBackend::Memory(store) => read_links(reader, pseudonymizer, now, |c, record| {
-                store.link_now(c, &record).map(drop).map_err(|e| e.to_string())
-            }),
+        match links {
+            LinkBackend::Memory(store) => {
+                let report = read_links(reader, pseudonymizer, now, |_, c, record| {
+                    store.link_now(c, &record).map(drop).map_err(|e| e.to_string())
+                })
+                .with_context(|| format!("links.file: cannot read {}", path.display()))?;
+                import::log_import("links", &report);
+            }
             LinkBackend::Shared(_) => {
                 let mut rows = Vec::new();
-                let mut report = read_links(reader, pseudonymizer, now, |c, record| {
-                    rows.push((c, record));
+                let report = read_links(reader, pseudonymizer, now, |line, c, record| {
+                    rows.push((line, (c, record)));
                     Ok(())
                 })
                 .with_context(|| format!("links.file: cannot read {}", path.display()))?;
-                let failed = futures::stream::iter(rows)
-                    .map(|(c, record)| links.link(c, record))
-                    .buffer_unordered(LOAD_CONCURRENCY)
-                    .filter(|r| std::future::ready(r.is_err()))
-                    .count()
-                    .await;
-                report.imported -= failed as u64;
-                report.rejected += failed as u64;
-                Ok(report)
+                pending.links = Some((rows, report));
             }
         }
-        .with_context(|| format!("links.file: cannot read {}", path.display()))?;
-        log_import("links", &report);
     }
     if let Some(path) = &config.health.file {
         let reader = open("health.file", path)?;
-        let mut rows = Vec::new();
-        let mut report = read_statuses(reader, pseudonymizer, |i, s| rows.push((i, s)))
-            .with_context(|| format!("health.file: cannot read {}", path.display()))?;
-        let failed = futures::stream::iter(rows)
-            .map(|(i, s)| status_source.put(i, s))
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .filter(|r| std::future::ready(r.is_err()))
-            .count()
-            .await;
-        report.imported -= failed as u64;
-        report.rejected += failed as u64;
-        log_import("health statuses", &report);
+        match status_source {
+            StatusSource::Memory(store) => {
+                let report = read_statuses(reader, pseudonymizer, |_, i, s| {
+                    let _ = store.put(i, s);
+                })
+                .with_context(|| format!("health.file: cannot read {}", path.display()))?;
+                import::log_import("health statuses", &report);
+            }
+            StatusSource::Shared(_) | StatusSource::Platform { .. } => {
+                let mut rows = Vec::new();
+                let report = read_statuses(reader, pseudonymizer, |line, i, s| rows.push((line, (i, s))))
+                    .with_context(|| format!("health.file: cannot read {}", path.display()))?;
+                pending.statuses = Some((rows, report));
+            }
+        }
     }
-    Ok(())
+    let pending = (pending.links.is_some() || pending.statuses.is_some()).then_some(pending);
+    if let (Some(tier), Some(_)) = (tier, &pending) {
+        tier.set_importing(true);
+    }
+    Ok(pending)
 }
 
-fn log_import(what: &str, report: &ImportReport) {
-    tracing::info!(
-        lines = report.lines,
-        imported = report.imported,
-        rejected = report.rejected,
-        "{what} imported"
-    );
-    for rejection in &report.first_rejections {
-        tracing::warn!(line = rejection.line, reason = %rejection.reason, "{what}: line rejected");
-    }
-    if report.rejected > report.first_rejections.len() as u64 {
-        tracing::warn!(
-            more = report.rejected - report.first_rejections.len() as u64,
-            "{what}: further lines rejected"
-        );
-    }
-}
-
-fn open_audit(path: &str) -> anyhow::Result<JsonLinesAudit> {
-    let out: Box<dyn std::io::Write + Send> = if path == "-" {
-        Box::new(std::io::stdout())
+fn open_audit(settings: &AuditSettings) -> anyhow::Result<JsonLinesAudit> {
+    let out: Box<dyn AuditOutput> = if settings.path == "-" {
+        Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()))
     } else {
         Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("audit.path: cannot open {path} for appending"))?,
+            AuditFile::open(settings.clone())
+                .with_context(|| format!("audit.path: cannot open {} for appending", settings.path))?,
         )
     };
     JsonLinesAudit::new(out).context("audit: cannot start the writer thread")

@@ -161,7 +161,7 @@ impl Authorizer {
         let outcome = self.decide(&request, owner, now, deadline, &mut trace).await;
         // While the shared tier is down, links and used codes are this instance's view
         // only: say so.
-        let shared_down = self.shared.as_ref().is_some_and(|tier| !tier.is_up());
+        let shared_down = self.shared.as_ref().is_some_and(|tier| !tier.is_trusted());
         let answer = Answer {
             verdict: outcome.verdict,
             reason: outcome.reason,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
+use ridegate_adapters::audit::AuditSettings;
 use ridegate_adapters::credential::ride_code::{IssuerSettings, IssuerSpec, VerifierLimits};
 use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
@@ -22,6 +23,9 @@ use serde::Deserialize;
 
 /// The address `ridegate serve` listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50061";
+
+/// How long a draining instance reports NOT_SERVING before it refuses new calls.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(10);
 
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +95,7 @@ pub struct Config {
     /// this process.
     pub redis: SharedSettings,
     /// Where decisions are recorded.
-    pub audit: AuditConfig,
+    pub audit: AuditSettings,
     /// Logging.
     pub log: LogConfig,
 }
@@ -119,7 +123,9 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
     /// On SIGTERM/SIGINT: time to report NOT_SERVING before refusing new calls, so
-    /// load balancers move traffic away first.
+    /// load balancers move traffic away first. The default (10 s) outlasts a
+    /// Kubernetes endpoint update and a readiness probe of `periodSeconds: 5`,
+    /// `failureThreshold: 2`.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
     /// On SIGTERM/SIGINT: how long in-flight calls and streams may take to finish.
@@ -141,7 +147,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
-            drain_delay: Duration::ZERO,
+            drain_delay: DEFAULT_DRAIN_DELAY,
             drain_grace: Duration::from_secs(10),
             stream_concurrency: 64,
         }
@@ -204,14 +210,24 @@ impl DeadlineConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
     /// Secret for the keyed hash that turns ID numbers into pseudonyms (at least 16
-    /// bytes). Prefer `RIDEGATE_IDENTITY_SECRET`. Empty: a random secret per process,
-    /// so pseudonyms are not comparable across instances or restarts.
+    /// bytes). Prefer `RIDEGATE_IDENTITY_SECRET` or `secret_file`. Empty (and no file):
+    /// a random secret per process, so pseudonyms are not comparable across instances
+    /// or restarts — refused with a shared tier or a health platform.
     pub secret: String,
+    /// A file holding the secret (a mounted Kubernetes Secret, say); surrounding
+    /// whitespace is ignored. Exclusive with `secret`. `RIDEGATE_IDENTITY_SECRET_FILE`.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl IdentityConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let secret = self.secret.as_bytes();
+        if !secret.is_empty() && self.secret_file.is_some() {
+            return Err(invalid(
+                "identity.secret_file",
+                "set either secret or secret_file, not both",
+            ));
+        }
         if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
             return Err(invalid(
                 "identity.secret",
@@ -219,6 +235,29 @@ impl IdentityConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether a secret is configured (inline or as a file).
+    pub fn is_configured(&self) -> bool {
+        !self.secret.is_empty() || self.secret_file.is_some()
+    }
+
+    /// The configured secret, read from `secret_file` if that is where it is; `None`
+    /// when none is configured. The error names the field.
+    pub fn secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.secret_file else {
+            return Ok((!self.secret.is_empty()).then(|| self.secret.as_bytes().to_vec()));
+        };
+        let text = std::fs::read(path)
+            .map_err(|e| invalid("identity.secret_file", format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim_ascii().to_vec();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                "identity.secret_file",
+                format!("{} must hold at least {MIN_SECRET_BYTES} bytes", path.display()),
+            ));
+        }
+        Ok(Some(secret))
     }
 }
 
@@ -407,29 +446,6 @@ impl HealthConfig {
     }
 }
 
-/// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Where audit events go as JSON lines: `-` for stdout, or a file path (appended).
-    pub path: String,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self { path: "-".into() }
-    }
-}
-
-impl AuditConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.path.is_empty() {
-            return Err(invalid("audit.path", "must be - (stdout) or a file path"));
-        }
-        Ok(())
-    }
-}
-
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -492,10 +508,27 @@ impl Config {
         }
         self.links.validate()?;
         self.redis.validate().map_err(in_section("redis"))?;
-        self.audit.validate()?;
+        self.audit.validate().map_err(in_section("audit"))?;
         self.server.validate()?;
         for (id, issuer) in &self.issuers {
             issuer.validate(id)?;
+        }
+        if self.audit.stream && !self.redis.is_configured() {
+            return Err(invalid(
+                "audit.stream",
+                "needs a shared tier ([redis]): the stream is kept in Redis",
+            ));
+        }
+        // Pseudonyms in Redis or asked of the platform must be the same in every process
+        // and after every restart: a random secret would make them all wrong.
+        let shares_pseudonyms = self.redis.is_configured() || self.health.platform.is_configured();
+        if shares_pseudonyms && !self.identity.is_configured() {
+            return Err(invalid(
+                "identity.secret",
+                "required with a shared tier ([redis]) or a health platform ([health.platform]): pseudonyms must \
+                 be the same in every process and after restarts; set identity.secret, identity.secret_file, \
+                 RIDEGATE_IDENTITY_SECRET or RIDEGATE_IDENTITY_SECRET_FILE",
+            ));
         }
         Ok(())
     }
@@ -632,6 +665,95 @@ mod tests {
         );
     }
 
+    /// The `ridegate.toml: |` blocks of a Kubernetes manifest's ConfigMaps.
+    fn config_maps(yaml: &str) -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut lines = yaml.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.trim() != "ridegate.toml: |" {
+                continue;
+            }
+            let indent = line.len() - line.trim_start().len();
+            let mut block = String::new();
+            while let Some(next) = lines.next_if(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent) {
+                block.push_str(next.get(indent + 2..).unwrap_or(""));
+                block.push('\n');
+            }
+            blocks.push(block);
+        }
+        blocks
+    }
+
+    #[test]
+    fn the_configs_the_deployments_ship_parse_and_validate() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut configs = vec![(
+            "compose/ridegate.toml".to_owned(),
+            std::fs::read_to_string(deploy.join("compose/ridegate.toml")).unwrap(),
+        )];
+        for manifest in ["shared.yaml", "embedded.yaml"] {
+            let yaml = std::fs::read_to_string(deploy.join("kubernetes").join(manifest)).unwrap();
+            let blocks = config_maps(&yaml);
+            assert_eq!(blocks.len(), 1, "{manifest}");
+            configs.extend(blocks.into_iter().map(|b| (manifest.to_owned(), b)));
+        }
+        for (name, text) in configs {
+            let mut config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // As every deployment sets it: RIDEGATE_IDENTITY_SECRET from a secret.
+            config.identity.secret = "0123456789abcdef0123".into();
+            config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.server.listen.port(), 50061, "{name}");
+            assert!(
+                !config.server.listen.ip().is_loopback(),
+                "{name}: a container must not listen on loopback"
+            );
+        }
+    }
+
+    #[test]
+    fn a_shared_tier_or_a_platform_needs_a_configured_secret() {
+        for toml in [
+            "[redis]\nurl = \"redis://a\"\n",
+            "[redis]\ncluster = [\"redis://a\"]\n",
+            "[health.platform]\nurl = \"http://a\"\n",
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.starts_with("identity.secret: required with"), "{toml}: {err}");
+            let with = format!("{toml}[identity]\nsecret = \"0123456789abcdef\"\n");
+            Config::from_toml(&with).unwrap().validate().unwrap();
+            let with = format!("{toml}[identity]\nsecret_file = \"/run/secrets/ridegate\"\n");
+            Config::from_toml(&with).unwrap().validate().unwrap();
+        }
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_is_read_trimmed_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ridegate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "0123456789abcdef\n").unwrap();
+        let identity = IdentityConfig {
+            secret: String::new(),
+            secret_file: Some(file.clone()),
+        };
+        assert_eq!(identity.secret_bytes().unwrap(), Some(b"0123456789abcdef".to_vec()));
+        std::fs::write(&file, "short\n").unwrap();
+        let err = identity.secret_bytes().unwrap_err().to_string();
+        assert!(err.starts_with("identity.secret_file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let both = IdentityConfig {
+            secret: "0123456789abcdef".into(),
+            secret_file: Some(file),
+        };
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("identity.secret_file")
+        );
+    }
+
     #[test]
     fn adapter_settings_deny_unknown_fields_and_name_invalid_ones_in_full() {
         for (toml, unknown) in [
@@ -665,6 +787,11 @@ mod tests {
                 "[ride_codes]\nmax_code_bytes = 0\n",
                 "ride_codes.max_code_bytes: must be more than 0",
             ),
+            (
+                "[audit]\nstream = true\n",
+                "audit.stream: needs a shared tier ([redis]): the stream is kept in Redis",
+            ),
+            ("[audit]\nkeep = 0\n", "audit.keep: must be at least 1"),
         ] {
             let config = Config::from_toml(toml).unwrap();
             assert_eq!(config.validate().unwrap_err().to_string(), message);

@@ -12,6 +12,7 @@ pub mod app;
 pub mod authorize;
 pub mod cache;
 pub mod config;
+pub mod import;
 pub mod linking;
 pub mod metrics;
 pub mod serve;

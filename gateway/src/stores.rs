@@ -161,9 +161,11 @@ impl From<SharedError> for StoreError {
     fn from(e: SharedError) -> Self {
         match e {
             SharedError::Rejected(_) => Self::Refused(e),
-            SharedError::Down | SharedError::Timeout | SharedError::Connection(_) | SharedError::Config(_) => {
-                Self::Unavailable(e)
-            }
+            SharedError::Down
+            | SharedError::DataLost
+            | SharedError::Timeout
+            | SharedError::Connection(_)
+            | SharedError::Config(_) => Self::Unavailable(e),
         }
     }
 }

@@ -44,6 +44,12 @@ fn invalid_configuration_exits_2_naming_the_field() {
             "deadline.margin",
         ),
         ("[identity]\nsecret = \"short\"\n", "identity.secret"),
+        // Pseudonyms shared through Redis or the platform need a configured secret.
+        ("[redis]\nurl = \"redis://127.0.0.1:1\"\n", "identity.secret: required"),
+        (
+            "[health.platform]\nurl = \"http://127.0.0.1:1\"\n",
+            "identity.secret: required",
+        ),
         (
             "[issuers.alipay]\njwks_file = \"/nonexistent.json\"\n",
             "issuers.alipay.jwks_file",

@@ -33,10 +33,14 @@ fn builder(flag: &str, target: &str) -> GatewayBuilder {
 }
 
 async fn shared_state(gateway: &Gateway) -> Option<ServingStatus> {
+    service_state(gateway, "ridegate.v1.SharedState").await
+}
+
+async fn service_state(gateway: &Gateway, service: &str) -> Option<ServingStatus> {
     let mut health = HealthClient::new(gateway.channel().await);
     let response = health
         .check(HealthCheckRequest {
-            service: "ridegate.v1.SharedState".into(),
+            service: service.into(),
         })
         .await
         .ok()?;
@@ -264,10 +268,89 @@ async fn when_redis_dies_every_tap_is_answered_in_time_and_redis_is_used_again_w
         "answers during the outage are marked degraded ({degraded})"
     );
 
-    // Redis comes back (empty: it keeps nothing on disk) and is used again.
+    // Redis comes back empty (it keeps nothing on disk) while both instances are
+    // tapped steadily for linked riders. Both remember the epoch marker Redis held and
+    // find it gone: the data is lost, so neither trusts Redis — SharedState stays
+    // NOT_SERVING and every answer is degraded, never a confident NOT_LINKED for a
+    // rider who is linked (the old behaviour, fixed by issue 12).
     redis.restart();
+    let during_loss = {
+        let (a_gate, b_gate) = (a.gate().await, b.gate().await);
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..40 {
+                for (name, gate) in [("A", &a_gate), ("B", &b_gate)] {
+                    let mut gate = gate.clone();
+                    let mut request =
+                        tonic::Request::new(tap(card("1000000000000002")).id(&format!("lost-{name}-{i}")));
+                    request.set_timeout(budget);
+                    let response = gate.authorize(request).await;
+                    results.push((name, response.map(tonic::Response::into_inner)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        shared_state(&a).await,
+        Some(ServingStatus::NotServing),
+        "A\n{}",
+        a.log()
+    );
+    assert_eq!(
+        shared_state(&b).await,
+        Some(ServingStatus::NotServing),
+        "B\n{}",
+        b.log()
+    );
+    for (name, response) in during_loss.await.unwrap() {
+        let response = response.unwrap_or_else(|e| panic!("a tap at {name} failed: {e}"));
+        assert_ne!(
+            outcome(&response).1,
+            Reason::NotLinked,
+            "{name} told a linked rider NOT_LINKED from an empty Redis"
+        );
+        assert!(response.degraded, "{name} answered {:?} undegraded", outcome(&response));
+    }
+    assert_eq!(a.metric("ridegate_shared_data_lost").await, 1.0);
+    assert_eq!(a.metric("ridegate_shared_data_losses_total").await, 1.0);
+    assert_eq!(a.metric("ridegate_shared_tier_up").await, 0.0);
+    assert!(a.log().contains("lost its data"), "{}", a.log());
+    // Still so later: an empty Redis is not trusted again by itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = b
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(outcome(&later).1, Reason::NotLinked);
+    assert!(later.degraded);
+    assert_eq!(shared_state(&b).await, Some(ServingStatus::NotServing));
+
+    // The operator confirms (after re-importing what was lost) with the command the
+    // ERROR line names; both instances use Redis again.
+    let confirm = a
+        .log()
+        .lines()
+        .find_map(|line| {
+            line.split_once("confirm with ")
+                .map(|(_, command)| command.trim().to_owned())
+        })
+        .expect("the ERROR line names the command");
+    let args: Vec<&str> = confirm
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.trim_matches('"'))
+        .collect();
+    assert_eq!(args[0], "SET", "{confirm}");
+    redis.cli(&args);
     wait_shared_state(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
     wait_shared_state(&b, ServingStatus::Serving, Duration::from_secs(5)).await;
+    assert_eq!(a.metric("ridegate_shared_data_lost").await, 0.0);
     let qr = codes::valid(&issuers[0].minter, "acct-1");
     a.gate().await.authorize(tap(code(&qr)).id("after-1")).await.unwrap();
     let replayed = b
@@ -285,9 +368,9 @@ async fn when_redis_dies_every_tap_is_answered_in_time_and_redis_is_used_again_w
         b.log()
     );
     assert!(!replayed.degraded);
-    // And the change stream carries changes again. Redis came back empty, so the
-    // rider's status is gone too: B first sees "not linked", then (the link arriving)
-    // "no health record", then (the status arriving) green.
+    // And the change stream carries changes again. A credential never linked is "not
+    // linked" on B, then (the link arriving) "no health record", then (the status
+    // arriving) green.
     let fresh_card = card("1000000000000003");
     assert_eq!(
         outcome(
@@ -323,6 +406,11 @@ async fn an_instance_started_while_redis_is_down_serves_degraded_then_uses_redis
     redis.kill();
     let (gateway, _) = builder("--redis", &url).start().await;
     wait_shared_state(&gateway, ServingStatus::NotServing, Duration::from_secs(3)).await;
+    // Its links and statuses files cannot land in Redis yet: not ready.
+    assert_eq!(
+        service_state(&gateway, "ridegate.v1.Gate").await,
+        Some(ServingStatus::NotServing)
+    );
     let response = gateway
         .gate()
         .await
@@ -336,6 +424,23 @@ async fn an_instance_started_while_redis_is_down_serves_degraded_then_uses_redis
     );
     redis.restart();
     wait_shared_state(&gateway, ServingStatus::Serving, Duration::from_secs(5)).await;
+    // The files land; then it is ready, and the file's rider resolves.
+    let started = Instant::now();
+    while service_state(&gateway, "ridegate.v1.Gate").await != Some(ServingStatus::Serving) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = gateway
+        .gate()
+        .await
+        .authorize(tap(card("1000000000000002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (outcome(&response), response.degraded),
+        ((Verdict::Allow, Reason::HealthGreen), false)
+    );
     link_card(&gateway, "1000000000000004", 3).await;
     publish(&gateway, 3, pb::HealthColour::Green).await;
     let response = gateway
@@ -535,4 +640,104 @@ async fn no_code_is_accepted_twice_across_instances_whatever_the_gates_send() {
         "a code was accepted more than once: {accepted:?}"
     );
     assert!(accepted.contains(&1), "the schedule accepted some code: {accepted:?}");
+}
+
+#[test]
+fn a_start_up_import_redis_refuses_is_reported_row_by_row_and_serve_stops_with_exit_1() {
+    let redis = RedisServer::start();
+    // An existing deployment (its epoch in place) on a Redis that refuses every write.
+    redis.cli(&["SET", "rg:epoch", "e2e-epoch"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let links = dir.path().join("links.jsonl");
+    let rows: Vec<String> = (1..=3)
+        .map(|n| format!("{{\"card\": {{\"number\": \"100000000000000{n}\"}}, \"identity\": \"{n:032x}\"}}"))
+        .collect();
+    std::fs::write(&links, rows.join("\n")).unwrap();
+    let config = dir.path().join("ridegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[identity]\nsecret = \"{SECRET}\"\n\
+             [redis]\nurl = \"{}\"\n\
+             [links]\nfile = \"{}\"\n[audit]\npath = \"/dev/null\"\n",
+            redis.url(),
+            links.display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("links.file: 3 of 3 rows could not be written to the shared tier"),
+        "{stderr}"
+    );
+    for line in 1..=3 {
+        assert!(
+            stderr.lines().any(|l| l.contains("could not be written")
+                && l.contains(&format!("line={line} "))
+                && l.contains("OOM")),
+            "line {line} is not reported with its reason:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("import landed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn every_instance_ships_its_audit_events_to_one_redis_stream_and_counts_what_it_cannot() {
+    let mut redis = RedisServer::start();
+    let builder = builder("--redis", &redis.url()).audit_setting("stream = true\nstream_max_len = 1000");
+    let (a, _) = builder.start().await;
+    let (b, _) = builder.start().await;
+    for gateway in [&a, &b] {
+        for _ in 0..3 {
+            gateway
+                .gate()
+                .await
+                .authorize(tap(card("1000000000000002")))
+                .await
+                .unwrap();
+        }
+    }
+    let started = Instant::now();
+    while redis.cli(&["XLEN", "rg:audit"]).trim() != "6" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            redis.cli(&["XLEN", "rg:audit"])
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entry = redis.cli(&["XRANGE", "rg:audit", "-", "+", "COUNT", "1"]);
+    assert!(entry.contains("\"reason\":\"health_green\""), "{entry}");
+    assert!(
+        !entry.contains("1000000000000002"),
+        "no card number in the stream: {entry}"
+    );
+    assert_eq!(a.metric("ridegate_audit_stream_shipped_total").await, 3.0);
+    // Redis gone: taps are answered all the same; what could not be shipped is counted,
+    // and the file still has every event.
+    redis.kill();
+    wait_shared_state(&a, ServingStatus::NotServing, Duration::from_secs(3)).await;
+    for _ in 0..2 {
+        let response = a
+            .gate()
+            .await
+            .authorize(tap(card("1000000000000002")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&response), (Verdict::Allow, Reason::HealthGreen));
+    }
+    let started = Instant::now();
+    while a.metric("ridegate_audit_stream_failed_total").await < 2.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", a.metrics().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, a) = a.terminate().await;
+    assert_eq!(a.audit().len(), 5);
 }

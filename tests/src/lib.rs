@@ -128,6 +128,7 @@ pub struct GatewayBuilder {
     server: String,
     links_extra: String,
     health_extra: String,
+    audit_extra: String,
     platform: Option<String>,
     callers: bool,
     caller_key: SigningKey,
@@ -165,6 +166,7 @@ impl GatewayBuilder {
             server: String::new(),
             links_extra: String::new(),
             health_extra: String::new(),
+            audit_extra: String::new(),
             platform: None,
             callers: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
@@ -283,6 +285,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a line to the `[audit]` section.
+    pub fn audit_setting(mut self, line: &str) -> Self {
+        self.audit_extra.push_str(line);
+        self.audit_extra.push('\n');
+        self
+    }
+
     /// Takes statuses from the health platform at `url` (instead of a statuses file),
     /// with extra `[health.platform]` lines.
     pub fn platform(mut self, url: &str, settings: &str) -> Self {
@@ -336,23 +345,29 @@ impl GatewayBuilder {
         )
         .await;
         let callers = CallerTokenMinter::new(self.caller_key.clone());
-        (
-            Gateway {
-                child,
-                callers,
-                addr,
-                dir,
-            },
-            self.issuers.clone(),
-        )
+        let gateway = Gateway {
+            child,
+            callers,
+            addr,
+            dir,
+        };
+        gateway.wait_settled().await;
+        (gateway, self.issuers.clone())
     }
 
     fn write_files(&self, dir: &Path) -> PathBuf {
+        // No drain delay unless a test asks for one: a stopped gateway stops at once.
+        let drain_delay = if self.server.contains("drain_delay") {
+            ""
+        } else {
+            "drain_delay = \"0s\"\n"
+        };
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
-             [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
+             [audit]\npath = \"{}\"\n{}\n[log]\nfilter = \"info\"\n\n",
             self.server,
-            dir.join("audit.jsonl").display()
+            dir.join("audit.jsonl").display(),
+            self.audit_extra
         );
         let links = dir.join("links.jsonl");
         std::fs::write(&links, self.links.join("\n")).expect("links");
@@ -423,6 +438,30 @@ pub async fn wait_ready(ready: &Path, log: &Path, what: &str) -> String {
 }
 
 impl Gateway {
+    /// Waits (up to 10 s) until `ridegate.v1.Gate` reports SERVING — a start-up import
+    /// into Redis has landed — or `ridegate.v1.SharedState` reports NOT_SERVING (then
+    /// the import waits for Redis, and so does the test).
+    async fn wait_settled(&self) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let mut health = HealthClient::new(self.channel().await);
+        for _ in 0..200 {
+            let mut status = async |service: &str| {
+                let request = HealthCheckRequest {
+                    service: service.into(),
+                };
+                health.check(request).await.ok().map(|r| r.into_inner().status())
+            };
+            if status("ridegate.v1.Gate").await == Some(ServingStatus::Serving)
+                || status("ridegate.v1.SharedState").await == Some(ServingStatus::NotServing)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A gRPC channel to it.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))

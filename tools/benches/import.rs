@@ -80,7 +80,7 @@ fn main() {
             BufReader::with_capacity(1 << 20, file),
             &pseudonymizer,
             now,
-            |c, record| store.link_now(c, &record).map(drop).map_err(|e| e.to_string()),
+            |_, c, record| store.link_now(c, &record).map(drop).map_err(|e| e.to_string()),
         )
         .unwrap();
         let elapsed = started.elapsed();

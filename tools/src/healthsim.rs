@@ -146,7 +146,7 @@ impl Simulator {
 
     /// Loads statuses from a JSON-lines file (the format of `health.file`).
     pub fn load_file(&self, reader: impl BufRead) -> std::io::Result<ImportReport> {
-        read_statuses(reader, &self.pseudonymizer, |identity, status| {
+        read_statuses(reader, &self.pseudonymizer, |_, identity, status| {
             self.statuses.put(identity, status);
         })
     }

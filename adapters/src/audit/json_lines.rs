@@ -1,7 +1,8 @@
 //! An audit sink that writes JSON lines (to a file or stdout) from its own thread.
 //!
 //! `record` only queues the event; the writer thread serialises and writes, and flushes
-//! every few milliseconds. The queue is unbounded so no event is ever dropped:
+//! every [`FLUSH_INTERVAL`] — the most a SIGKILL can take (see [`super::AuditFile`] for
+//! fsync and rotation). The queue is unbounded so no event is ever dropped:
 //! if the disk stalls it grows, and [`JsonLinesAudit::pending`] shows by how much.
 
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{AuditEvent, AuditSink};
+use super::{AuditEvent, AuditOutput, AuditSink};
 
 enum Message {
     Event(AuditEvent),
@@ -42,13 +43,13 @@ impl std::fmt::Debug for JsonLinesAudit {
 
 impl JsonLinesAudit {
     /// Starts the writer thread over `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+    pub fn new(out: Box<dyn AuditOutput>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         let writer = std::thread::Builder::new()
             .name("ridegate-audit".into())
-            .spawn(move || write_loop(rx, std::io::BufWriter::with_capacity(1 << 16, out), &thread_counters))?;
+            .spawn(move || write_loop(rx, out, &thread_counters))?;
         Ok(Self {
             tx,
             counters,
@@ -96,32 +97,42 @@ impl Drop for JsonLinesAudit {
     }
 }
 
-/// How often the writer wakes to drain the queue and flush.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
+/// How often the writer wakes to drain the queue and flush: the most decisions a
+/// SIGKILL can take from the audit trail.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Drains the queue, writes, flushes, then sleeps. The writer sleeps instead of blocking
 /// on the channel: a receiver parked on the channel makes every `record` pay a futex
 /// wake-up (a system call on the gate's hot path); a sleeping one costs senders nothing.
-fn write_loop(rx: mpsc::Receiver<Message>, mut out: impl Write, counters: &Counters) {
+fn write_loop(rx: mpsc::Receiver<Message>, mut out: Box<dyn AuditOutput>, counters: &Counters) {
     let mut line = Vec::with_capacity(512);
     loop {
         loop {
             match rx.try_recv() {
                 Ok(Message::Event(event)) => write_event(&mut out, &mut line, &event, counters),
                 Ok(Message::Close(ack)) => {
-                    flush(&mut out);
+                    sync(&mut out);
                     let _ = ack.send(());
                     return;
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
-                    flush(&mut out);
+                    sync(&mut out);
                     return;
                 }
             }
         }
         flush(&mut out);
-        std::thread::sleep(DRAIN_INTERVAL);
+        if let Err(e) = out.maintain() {
+            tracing::error!(error = %e, "audit fsync or rotation failed");
+        }
+        std::thread::sleep(FLUSH_INTERVAL);
+    }
+}
+
+fn sync(out: &mut Box<dyn AuditOutput>) {
+    if let Err(e) = out.sync() {
+        tracing::error!(error = %e, "audit fsync failed");
     }
 }
 
@@ -182,6 +193,8 @@ mod tests {
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl AuditOutput for Shared {}
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -1,15 +1,39 @@
 //! Audit: one event per decision, written off the hot path. Events name riders only by
 //! pseudonym and credentials only by kind and keyed hash.
 
+mod file;
 mod json_lines;
 mod memory;
+mod stream;
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use json_lines::JsonLinesAudit;
+pub use file::{AuditFile, AuditSettings};
+pub use json_lines::{FLUSH_INTERVAL, JsonLinesAudit};
 pub use memory::MemoryAudit;
+pub use stream::{Both, RedisStreamAudit, StreamStats};
+
+/// Where the JSON-lines writer puts its lines: a file, stdout, or a test's buffer.
+/// Called only on the writer thread.
+pub trait AuditOutput: std::io::Write + Send {
+    /// After each flush: fsync when due, rotate when due. Nothing, by default.
+    fn maintain(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// On close: make everything written durable. Just a flush, by default.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+/// Stdout: whoever collects it (a container runtime) keeps it.
+impl AuditOutput for std::io::BufWriter<std::io::Stdout> {}
+
+/// Nowhere, for benchmarks.
+impl AuditOutput for std::io::Sink {}
 
 use crate::ids::{CredentialId, IdentityId};
 use ridegate_core::credential::CredentialKind;

@@ -45,17 +45,18 @@ impl StatusLine {
     }
 }
 
-/// Reads statuses from `reader` and hands each good one to `store`.
+/// Reads statuses from `reader` and hands each good one to `store` with its 1-based
+/// line number.
 pub fn read_statuses(
     reader: impl BufRead,
     pseudonymizer: &Pseudonymizer,
-    mut store: impl FnMut(IdentityId, HealthStatus),
+    mut store: impl FnMut(u64, IdentityId, HealthStatus),
 ) -> std::io::Result<ImportReport> {
     for_each_line(reader, |line_no, text, report| {
         match serde_json::from_str::<StatusLine>(text) {
             Ok(line) => match line.resolve(pseudonymizer) {
                 Ok((identity, status)) => {
-                    store(identity, status);
+                    store(line_no, identity, status);
                     report.imported += 1;
                 }
                 Err(reason) => report.reject(line_no, reason),
@@ -83,7 +84,7 @@ mod tests {
             "0f".repeat(16),
         );
         let mut got = Vec::new();
-        let report = read_statuses(file.as_bytes(), &p, |i, s| got.push((i, s))).unwrap();
+        let report = read_statuses(file.as_bytes(), &p, |_, i, s| got.push((i, s))).unwrap();
         assert_eq!((report.imported, report.rejected), (2, 2));
         assert!(
             report.first_rejections[0].reason.contains("unknown variant"),

@@ -92,20 +92,20 @@ impl LinkLine {
     }
 }
 
-/// Reads links from `reader` and hands each good one to `store`, which may refuse it
-/// (the store's rules) with a reason. I/O errors end the import with an error; bad or
+/// Reads links from `reader` and hands each good one to `store` with its 1-based line
+/// number, which may refuse it (the store's rules) with a reason. I/O errors end the import with an error; bad or
 /// refused lines are counted and reported by number.
 pub fn read_links(
     reader: impl BufRead,
     pseudonymizer: &Pseudonymizer,
     now: UnixMillis,
-    mut store: impl FnMut(CredentialId, LinkRecord) -> Result<(), String>,
+    mut store: impl FnMut(u64, CredentialId, LinkRecord) -> Result<(), String>,
 ) -> std::io::Result<ImportReport> {
     for_each_line(reader, |line_no, text, report| {
         let outcome = serde_json::from_str::<LinkLine>(text)
             .map_err(|e| json_error(&e))
             .and_then(|line| line.resolve(pseudonymizer, now))
-            .and_then(|(credential, record)| store(credential, record));
+            .and_then(|(credential, record)| store(line_no, credential, record));
         match outcome {
             Ok(()) => report.imported += 1,
             Err(reason) => report.reject(line_no, reason),
@@ -134,7 +134,7 @@ mod tests {
             "ab".repeat(16)
         );
         let mut stored = Vec::new();
-        let report = read_links(file.as_bytes(), &p, UnixMillis(5), |c, r| {
+        let report = read_links(file.as_bytes(), &p, UnixMillis(5), |_, c, r| {
             stored.push((c, r.identity));
             Ok(())
         })

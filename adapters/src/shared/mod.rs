@@ -13,10 +13,24 @@
 //! | `rg:c:<code key>` | a used ride code: the request that used it, expiring with the code |
 //! | `rg:r:<request key>` | an answer, for retries, expiring after the retry window |
 //! | `rg:changes` | the change stream (status changes, link changes), trimmed |
+//! | `rg:epoch` | this deployment's epoch marker, written once, checked on every probe |
+//! | `rg:audit` | the central audit stream, when `audit.stream` is on, trimmed |
 //!
 //! Every command is bounded by the operation timeout and by the tap's own deadline.
 //! When a command fails the tier is marked down and callers fall back at once (no
 //! waiting on a dead server for every tap) until a probe finds it up again.
+//!
+//! A Redis that comes back *empty* (restarted without persistence, a failover to a
+//! replica that had nothing) answers every command, yet every answer is wrong: each
+//! linked rider would be "not linked". The epoch marker catches it. The first instance
+//! to find no marker at start-up writes one (a new deployment: an empty Redis then is
+//! fine); every instance remembers the marker it found and checks it on every probe.
+//! Once the marker is missing or changed, the data is lost: the tier counts as down
+//! ([`SharedError::DataLost`]) — answers come from local caches, marked degraded,
+//! never a confident "not linked" — until the marker holds the remembered epoch again:
+//! Redis restored from its AOF or RDB file brings it back by itself, and an operator
+//! who re-imported the data confirms with `SET <prefix>:epoch <epoch>` (the epoch is
+//! in the ERROR line).
 
 pub mod changes;
 pub(crate) mod encoding;
@@ -72,6 +86,11 @@ pub struct SharedSettings {
     /// How long a cached link answer is kept (changes invalidate it sooner).
     #[serde(with = "humantime_serde")]
     pub link_cache_ttl: Duration,
+    /// How long the start-up import of `links.file` / `health.file` into Redis may take,
+    /// retries included (Redis down or timing out), before ridegate gives up and exits
+    /// non-zero. Until the import lands, `ridegate.v1.Gate` reports NOT_SERVING.
+    #[serde(with = "humantime_serde")]
+    pub import_timeout: Duration,
 }
 
 impl Default for SharedSettings {
@@ -89,6 +108,7 @@ impl Default for SharedSettings {
             changes_max_len: 100_000,
             link_cache_capacity: 2_000_000,
             link_cache_ttl: Duration::from_secs(60),
+            import_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -121,6 +141,9 @@ impl SharedSettings {
         if self.probe_interval.is_zero() {
             return invalid("probe_interval", "must be more than 0");
         }
+        if self.import_timeout.is_zero() {
+            return invalid("import_timeout", "must be more than 0");
+        }
         if self.down_after_timeouts == 0 {
             return invalid("down_after_timeouts", "must be at least 1");
         }
@@ -147,6 +170,10 @@ pub enum SharedError {
     /// The configuration cannot be used (a bad URL).
     #[error("shared tier configuration is not usable")]
     Config(#[source] redis::RedisError),
+    /// Redis lost its data (its epoch marker is gone or changed): it is not used until
+    /// it is restored, since its answers would be confidently wrong.
+    #[error("shared tier lost its data; not used until restored")]
+    DataLost,
 }
 
 /// A connection to either topology; both multiplex and reconnect on their own.
@@ -191,6 +218,8 @@ pub struct SharedStats {
     pub errors: AtomicU64,
     /// Commands not sent because the tier was down.
     pub skipped: AtomicU64,
+    /// Times the tier was found to have lost its data (its epoch marker gone).
+    pub data_lost: AtomicU64,
 }
 
 /// The shared tier.
@@ -198,6 +227,12 @@ pub struct SharedTier {
     settings: SharedSettings,
     connection: Connection,
     up: AtomicBool,
+    /// The epoch marker found (or written) at the first successful probe.
+    epoch: parking_lot::Mutex<Option<String>>,
+    /// Set while the marker is missing or changed: the data is lost.
+    data_lost: AtomicBool,
+    /// Set while this instance's start-up import is still writing into the tier.
+    importing: AtomicBool,
     /// Timeouts since the last success.
     timeouts_in_a_row: AtomicU32,
     stats: SharedStats,
@@ -219,6 +254,9 @@ impl SharedTier {
             settings,
             connection,
             up: AtomicBool::new(false),
+            epoch: parking_lot::Mutex::new(None),
+            data_lost: AtomicBool::new(false),
+            importing: AtomicBool::new(false),
             timeouts_in_a_row: AtomicU32::new(0),
             stats: SharedStats::default(),
         }))
@@ -240,9 +278,33 @@ impl SharedTier {
         &self.settings
     }
 
-    /// Whether the last command or probe succeeded.
+    /// Whether the tier can be trusted: the last command or probe succeeded and the
+    /// data has not been lost.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && !self.is_data_lost()
+    }
+
+    /// Whether Redis lost its data (its epoch marker is missing or changed) and has not
+    /// been restored.
+    pub fn is_data_lost(&self) -> bool {
+        self.data_lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the tier's answers can be given as confident ones: it is up, and this
+    /// instance's start-up import has landed (a half-imported Redis would call riders
+    /// on the missing rows "not linked").
+    pub fn is_trusted(&self) -> bool {
+        self.is_up() && !self.importing.load(Ordering::Relaxed)
+    }
+
+    /// Marks this instance's start-up import as running (`true`) or landed (`false`).
+    pub fn set_importing(&self, importing: bool) {
+        self.importing.store(importing, Ordering::Relaxed);
+    }
+
+    /// The epoch this instance found or wrote, once a probe has succeeded.
+    pub fn epoch(&self) -> Option<String> {
+        self.epoch.lock().clone()
     }
 
     /// Counters for metrics.
@@ -255,13 +317,20 @@ impl SharedTier {
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Option<Instant>) -> Result<T, SharedError> {
         if !self.is_up() {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return Err(SharedError::Down);
+            return Err(if self.is_data_lost() {
+                SharedError::DataLost
+            } else {
+                SharedError::Down
+            });
         }
         self.send(cmd, deadline).await
     }
 
     /// Runs `cmd` whether or not the tier is marked down (probes, writes that must not
-    /// be skipped silently).
+    /// be skipped silently). A command that only succeeded on a new connection (Redis
+    /// restarted since the last one) fails with [`SharedError::Down`] and marks the tier
+    /// down: the new server may be an empty one, and only a probe, which checks the
+    /// epoch marker, brings the tier back.
     pub async fn send<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Option<Instant>) -> Result<T, SharedError> {
         let limit = Instant::now() + self.settings.operation_timeout;
         let deadline = deadline.map_or(limit, |d| d.min(limit));
@@ -271,18 +340,24 @@ impl SharedTier {
                 // A connection that broke since the last command (Redis restarted) is
                 // re-established by the connection manager: try once more. Safe, since
                 // every ridegate write is idempotent or a compare-and-set.
-                Err(e) if e.is_connection_dropped() || e.is_io_error() => cmd.query_async::<T>(&mut connection).await,
-                other => other,
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    (cmd.query_async::<T>(&mut connection).await, true)
+                }
+                other => (other, false),
             }
         };
         let result = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if is_reply_error(&e) => Err(SharedError::Rejected(e)),
-            Ok(Err(e)) if e.is_timeout() => {
+            Ok((Ok(_), true)) => {
+                self.mark_down();
+                Err(SharedError::Down)
+            }
+            Ok((Ok(value), false)) => Ok(value),
+            Ok((Err(e), _)) if is_reply_error(&e) => Err(SharedError::Rejected(e)),
+            Ok((Err(e), _)) if e.is_timeout() => {
                 self.note_timeout();
                 Err(SharedError::Connection(e))
             }
-            Ok(Err(e)) => {
+            Ok((Err(e), _)) => {
                 self.mark_down();
                 Err(SharedError::Connection(e))
             }
@@ -295,16 +370,68 @@ impl SharedTier {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         } else {
             self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-            if !self.is_up() {
-                self.mark_up();
-            }
         }
         result
     }
 
-    /// Pings the tier and records whether it is up; returns the new state.
+    /// Reads the epoch marker, checks it against the one remembered (writing one if
+    /// there is none yet at the first probe), and records whether the tier is up and
+    /// whether its data is lost; returns [`is_up`](Self::is_up).
     pub async fn probe(&self) -> bool {
-        self.send::<String>(&redis::cmd("PING"), None).await.is_ok()
+        let key = self.key_of("epoch");
+        let Ok(found) = self.send::<Option<String>>(redis::cmd("GET").arg(&key), None).await else {
+            return false;
+        };
+        let known = self.epoch();
+        match (known, found) {
+            (None, found) => {
+                let epoch = match found {
+                    Some(epoch) => epoch,
+                    None => {
+                        // A new deployment (or a Redis that lost its data before any
+                        // instance of this deployment was running to notice).
+                        let epoch = crate::ids::random_hex::<16>();
+                        let written: Result<Option<String>, _> =
+                            self.send(redis::cmd("SET").arg(&key).arg(&epoch).arg("NX"), None).await;
+                        let Ok(()) = written.map(drop) else { return false };
+                        let Ok(Some(held)) = self.send::<Option<String>>(redis::cmd("GET").arg(&key), None).await
+                        else {
+                            return false;
+                        };
+                        if held == epoch {
+                            tracing::info!(%epoch, "shared tier (Redis) had no epoch marker: wrote a new one");
+                        }
+                        held
+                    }
+                };
+                *self.epoch.lock() = Some(epoch);
+            }
+            (Some(known), Some(found)) if known == found => {
+                if self.data_lost.swap(false, Ordering::Relaxed) {
+                    tracing::info!(epoch = %known, "shared tier (Redis) restored: its epoch marker is back");
+                }
+            }
+            (Some(known), found) => {
+                if !self.data_lost.swap(true, Ordering::Relaxed) {
+                    self.stats.data_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        epoch = %known,
+                        found = found.as_deref().unwrap_or("none"),
+                        key = %key,
+                        "shared tier (Redis) lost its data (epoch marker missing or changed): answering from \
+                         local caches, marked degraded, until it is restored; restore Redis from its AOF or RDB \
+                         file, or re-import the data and confirm with SET {key} {known}"
+                    );
+                }
+            }
+        }
+        self.mark_up();
+        self.is_up()
+    }
+
+    /// The key `<prefix>:<name>`.
+    pub fn key_of(&self, name: &str) -> String {
+        format!("{}:{name}", self.settings.prefix)
     }
 
     /// One more timeout in a row; enough of them mark the tier down.

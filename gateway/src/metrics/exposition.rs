@@ -11,7 +11,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use ridegate_adapters::audit::JsonLinesAudit;
+use ridegate_adapters::audit::{JsonLinesAudit, RedisStreamAudit};
 use ridegate_adapters::shared::SharedTier;
 use ridegate_core::model::Reason;
 
@@ -25,6 +25,8 @@ pub struct Sources {
     pub decisions: Arc<Metrics>,
     /// The audit writer, for its queue and failures.
     pub audit: Arc<JsonLinesAudit>,
+    /// The audit stream to Redis, when enabled.
+    pub audit_stream: Option<Arc<RedisStreamAudit>>,
     /// The link store, for its size when it is in this process.
     pub links: LinkBackend,
     /// The health-status source, for its size or the platform client's statistics.
@@ -84,6 +86,28 @@ impl Collector for Sources {
             "Audit events that could not be written.",
             self.audit.failed(),
         )?;
+        if let Some(stream) = &self.audit_stream {
+            let stats = stream.stats();
+            for (name, help, value) in [
+                (
+                    names::AUDIT_STREAM_SHIPPED,
+                    "Audit events appended to the Redis stream.",
+                    &stats.shipped,
+                ),
+                (
+                    names::AUDIT_STREAM_DROPPED,
+                    "Audit events not shipped to the stream: its queue was full.",
+                    &stats.dropped,
+                ),
+                (
+                    names::AUDIT_STREAM_FAILED,
+                    "Audit events not shipped to the stream: Redis refused or was down.",
+                    &stats.failed,
+                ),
+            ] {
+                counter(&mut out, name, help, load(value))?;
+            }
+        }
         if let Some(cache) = self.status_reader.cache() {
             let stats = cache.stats();
             gauge(&mut out, names::HEALTH_CACHE_ENTRIES, "Statuses cached.", cache.len())?;
@@ -201,8 +225,20 @@ impl Collector for Sources {
             gauge(
                 &mut out,
                 names::SHARED_TIER_UP,
-                "1 while Redis answers, 0 while it is down.",
+                "1 while Redis answers and holds its data, 0 while it is down or has lost its data.",
                 u64::from(tier.is_up()),
+            )?;
+            gauge(
+                &mut out,
+                names::SHARED_DATA_LOST,
+                "1 while Redis has lost its data (epoch marker missing) and is not restored.",
+                u64::from(tier.is_data_lost()),
+            )?;
+            counter(
+                &mut out,
+                names::SHARED_DATA_LOSSES,
+                "Times Redis was found to have lost its data.",
+                load(&tier.stats().data_lost),
             )?;
             counter(
                 &mut out,
@@ -333,6 +369,7 @@ mod tests {
         Exposition::new(Sources {
             decisions,
             audit: Arc::new(JsonLinesAudit::new(Box::new(std::io::sink())).expect("audit writer")),
+            audit_stream: None,
             links: LinkBackend::Memory(Arc::new(MemoryLinks::new(SecondCard::default()))),
             status_source: StatusSource::Memory(statuses.clone()),
             status_reader: StatusReader::Embedded(statuses),
@@ -441,6 +478,9 @@ mod tests {
             names::SHADOW_REFUSALS,
             names::INVALID,
             names::AUDIT_FAILED,
+            names::AUDIT_STREAM_SHIPPED,
+            names::AUDIT_STREAM_DROPPED,
+            names::AUDIT_STREAM_FAILED,
             names::HEALTH_CACHE_HITS,
             names::HEALTH_CACHE_MISSES,
             names::HEALTH_FETCHES,
@@ -459,6 +499,7 @@ mod tests {
             names::PLATFORM_RESETS,
             names::SHARED_ERRORS,
             names::SHARED_SKIPPED,
+            names::SHARED_DATA_LOSSES,
             names::REPLAY_LOCAL_FALLBACKS,
         ] {
             assert_ne!(family(name), name, "{name}");

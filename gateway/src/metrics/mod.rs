@@ -36,6 +36,12 @@ pub mod names {
     pub const AUDIT_PENDING: &str = "ridegate_audit_pending";
     /// Counter: audit events that could not be written.
     pub const AUDIT_FAILED: &str = "ridegate_audit_failed_total";
+    /// Counter: audit events appended to the Redis stream.
+    pub const AUDIT_STREAM_SHIPPED: &str = "ridegate_audit_stream_shipped_total";
+    /// Counter: audit events not shipped to the stream: its queue was full.
+    pub const AUDIT_STREAM_DROPPED: &str = "ridegate_audit_stream_dropped_total";
+    /// Counter: audit events not shipped to the stream: Redis refused or was down.
+    pub const AUDIT_STREAM_FAILED: &str = "ridegate_audit_stream_failed_total";
 
     /// Gauge: statuses in the health cache.
     pub const HEALTH_CACHE_ENTRIES: &str = "ridegate_health_cache_entries";
@@ -80,8 +86,13 @@ pub mod names {
     /// Counter: times the change feed lost its place and the cache was cleared.
     pub const PLATFORM_RESETS: &str = "ridegate_platform_resets_total";
 
-    /// Gauge: 1 while Redis answers, 0 while it is down.
+    /// Gauge: 1 while Redis answers and holds its data, 0 while it is down or has lost
+    /// its data.
     pub const SHARED_TIER_UP: &str = "ridegate_shared_tier_up";
+    /// Gauge: 1 while Redis has lost its data (epoch marker missing) and is not restored.
+    pub const SHARED_DATA_LOST: &str = "ridegate_shared_data_lost";
+    /// Counter: times Redis was found to have lost its data.
+    pub const SHARED_DATA_LOSSES: &str = "ridegate_shared_data_losses_total";
     /// Counter: Redis commands that failed or timed out.
     pub const SHARED_ERRORS: &str = "ridegate_shared_errors_total";
     /// Counter: Redis commands not sent while it was down.

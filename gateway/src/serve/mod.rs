@@ -34,6 +34,7 @@ pub use links::MAX_BATCH_ROWS;
 pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
+use crate::import::ImportFailed;
 use crate::metrics::Exposition;
 
 /// The gRPC services of one built [`App`], each given only the parts it needs.
@@ -87,14 +88,20 @@ impl Services {
 /// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
 /// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
-/// flushed.
+/// flushed. A start-up import into the shared tier runs meanwhile, `ridegate.v1.Gate`
+/// NOT_SERVING until it lands; if it cannot land, the server drains and this returns
+/// its [`ImportFailed`](crate::import::ImportFailed).
 pub async fn serve(
     app: App,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<GateServer<gate::GateService>>().await;
+    if app.import.is_some() {
+        health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
+    } else {
+        health_reporter.set_serving::<GateServer<gate::GateService>>().await;
+    }
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
     let services = Services::new(&app, draining_rx);
     let caches = app.caches();
@@ -107,6 +114,7 @@ pub async fn serve(
         exposition,
         audit,
         clock,
+        import,
         ..
     } = app;
     let server_config = config.server.clone();
@@ -142,6 +150,7 @@ pub async fn serve(
     // The shared tier: probe it every interval, report its state as the health of
     // `ridegate.v1.SharedState` (the gate service keeps serving, degraded, meanwhile),
     // and follow the change stream into this instance's caches.
+    let importing_tier = shared.clone();
     let shared_tasks = shared.map(|tier| {
         let prober = {
             let (tier, reporter, every) = (tier.clone(), health_reporter.clone(), config.redis.probe_interval);
@@ -169,6 +178,26 @@ pub async fn serve(
             changes::follow(tier, move |change| caches.apply_change(change))
         };
         [prober, follower]
+    });
+    // The start-up import into the shared tier: Gate is ready once it lands; if it
+    // cannot, the server drains and `serve` fails with the reason.
+    let (import_failed_tx, import_failed_rx) = tokio::sync::oneshot::channel::<ImportFailed>();
+    let importer = import.zip(importing_tier).map(|(import, tier)| {
+        let (links, status_source, reporter) = (links.clone(), status_source.clone(), health_reporter.clone());
+        let deadline = tokio::time::Instant::now() + config.redis.import_timeout;
+        tokio::spawn(async move {
+            match import.run(&tier, &links, &status_source, deadline).await {
+                Ok(()) => {
+                    tier.set_importing(false);
+                    reporter.set_serving::<GateServer<gate::GateService>>().await;
+                    tracing::info!("start-up import landed in the shared tier: serving");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "start-up import into the shared tier failed: stopping");
+                    let _ = import_failed_tx.send(e);
+                }
+            }
+        })
     });
     // The health platform's change feed, applied to the cache as changes happen.
     let platform_watch = status_source
@@ -203,8 +232,23 @@ pub async fn serve(
     // The drain runs while the server keeps serving: NOT_SERVING first, then (after
     // `drain_delay`) open streams are told to finish and tonic stops accepting.
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let import_failure = std::sync::Arc::new(parking_lot::Mutex::new(None));
+    let drain = {
+        let import_failure = import_failure.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                Ok(failed) = import_failed_rx => *import_failure.lock() = Some(failed),
+            }
+        }
+    };
+    // A shutdown stops an unfinished import first, so it cannot report SERVING again.
+    let import_abort = importer.as_ref().map(tokio::task::JoinHandle::abort_handle);
     let drain = async move {
-        shutdown.await;
+        drain.await;
+        if let Some(import) = import_abort {
+            import.abort();
+        }
         tracing::info!(delay = ?server_config.drain_delay, "shutting down: draining");
         health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
         tokio::time::sleep(server_config.drain_delay).await;
@@ -233,11 +277,14 @@ pub async fn serve(
         }
     };
     sweeper.abort();
-    for task in shared_tasks.into_iter().flatten().chain(platform_watch) {
+    for task in shared_tasks.into_iter().flatten().chain(platform_watch).chain(importer) {
         task.abort();
     }
     audit.close();
     tracing::info!("stopped");
+    if let Some(failed) = import_failure.lock().take() {
+        return Err(failed.into());
+    }
     outcome
 }
 

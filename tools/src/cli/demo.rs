@@ -202,6 +202,7 @@ fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers, CallerTo
 
     config.server.listen = "127.0.0.1:0".parse()?;
     config.server.drain_grace = Duration::from_secs(1);
+    config.server.drain_delay = Duration::ZERO;
     config.identity.secret = ridegate_adapters::ids::random_hex::<16>();
     config.links.file = Some(dir.join("links.jsonl"));
     config.health.file = Some(dir.join("health.jsonl"));

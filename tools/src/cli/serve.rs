@@ -62,6 +62,11 @@ impl ServeArgs {
         };
         if let Ok(secret) = std::env::var("RIDEGATE_IDENTITY_SECRET") {
             config.identity.secret = secret;
+            config.identity.secret_file = None;
+        }
+        if let Some(file) = std::env::var_os("RIDEGATE_IDENTITY_SECRET_FILE") {
+            config.identity.secret_file = Some(PathBuf::from(file));
+            config.identity.secret.clear();
         }
         if let Some(listen) = self.listen {
             config.server.listen = listen;

@@ -122,7 +122,9 @@ pub fn write_setup(dir: &Path, population: &Population) -> anyhow::Result<(PathB
     write_population(population, &links, &health)?;
     let config = dir.join("ridegate.toml");
     let toml = format!(
-        "# Written by `ridegate load-setup` for {} riders (seed {}).\n\n[identity]\nsecret = \"{secret}\"\n\n\
+        "# Written by `ridegate load-setup` for {} riders (seed {}).\n\n\
+         # No load balancer to drain for: stop at once on SIGTERM.\n[server]\ndrain_delay = \"0s\"\n\n\
+         [identity]\nsecret = \"{secret}\"\n\n\
          [links]\nfile = {:?}\n\n[health]\nfile = {:?}\n\n{issuer_toml}[audit]\npath = \"/dev/null\"\n\n\
          [log]\nfilter = \"warn\"\n",
         population.riders,
