@@ -130,6 +130,7 @@ pub struct GatewayBuilder {
     health_extra: String,
     platform: Option<String>,
     callers: bool,
+    secret: bool,
     caller_key: SigningKey,
 }
 
@@ -140,7 +141,7 @@ pub struct Gateway {
     pub callers: CallerTokenMinter,
     /// Where it listens.
     pub addr: String,
-    /// Its working directory (config, data files, audit, logs).
+    /// Its working directory (config, data files, the data directory, audit, logs).
     pub dir: tempfile::TempDir,
 }
 
@@ -167,6 +168,7 @@ impl GatewayBuilder {
             health_extra: String::new(),
             platform: None,
             callers: true,
+            secret: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
         }
     }
@@ -307,10 +309,23 @@ impl GatewayBuilder {
         &self.issuers
     }
 
+    /// Configures no pseudonym secret: the gateway makes one and keeps it in its data
+    /// directory. Links and statuses then name riders by ID number only.
+    pub fn generated_secret(mut self) -> Self {
+        self.secret = false;
+        self
+    }
+
     /// Writes the files and starts a process; returns once it listens. Call it again
     /// for a second instance with the same keys, population and configuration.
     pub async fn start(&self) -> (Gateway, Vec<Issuer>) {
-        let dir = tempfile::tempdir().expect("tempdir");
+        self.start_in(tempfile::tempdir().expect("tempdir")).await
+    }
+
+    /// Starts a process in `dir` (its files written again), keeping what the data
+    /// directory there holds.
+    async fn start_in(&self, dir: tempfile::TempDir) -> (Gateway, Vec<Issuer>) {
+        let _ = std::fs::remove_file(dir.path().join("ready.json"));
         let config = self.write_files(dir.path());
         let mut command = Command::new(binary());
         command
@@ -349,9 +364,11 @@ impl GatewayBuilder {
 
     fn write_files(&self, dir: &Path) -> PathBuf {
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
-             [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{}\"\n\n\
+             [storage]\ndata_dir = \"{}\"\n\n[audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
             self.server,
+            if self.secret { SECRET } else { "" },
+            dir.join("data").display(),
             dir.join("audit.jsonl").display()
         );
         let links = dir.join("links.jsonl");
@@ -501,6 +518,23 @@ impl Gateway {
             .expect("exits within 20 s")
             .expect("wait");
         (exit, self)
+    }
+
+    /// Kills the process with SIGKILL — no drain, no flush: a crash — and waits for it.
+    pub async fn kill(mut self) -> Self {
+        self.child.kill().await.expect("kill -9");
+        self
+    }
+
+    /// Starts `builder`'s configuration again in this gateway's directory, on the same
+    /// data directory (stop or [`kill`](Self::kill) this one first).
+    pub async fn restart(self, builder: &GatewayBuilder) -> Gateway {
+        builder.start_in(self.dir).await.0
+    }
+
+    /// The data directory (`data/` in its directory).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The process id.

@@ -114,6 +114,8 @@ fn main() {
             "--links",
         ])
         .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .arg("--ready-file")
         .arg(&ready)
         .env("RIDEGATE_IDENTITY_SECRET", "import-benchmark-secret")

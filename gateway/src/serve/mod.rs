@@ -86,8 +86,8 @@ impl Services {
 
 /// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
-/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
-/// flushed.
+/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log and
+/// the durable store are flushed.
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -104,6 +104,7 @@ pub async fn serve(
         links,
         status_source,
         shared,
+        storage,
         exposition,
         audit,
         clock,
@@ -237,6 +238,15 @@ pub async fn serve(
         task.abort();
     }
     audit.close();
+    // Used codes and retry records written behind the last taps.
+    if let Some(storage) = storage
+        && let Err(e) = storage.flush().await
+    {
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "storage: the last writes could not be kept"
+        );
+    }
     tracing::info!("stopped");
     outcome
 }

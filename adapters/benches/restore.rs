@@ -1,0 +1,149 @@
+//! A restart of the durable embedded store at full size: `N` links and `N` statuses
+//! (10,000,000 each by default) written through [`Storage`], then the time from
+//! opening the database to every record loaded into the in-memory stores the tap path
+//! reads — what `ridegate serve` does before it listens — and the bytes on disk per
+//! link and status.
+//!
+//! `cargo bench -p ridegate-adapters --bench restore -- [N]`. The data goes in a
+//! temporary directory (`TMPDIR`), removed afterwards; it needs about 3 GB of disk and
+//! 3 GB of memory at the default size.
+
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ridegate_adapters::caller::CallerKind;
+use ridegate_adapters::health::MemoryHealth;
+use ridegate_adapters::idempotency::MemoryIdempotency;
+use ridegate_adapters::ids::{CredentialId, IdentityId};
+use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, MemoryLinks, SecondCard};
+use ridegate_adapters::replay::MemoryReplayGuard;
+use ridegate_adapters::storage::{Storage, StorageSettings, Write};
+use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
+
+/// Deterministic 16-byte ids (splitmix64), standing in for keyed hashes.
+fn id(i: u64, salt: u64) -> [u8; 16] {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&mix(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt).to_le_bytes());
+    out[8..].copy_from_slice(&mix(i ^ salt.rotate_left(17)).to_le_bytes());
+    out
+}
+
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn open(settings: &StorageSettings) -> Storage {
+    (0..1_000)
+        .find_map(|_| {
+            Storage::open(settings)
+                .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(10)))
+                .ok()
+        })
+        .unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = StorageSettings {
+        data_dir: dir.path().to_owned(),
+        ..StorageSettings::default()
+    };
+    let now = UnixMillis(1_700_000_000_000);
+    let caller: Arc<str> = Arc::from("bulk-2022");
+
+    // Setup: written in key order, as a long-running store's pages end up; not timed
+    // as part of the restart.
+    let started = Instant::now();
+    {
+        let storage = open(&settings);
+        let mut keys: Vec<(CredentialId, u64)> = (0..n).map(|i| (CredentialId(id(i, 1)), i)).collect();
+        keys.sort_unstable_by_key(|k| k.0.0);
+        for (credential, i) in keys {
+            storage.write_behind(Write::Link(
+                credential,
+                LinkRecord {
+                    identity: IdentityId(id(i, 2)),
+                    class: CredentialClass::PhysicalCard,
+                    issuer: None,
+                    tail: *b"0042",
+                    linked_at: now,
+                    linked_by: CallerKind::BackEnd,
+                    caller_id: caller.clone(),
+                    staff_operator_id: None,
+                    consent: Consent::BulkProgramme,
+                    valid_until: None,
+                },
+            ));
+        }
+        storage.flush().await.unwrap();
+        let links_bytes = storage.file_bytes();
+        let mut identities: Vec<[u8; 16]> = (0..n).map(|i| id(i, 2)).collect();
+        identities.sort_unstable();
+        for identity in identities {
+            storage.write_behind(Write::Status(
+                IdentityId(identity),
+                HealthStatus {
+                    colour: Colour::Green,
+                    set_at: now,
+                    negative_test_at: Some(now),
+                },
+            ));
+        }
+        storage.flush().await.unwrap();
+        let bytes = storage.file_bytes();
+        println!(
+            "written: {n} links and {n} statuses in {:.1} s; file {:.0} MB: {:.0} bytes per link (links alone), {:.0} per link and status",
+            started.elapsed().as_secs_f64(),
+            bytes as f64 / 1e6,
+            links_bytes as f64 / n as f64,
+            bytes as f64 / n as f64,
+        );
+    }
+
+    let before = rss_mb();
+    let started = Instant::now();
+    let storage = open(&settings);
+    let links = MemoryLinks::new(SecondCard::Replace);
+    let health = MemoryHealth::default();
+    let restored = storage
+        .restore(
+            now,
+            &links,
+            &health,
+            &MemoryReplayGuard::default(),
+            &MemoryIdempotency::default(),
+        )
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!((restored.links, restored.statuses), (n, n));
+    assert_eq!((links.len() as u64, health.len() as u64), (n, n));
+    println!(
+        "restart: opened and loaded {n} links and {n} statuses into memory in {:.1} s (target < 30 s); resident memory +{} MB",
+        elapsed.as_secs_f64(),
+        rss_mb().saturating_sub(before)
+    );
+}
