@@ -100,7 +100,7 @@ async fn main() {
             ));
         }
         storage.flush().await.unwrap();
-        let links_bytes = storage.file_bytes();
+        let links_bytes = storage.disk_bytes();
         let mut identities: Vec<[u8; 16]> = (0..n).map(|i| id(i, 2)).collect();
         identities.sort_unstable();
         for identity in identities {
@@ -114,7 +114,7 @@ async fn main() {
             ));
         }
         storage.flush().await.unwrap();
-        let bytes = storage.file_bytes();
+        let bytes = storage.disk_bytes();
         println!(
             "written: {n} links and {n} statuses in {:.1} s; file {:.0} MB: {:.0} bytes per link (links alone), {:.0} per link and status",
             started.elapsed().as_secs_f64(),

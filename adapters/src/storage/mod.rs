@@ -1,7 +1,7 @@
 //! The embedded durable store: what an instance without Redis keeps across restarts —
-//! links, pushed health statuses, used ride codes and retry records — in one
-//! [redb](https://www.redb.org) file in the data directory, and the pseudonym secret
-//! beside it.
+//! links, pushed health statuses, used ride codes and retry records — in a
+//! [fjall](https://github.com/fjall-rs/fjall) database (`state/`) in the data directory,
+//! and the pseudonym secret beside it.
 //!
 //! The tap path never reads it: the in-memory stores (`MemoryLinks`, `MemoryHealth`,
 //! `MemoryReplayGuard`, `MemoryIdempotency`) stay what decisions read. At start the
@@ -15,10 +15,12 @@
 //!   committed within `storage.write_behind` (200 ms by default, at most 500 ms) plus
 //!   one commit, so a code used more than a second before a crash is still used after it.
 //!
-//! Why redb (measured against fjall in `benches/engines.rs`, figures in BENCHMARKS.md):
-//! one file, ACID transactions with an fsync per commit, no background threads or
-//! compaction to tune, and no dependencies; what ridegate needs from it (a few thousand
-//! commits a second, a full scan at start) it does with room to spare.
+//! Why fjall (measured against redb in `benches/engines.rs`, figures in BENCHMARKS.md):
+//! ridegate's keys are keyed hashes, random by design, so a B-tree (redb) rewrites a
+//! 4 KiB leaf page for nearly every row of a bulk load and slows as the tree outgrows its
+//! cache (5 M `BulkLink` rows did not finish in 2 minutes); an LSM tree (fjall) appends
+//! each commit to its journal and sorts in the background, at the same bytes on disk
+//! per link. Every commit is an atomic batch persisted with `SyncAll` (fsync).
 //!
 //! Records hold pseudonyms and keyed hashes only, never an ID number.
 
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -45,8 +47,8 @@ use crate::replay::MemoryReplayGuard;
 use crate::settings::{InvalidSetting, invalid};
 use ridegate_core::model::{HealthStatus, UnixMillis};
 
-/// The database file inside the data directory.
-pub const DATABASE_FILE: &str = "ridegate.redb";
+/// The database's directory inside the data directory.
+pub const DATABASE_DIR: &str = "state";
 /// The data directory when none is configured: `ridegate-data` in the working directory.
 pub const DEFAULT_DATA_DIR: &str = "ridegate-data";
 /// How long a used code or retry record may wait for company before it is committed.
@@ -54,20 +56,25 @@ pub const DEFAULT_WRITE_BEHIND: Duration = Duration::from_millis(200);
 /// The longest write-behind allowed: with one commit after it, a code used more than a
 /// second before a crash is kept.
 pub const MAX_WRITE_BEHIND: Duration = Duration::from_millis(500);
-/// The database's page cache. Decisions never read the database, so a small cache
-/// serves the commit thread; the operating system caches the file besides.
-const CACHE_BYTES: usize = 64 << 20;
+/// The database's block cache. Decisions never read the database, so a small cache
+/// serves the commit thread and the load at start.
+const CACHE_BYTES: u64 = 32 << 20;
 
-const LINKS: TableDefinition<'_, &[u8; 16], &[u8]> = TableDefinition::new("links");
-const STATUSES: TableDefinition<'_, &[u8; 16], &[u8]> = TableDefinition::new("statuses");
-const CODES: TableDefinition<'_, &[u8; 16], &[u8]> = TableDefinition::new("codes");
-const RETRIES: TableDefinition<'_, &[u8; 16], &[u8]> = TableDefinition::new("retries");
+/// The database and its keyspaces (one LSM tree per kind of record, keyed by the
+/// record's 16-byte pseudonym or keyed hash).
+pub(crate) struct Engine {
+    db: Database,
+    links: Keyspace,
+    statuses: Keyspace,
+    codes: Keyspace,
+    retries: Keyspace,
+}
 
 /// `[storage]`: where an instance without Redis keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
-    /// The data directory: the database (`ridegate.redb`) and the generated pseudonym
+    /// The data directory: the database (`state/`) and the generated pseudonym
     /// secret (`identity.secret`). Created if missing.
     pub data_dir: PathBuf,
     /// Keep everything in memory: nothing survives a restart (demos, tests,
@@ -117,15 +124,15 @@ pub enum StorageError {
     },
     /// The database could not be opened, read or committed to.
     #[error("storage engine failed")]
-    Engine(#[source] Arc<redb::Error>),
+    Engine(#[source] Arc<fjall::Error>),
     /// The commit thread is gone (the store was closed).
     #[error("the store is closed")]
     Closed,
 }
 
 impl StorageError {
-    fn engine(e: impl Into<redb::Error>) -> Self {
-        Self::Engine(Arc::new(e.into()))
+    fn engine(e: fjall::Error) -> Self {
+        Self::Engine(Arc::new(e))
     }
 
     fn io(path: &Path, source: std::io::Error) -> Self {
@@ -136,8 +143,8 @@ impl StorageError {
     }
 }
 
-impl From<redb::StorageError> for StorageError {
-    fn from(e: redb::StorageError) -> Self {
+impl From<fjall::Error> for StorageError {
+    fn from(e: fjall::Error) -> Self {
         Self::engine(e)
     }
 }
@@ -202,7 +209,7 @@ pub struct Restored {
 /// The open database and its commit thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
-    db: Arc<Database>,
+    engine: Arc<Engine>,
     ops: Sender<writer::Op>,
     path: Arc<Path>,
 }
@@ -219,39 +226,38 @@ impl Storage {
     pub fn open(settings: &StorageSettings) -> Result<Self, StorageError> {
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        let path = dir.join(DATABASE_FILE);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(StorageError::engine)?;
-        // Every table exists from the first start on, so readers never meet a missing one.
-        let txn = db.begin_write().map_err(StorageError::engine)?;
-        for table in [LINKS, STATUSES, CODES, RETRIES] {
-            txn.open_table(table).map_err(StorageError::engine)?;
-        }
-        txn.commit().map_err(StorageError::engine)?;
-        let db = Arc::new(db);
+        let path = dir.join(DATABASE_DIR);
+        // Journal recovery after a crash happens here.
+        let db = Database::builder(&path).cache_size(CACHE_BYTES).open()?;
+        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let engine = Arc::new(Engine {
+            links: keyspace("links")?,
+            statuses: keyspace("statuses")?,
+            codes: keyspace("codes")?,
+            retries: keyspace("retries")?,
+            db,
+        });
         let (ops, receiver) = std::sync::mpsc::channel();
-        let (thread_db, write_behind) = (db.clone(), settings.write_behind);
+        let (thread_engine, write_behind) = (engine.clone(), settings.write_behind);
         std::thread::Builder::new()
             .name("ridegate-storage".into())
-            .spawn(move || writer::run(thread_db, receiver, write_behind))
+            .spawn(move || writer::run(thread_engine, receiver, write_behind))
             .map_err(|e| StorageError::io(dir, e))?;
         Ok(Self {
-            db,
+            engine,
             ops,
             path: Arc::from(path.as_path()),
         })
     }
 
-    /// The database file.
+    /// The database's directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The database file's size in bytes.
-    pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&*self.path).map_or(0, |m| m.len())
+    /// The bytes the database takes on disk (its journal and tables).
+    pub fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.path)
     }
 
     /// Queues `write` for the next commit; await the [`Pending`] before acknowledging
@@ -287,37 +293,39 @@ impl Storage {
         retries: &MemoryIdempotency,
     ) -> Result<Restored, StorageError> {
         let started = Instant::now();
-        let txn = self.db.begin_read().map_err(StorageError::engine)?;
+        let engine = &*self.engine;
         let (link_part, status_part) = std::thread::scope(|scope| {
             let statuses = scope.spawn(|| -> Result<(u64, u64), StorageError> {
                 let (mut loaded, mut unreadable) = (0, 0);
-                let table = txn.open_table(STATUSES).map_err(StorageError::engine)?;
-                for entry in table.iter()? {
-                    let (key, value) = entry?;
-                    match records::decode_status(value.value()) {
-                        Some(status) => {
-                            health.put(IdentityId(*key.value()), status);
+                for entry in engine.statuses.iter() {
+                    let (key, value) = entry.into_inner()?;
+                    match (id16(&key), records::decode_status(&value)) {
+                        (Some(identity), Some(status)) => {
+                            health.put(IdentityId(identity), status);
                             loaded += 1;
                         }
-                        None => unreadable += 1,
+                        _ => unreadable += 1,
                     }
                 }
                 Ok((loaded, unreadable))
             });
             let linked = (|| -> Result<(u64, Vec<CredentialId>, u64), StorageError> {
                 let (mut loaded, mut ended, mut unreadable) = (0, Vec::new(), 0);
-                let table = txn.open_table(LINKS).map_err(StorageError::engine)?;
-                for entry in table.iter()? {
-                    let (key, value) = entry?;
-                    let credential = CredentialId(*key.value());
-                    match records::decode_link(value.value()) {
-                        Some(record) if !record.is_live(now) => ended.push(credential),
-                        // The database holds what memory held: the rules hold already.
-                        Some(record) => match links.link_now(credential, &record) {
-                            Ok(_) => loaded += 1,
-                            Err(_) => unreadable += 1,
-                        },
-                        None => unreadable += 1,
+                for entry in engine.links.iter() {
+                    let (key, value) = entry.into_inner()?;
+                    let (Some(credential), Some(record)) = (id16(&key), records::decode_link(&value)) else {
+                        unreadable += 1;
+                        continue;
+                    };
+                    let credential = CredentialId(credential);
+                    if !record.is_live(now) {
+                        ended.push(credential);
+                        continue;
+                    }
+                    // The database holds what memory held: the rules hold already.
+                    match links.link_now(credential, &record) {
+                        Ok(_) => loaded += 1,
+                        Err(_) => unreadable += 1,
                     }
                 }
                 Ok((loaded, ended, unreadable))
@@ -334,28 +342,26 @@ impl Storage {
             unreadable: link_unreadable + status_unreadable,
             ..Restored::default()
         };
-        let table = txn.open_table(CODES).map_err(StorageError::engine)?;
-        for entry in table.iter()? {
-            let (key, value) = entry?;
-            match records::decode_code(value.value()) {
-                Some((request, until)) if until > now => {
-                    codes.claim_now(CodeKey(*key.value()), request, until, now);
+        for entry in engine.codes.iter() {
+            let (key, value) = entry.into_inner()?;
+            match (id16(&key), records::decode_code(&value)) {
+                (Some(code), Some((request, until))) if until > now => {
+                    codes.claim_now(CodeKey(code), request, until, now);
                     restored.codes += 1;
                 }
-                Some(_) => {}
-                None => restored.unreadable += 1,
+                (Some(_), Some(_)) => {}
+                _ => restored.unreadable += 1,
             }
         }
-        let table = txn.open_table(RETRIES).map_err(StorageError::engine)?;
-        for entry in table.iter()? {
-            let (key, value) = entry?;
-            match records::decode_retry(value.value()) {
-                Some((kept, until)) if until > now => {
-                    retries.record_now(RequestKey(*key.value()), kept, until, now);
+        for entry in engine.retries.iter() {
+            let (key, value) = entry.into_inner()?;
+            match (id16(&key), records::decode_retry(&value)) {
+                (Some(request), Some((kept, until))) if until > now => {
+                    retries.record_now(RequestKey(request), kept, until, now);
                     restored.retries += 1;
                 }
-                Some(_) => {}
-                None => restored.unreadable += 1,
+                (Some(_), Some(_)) => {}
+                _ => restored.unreadable += 1,
             }
         }
         for credential in ended {
@@ -368,12 +374,31 @@ impl Storage {
             retries = restored.retries,
             expired_links = restored.expired_links,
             unreadable = restored.unreadable,
-            file_bytes = self.file_bytes(),
+            disk_bytes = self.disk_bytes(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "storage: state restored"
         );
         Ok(restored)
     }
+}
+
+/// A stored key as the 16 bytes it must be.
+fn id16(key: &[u8]) -> Option<[u8; 16]> {
+    key.try_into().ok()
+}
+
+/// The bytes of the files under `path`.
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
 }
 
 #[cfg(test)]

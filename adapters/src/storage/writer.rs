@@ -1,5 +1,5 @@
 //! The commit thread: the only writer of the database. Callers hand it writes over a
-//! channel; it gathers everything that is waiting into one transaction and commits it
+//! channel; it gathers everything that is waiting into one atomic batch and commits it
 //! with fsync (group commit), then tells each acknowledged write's caller. Writes that
 //! need no acknowledgement (used codes, retry records) wait at most the write-behind
 //! interval for company before they are committed. Expired codes and retry records are
@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadableTableMetadata as _};
+use fjall::{Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
 use super::records::{encode_code, encode_link, encode_retry, encode_status, expiry_of};
-use super::{CODES, LINKS, RETRIES, STATUSES, StorageError, Write};
+use super::{Engine, StorageError, Write};
 
 /// Most writes in one transaction: bounds a commit's time and memory under a burst.
 const MAX_BATCH: usize = 50_000;
@@ -29,7 +29,7 @@ pub(super) enum Op {
 }
 
 /// Runs until every sender is gone, committing what is left before it returns.
-pub(super) fn run(db: Arc<Database>, ops: Receiver<Op>, write_behind: Duration) {
+pub(super) fn run(engine: Arc<Engine>, ops: Receiver<Op>, write_behind: Duration) {
     let mut batch: Vec<Write> = Vec::new();
     let mut acks: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
     // When the oldest unacknowledged write in `batch` arrived.
@@ -62,7 +62,7 @@ pub(super) fn run(db: Arc<Database>, ops: Receiver<Op>, write_behind: Duration) 
             || behind_since.is_some_and(|since| since.elapsed() >= write_behind);
         if due && (!batch.is_empty() || !acks.is_empty()) {
             let sweep = last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
-            let result = commit(&db, &batch, sweep);
+            let result = commit(&engine, &batch, sweep);
             match &result {
                 Ok(()) if sweep => last_sweep = Some(Instant::now()),
                 Ok(()) => {}
@@ -103,48 +103,61 @@ fn take(
     }
 }
 
-/// Applies `batch` in order in one durable transaction.
-fn commit(db: &Database, batch: &[Write], sweep: bool) -> Result<(), StorageError> {
-    let mut txn = db.begin_write().map_err(StorageError::engine)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(StorageError::engine)?;
-    {
-        let mut links = txn.open_table(LINKS).map_err(StorageError::engine)?;
-        let mut statuses = txn.open_table(STATUSES).map_err(StorageError::engine)?;
-        let mut codes = txn.open_table(CODES).map_err(StorageError::engine)?;
-        let mut retries = txn.open_table(RETRIES).map_err(StorageError::engine)?;
-        for write in batch {
-            match write {
-                Write::Link(credential, record) => {
-                    links.insert(&credential.0, encode_link(record).as_slice())?;
-                }
-                Write::Unlink(credential) => {
-                    links.remove(&credential.0)?;
-                }
-                Write::Status(identity, status) => {
-                    statuses.insert(&identity.0, encode_status(status).as_slice())?;
-                }
-                Write::Code { code, request, until } => {
-                    codes.insert(&code.0, encode_code(*request, *until).as_slice())?;
-                }
-                Write::Retry { request, kept, until } => {
-                    retries.insert(&request.0, encode_retry(kept, *until).as_slice())?;
-                }
+/// Applies `batch` in order in one atomic batch, persisted with fsync.
+fn commit(engine: &Engine, batch: &[Write], sweep: bool) -> Result<(), StorageError> {
+    let mut commit = engine.db.batch().durability(Some(PersistMode::SyncAll));
+    for write in batch {
+        match write {
+            Write::Link(credential, record) => {
+                commit.insert(&engine.links, credential.0.as_slice(), encode_link(record))
+            }
+            Write::Unlink(credential) => commit.remove(&engine.links, credential.0.as_slice()),
+            Write::Status(identity, status) => {
+                commit.insert(
+                    &engine.statuses,
+                    identity.0.as_slice(),
+                    encode_status(status).as_slice(),
+                );
+            }
+            Write::Code { code, request, until } => {
+                commit.insert(
+                    &engine.codes,
+                    code.0.as_slice(),
+                    encode_code(*request, *until).as_slice(),
+                );
+            }
+            Write::Retry { request, kept, until } => {
+                commit.insert(
+                    &engine.retries,
+                    request.0.as_slice(),
+                    encode_retry(kept, *until).as_slice(),
+                );
             }
         }
-        if sweep {
-            let now = unix_now_ms();
-            let live = |_: &[u8; 16], value: &[u8]| expiry_of(value).is_some_and(|until| until > now);
-            codes.retain(live)?;
-            retries.retain(live)?;
-            tracing::debug!(
-                codes = codes.len()?,
-                retries = retries.len()?,
-                "storage: expired records swept"
-            );
+    }
+    if sweep {
+        let now = unix_now_ms();
+        let mut swept = 0;
+        for keyspace in [&engine.codes, &engine.retries] {
+            swept += sweep_expired(keyspace, now, &mut commit)?;
+        }
+        tracing::debug!(swept, "storage: expired codes and retry records swept");
+    }
+    commit.commit()?;
+    Ok(())
+}
+
+/// Adds the removal of every record of `keyspace` that ended by `now` to `commit`.
+fn sweep_expired(keyspace: &Keyspace, now: i64, commit: &mut fjall::OwnedWriteBatch) -> Result<usize, StorageError> {
+    let mut swept = 0;
+    for entry in keyspace.iter() {
+        let (key, value) = entry.into_inner()?;
+        if expiry_of(&value).is_none_or(|until| until <= now) {
+            commit.remove(keyspace, key);
+            swept += 1;
         }
     }
-    txn.commit().map_err(StorageError::engine)
+    Ok(swept)
 }
 
 /// Milliseconds since the Unix epoch, by the system clock.
