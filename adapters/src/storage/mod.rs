@@ -297,6 +297,7 @@ impl Storage {
         let (link_part, status_part) = std::thread::scope(|scope| {
             let statuses = scope.spawn(|| -> Result<(u64, u64), StorageError> {
                 let (mut loaded, mut unreadable) = (0, 0);
+                health.reserve(engine.statuses.approximate_len());
                 for entry in engine.statuses.iter() {
                     let (key, value) = entry.into_inner()?;
                     match (id16(&key), records::decode_status(&value)) {
@@ -310,25 +311,34 @@ impl Storage {
                 Ok((loaded, unreadable))
             });
             let linked = (|| -> Result<(u64, Vec<CredentialId>, u64), StorageError> {
-                let (mut loaded, mut ended, mut unreadable) = (0, Vec::new(), 0);
-                for entry in engine.links.iter() {
-                    let (key, value) = entry.into_inner()?;
-                    let (Some(credential), Some(record)) = (id16(&key), records::decode_link(&value)) else {
+                let (mut ended, mut unreadable, mut failed) = (Vec::new(), 0, None);
+                let mut names = records::NameCache::default();
+                let entries = engine.links.iter().map_while(|entry| match entry.into_inner() {
+                    Ok(entry) => Some(entry),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                });
+                let live = entries.filter_map(|(key, value)| {
+                    let (Some(credential), Some(record)) = (id16(&key), records::decode_link(&value, &mut names))
+                    else {
                         unreadable += 1;
-                        continue;
+                        return None;
                     };
                     let credential = CredentialId(credential);
                     if !record.is_live(now) {
                         ended.push(credential);
-                        continue;
+                        return None;
                     }
-                    // The database holds what memory held: the rules hold already.
-                    match links.link_now(credential, &record) {
-                        Ok(_) => loaded += 1,
-                        Err(_) => unreadable += 1,
-                    }
+                    Some((credential, record))
+                });
+                // The database holds what memory held: the rules hold already.
+                let loaded = links.restore(engine.links.approximate_len(), live);
+                match failed {
+                    Some(e) => Err(e.into()),
+                    None => Ok((loaded, ended, unreadable)),
                 }
-                Ok((loaded, ended, unreadable))
             })();
             let statuses = statuses.join().unwrap_or(Err(StorageError::Closed));
             (linked, statuses)

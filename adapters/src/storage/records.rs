@@ -105,6 +105,22 @@ fn put_name(out: &mut Vec<u8>, name: Option<&Arc<str>>) {
     out.extend_from_slice(&bytes[..usize::from(len)]);
 }
 
+/// Names already read (callers, staff, issuers: a handful of distinct values among
+/// millions of links), so each record shares them instead of allocating its own.
+#[derive(Default)]
+pub(crate) struct NameCache(std::collections::HashMap<Box<str>, Arc<str>>);
+
+impl NameCache {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(name.into(), shared.clone());
+        shared
+    }
+}
+
 /// Reads fixed-size fields off the front of a stored value.
 struct Reader<'a>(&'a [u8]);
 
@@ -127,11 +143,11 @@ impl<'a> Reader<'a> {
         self.array().map(i64::from_le_bytes)
     }
 
-    fn name(&mut self) -> Option<Option<Arc<str>>> {
+    fn name(&mut self, names: &mut NameCache) -> Option<Option<Arc<str>>> {
         let len = u16::from_le_bytes(self.array()?);
         let bytes = self.take(usize::from(len))?;
         let name = std::str::from_utf8(bytes).ok()?;
-        Some((!name.is_empty()).then(|| Arc::from(name)))
+        Some((!name.is_empty()).then(|| names.get(name)))
     }
 }
 
@@ -152,8 +168,9 @@ pub(crate) fn encode_link(record: &LinkRecord) -> Vec<u8> {
     out
 }
 
-/// A link record from [`encode_link`]; `None` for anything else.
-pub(crate) fn decode_link(bytes: &[u8]) -> Option<LinkRecord> {
+/// A link record from [`encode_link`], its names shared through `names`; `None` for
+/// anything else.
+pub(crate) fn decode_link(bytes: &[u8], names: &mut NameCache) -> Option<LinkRecord> {
     let mut r = Reader(bytes);
     if r.byte()? != LINK_V1 {
         return None;
@@ -165,9 +182,9 @@ pub(crate) fn decode_link(bytes: &[u8]) -> Option<LinkRecord> {
     let tail = r.array()?;
     let linked_at = UnixMillis(r.i64()?);
     let valid_until = r.i64()?;
-    let issuer = r.name()?;
-    let caller_id = r.name()?.unwrap_or_else(|| Arc::from(""));
-    let staff_operator_id = r.name()?;
+    let issuer = r.name(names)?;
+    let caller_id = r.name(names)?.unwrap_or_else(|| Arc::from(""));
+    let staff_operator_id = r.name(names)?;
     Some(LinkRecord {
         identity,
         class,
@@ -263,15 +280,25 @@ mod tests {
             consent: Consent::TicketPurchase,
             valid_until: Some(UnixMillis(1_700_000_100_000)),
         };
-        assert_eq!(decode_link(&encode_link(&record)), Some(record.clone()));
+        assert_eq!(
+            decode_link(&encode_link(&record), &mut NameCache::default()),
+            Some(record.clone())
+        );
         let plain = LinkRecord {
             issuer: None,
             staff_operator_id: None,
             valid_until: None,
             ..record
         };
-        assert_eq!(decode_link(&encode_link(&plain)), Some(plain));
-        assert_eq!(decode_link(&[2, 0, 0]), None, "an unknown version is unreadable");
+        assert_eq!(
+            decode_link(&encode_link(&plain), &mut NameCache::default()),
+            Some(plain)
+        );
+        assert_eq!(
+            decode_link(&[2, 0, 0], &mut NameCache::default()),
+            None,
+            "an unknown version is unreadable"
+        );
 
         for negative_test_at in [None, Some(UnixMillis(5))] {
             let status = HealthStatus {
