@@ -295,51 +295,8 @@ impl Storage {
         let started = Instant::now();
         let engine = &*self.engine;
         let (link_part, status_part) = std::thread::scope(|scope| {
-            let statuses = scope.spawn(|| -> Result<(u64, u64), StorageError> {
-                let (mut loaded, mut unreadable) = (0, 0);
-                health.reserve(engine.statuses.approximate_len());
-                for entry in engine.statuses.iter() {
-                    let (key, value) = entry.into_inner()?;
-                    match (id16(&key), records::decode_status(&value)) {
-                        (Some(identity), Some(status)) => {
-                            health.put(IdentityId(identity), status);
-                            loaded += 1;
-                        }
-                        _ => unreadable += 1,
-                    }
-                }
-                Ok((loaded, unreadable))
-            });
-            let linked = (|| -> Result<(u64, Vec<CredentialId>, u64), StorageError> {
-                let (mut ended, mut unreadable, mut failed) = (Vec::new(), 0, None);
-                let mut names = records::NameCache::default();
-                let entries = engine.links.iter().map_while(|entry| match entry.into_inner() {
-                    Ok(entry) => Some(entry),
-                    Err(e) => {
-                        failed = Some(e);
-                        None
-                    }
-                });
-                let live = entries.filter_map(|(key, value)| {
-                    let (Some(credential), Some(record)) = (id16(&key), records::decode_link(&value, &mut names))
-                    else {
-                        unreadable += 1;
-                        return None;
-                    };
-                    let credential = CredentialId(credential);
-                    if !record.is_live(now) {
-                        ended.push(credential);
-                        return None;
-                    }
-                    Some((credential, record))
-                });
-                // The database holds what memory held: the rules hold already.
-                let loaded = links.restore(engine.links.approximate_len(), live);
-                match failed {
-                    Some(e) => Err(e.into()),
-                    None => Ok((loaded, ended, unreadable)),
-                }
-            })();
+            let statuses = scope.spawn(|| load_statuses(engine, health));
+            let linked = load_links(engine, links, now);
             let statuses = statuses.join().unwrap_or(Err(StorageError::Closed));
             (linked, statuses)
         });
@@ -389,6 +346,59 @@ impl Storage {
             "storage: state restored"
         );
         Ok(restored)
+    }
+}
+
+/// Loads every stored status into `health`: how many, and how many were unreadable.
+fn load_statuses(engine: &Engine, health: &MemoryHealth) -> Result<(u64, u64), StorageError> {
+    let (mut loaded, mut unreadable) = (0, 0);
+    health.reserve(engine.statuses.approximate_len());
+    for entry in engine.statuses.iter() {
+        let (key, value) = entry.into_inner()?;
+        match (id16(&key), records::decode_status(&value)) {
+            (Some(identity), Some(status)) => {
+                health.put(IdentityId(identity), status);
+                loaded += 1;
+            }
+            _ => unreadable += 1,
+        }
+    }
+    Ok((loaded, unreadable))
+}
+
+/// Loads every stored link live at `now` into `links`: how many, the ended ones (to
+/// remove), and how many were unreadable.
+fn load_links(
+    engine: &Engine,
+    links: &MemoryLinks,
+    now: UnixMillis,
+) -> Result<(u64, Vec<CredentialId>, u64), StorageError> {
+    let (mut ended, mut unreadable, mut failed) = (Vec::new(), 0, None);
+    let mut names = records::NameCache::default();
+    let entries = engine.links.iter().map_while(|entry| match entry.into_inner() {
+        Ok(entry) => Some(entry),
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+    });
+    let live = entries.filter_map(|(key, value)| {
+        let (Some(credential), Some(record)) = (id16(&key), records::decode_link(&value, &mut names)) else {
+            unreadable += 1;
+            return None;
+        };
+        let credential = CredentialId(credential);
+        if !record.is_live(now) {
+            ended.push(credential);
+            return None;
+        }
+        Some((credential, record))
+    });
+    // The database holds what memory held: the rules hold already.
+    let loaded = links.restore(engine.links.approximate_len(), live);
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok((loaded, ended, unreadable)),
     }
 }
 
