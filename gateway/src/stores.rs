@@ -518,3 +518,75 @@ impl IdempotencyBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ridegate_adapters::caller::CallerKind;
+    use ridegate_adapters::link::{Consent, CredentialClass};
+    use ridegate_adapters::storage::StorageSettings;
+
+    use super::*;
+
+    const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
+
+    fn card(identity: u8) -> LinkRecord {
+        LinkRecord {
+            identity: IdentityId([identity; 16]),
+            class: CredentialClass::PhysicalCard,
+            issuer: None,
+            tail: *b"0001",
+            linked_at: NOW,
+            linked_by: CallerKind::UpgradeService,
+            caller_id: Arc::from("upgrade-1"),
+            staff_operator_id: None,
+            consent: Consent::UpgradeService,
+            valid_until: None,
+        }
+    }
+
+    /// Opens the store in `dir`, once a previous handle's commit thread has let it go.
+    fn open(dir: &Path) -> Storage {
+        let settings = StorageSettings {
+            data_dir: dir.to_owned(),
+            ..StorageSettings::default()
+        };
+        (0..500)
+            .find_map(|_| {
+                Storage::open(&settings)
+                    .inspect_err(|_| std::thread::sleep(Duration::from_millis(10)))
+                    .ok()
+            })
+            .expect("open")
+    }
+
+    #[tokio::test]
+    async fn what_a_durable_link_call_answered_is_what_a_restart_finds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second, other) = (CredentialId([1; 16]), CredentialId([2; 16]), CredentialId([3; 16]));
+        {
+            let links = LinkBackend::Durable(Arc::new(MemoryLinks::default()), Journal::new(open(dir.path())));
+            assert_eq!(links.link(first, card(9)).await.expect("linked"), Linked::New);
+            // A second physical card replaces the first, in memory and on disk.
+            let replaced = links.link(second, card(9)).await.expect("linked");
+            assert!(matches!(replaced, Linked::Replaced { previous, .. } if previous == first));
+            links.link(other, card(8)).await.expect("linked");
+            assert!(links.unlink(other).await.expect("unlinked").is_some());
+        }
+        let restored = Arc::new(MemoryLinks::default());
+        open(dir.path())
+            .restore(
+                NOW,
+                &restored,
+                &MemoryHealth::default(),
+                &MemoryReplayGuard::default(),
+                &MemoryIdempotency::default(),
+            )
+            .expect("restored");
+        assert_eq!(restored.resolve_now(&first, NOW), None, "the replaced card");
+        assert_eq!(restored.resolve_now(&second, NOW), Some(IdentityId([9; 16])));
+        assert_eq!(restored.resolve_now(&other, NOW), None, "the unlinked card");
+        assert_eq!(restored.len(), 1);
+    }
+}
