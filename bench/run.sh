@@ -159,7 +159,8 @@ TOOL_RATIOS=$(for r in $(seq 1 "$ROUNDS"); do
 done | median)
 
 # 2. Embedded ridegate: cards, ride codes (each form), the mixed population.
-start ridegate "$SERVER_CORE" "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0
+start ridegate "$SERVER_CORE" "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 \
+  --data-dir "$WORK/data-embedded"
 RG_ADDR=$ADDR RG_PID=$PID
 # One pass over the population first, so links and statuses are warm as in service.
 taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
@@ -176,7 +177,8 @@ start sim "$LOAD_CORE" env RIDEGATE_IDENTITY_SECRET="$SECRET" "$B" health-sim --
   --riders "$RIDERS" --latency 5ms --log warn
 SIM_ADDR=$ADDR SIM_PID=$PID
 printf '[health]\ncache_capacity = 1000\n\n[health.platform]\nurl = "http://%s"\n' "$SIM_ADDR" >>"$WORK/platform.toml"
-start ridegate-platform "$SERVER_CORE" "$B" serve --config "$WORK/platform.toml" --listen 127.0.0.1:0
+start ridegate-platform "$SERVER_CORE" "$B" serve --config "$WORK/platform.toml" --listen 127.0.0.1:0 \
+  --data-dir "$WORK/data-platform"
 RG_ADDR=$ADDR RG_PID=$PID
 scenario misses "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}" -t 200ms
 stop "$SIM_PID"

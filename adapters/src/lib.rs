@@ -1,6 +1,6 @@
 //! Contracts for everything outside ridegate's decision — credential verification, the
 //! link store, the health-code source, single-use guards, idempotency records and the
-//! audit sink — and their implementations.
+//! audit sink, the durable embedded store — and their implementations.
 //!
 //! Each outside system is a folder: `mod.rs` holds the trait, its types and its error;
 //! `memory.rs` the embedded implementation. Nothing here depends on the gateway, and
@@ -20,5 +20,6 @@ pub mod link;
 pub mod replay;
 pub mod settings;
 pub mod shared;
+pub mod storage;
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -1,6 +1,7 @@
-//! Wiring: everything `ridegate serve` runs, built from a validated [`Config`]. Data
-//! files are loaded here, before anything binds; with Redis configured they are loaded
-//! into the shared tier.
+//! Wiring: everything `ridegate serve` runs, built from a validated [`Config`]. Without
+//! Redis, the durable store in the data directory is loaded first (unless
+//! `storage.ephemeral`); data files are then imported on top of it, before anything
+//! binds. With Redis configured they are loaded into the shared tier.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -14,13 +15,14 @@ use ridegate_adapters::audit::{
 };
 use ridegate_adapters::caller::CallerVerifier;
 use ridegate_adapters::credential::ride_code::RideCodeVerifier;
-use ridegate_adapters::health::{MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
+use ridegate_adapters::health::{Applied, MemoryHealth, RedisHealth, RemoteHealth, WatchEvent, read_statuses};
 use ridegate_adapters::idempotency::{MemoryIdempotency, RedisIdempotency};
 use ridegate_adapters::ids::Pseudonymizer;
-use ridegate_adapters::link::{MemoryLinks, RedisLinks, read_links};
+use ridegate_adapters::link::{Linked, MemoryLinks, RedisLinks, read_links};
 use ridegate_adapters::replay::{MemoryReplayGuard, RedisReplayGuard};
 use ridegate_adapters::shared::SharedTier;
 use ridegate_adapters::shared::changes::Change;
+use ridegate_adapters::storage::{Storage, Write, identity_secret};
 use ridegate_core::clock::Clock;
 
 use crate::authorize::{Authorizer, Parts};
@@ -29,7 +31,7 @@ use crate::config::Config;
 use crate::import::{self, StartupImport};
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
-use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader, StatusSource};
+use crate::stores::{IdempotencyBackend, Journal, LinkBackend, ReplayBackend, StatusReader, StatusSource};
 
 /// A built ridegate: the decision path and the stores the services share. Only
 /// [`serve`](crate::serve) takes it apart, handing each service and task the parts it
@@ -48,6 +50,8 @@ pub struct App {
     pub(crate) status_reader: StatusReader,
     /// The shared tier, when configured.
     pub(crate) shared: Option<Arc<SharedTier>>,
+    /// The durable embedded store, when state is kept in the data directory.
+    pub(crate) storage: Option<Storage>,
     /// Keyed hashing for ids.
     pub(crate) pseudonymizer: Pseudonymizer,
     /// The `/metrics` page.
@@ -70,10 +74,22 @@ impl App {
     /// Builds everything from `config`: keys, stores, data files, audit output.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         config.validate()?;
+        // Without Redis, state is kept in the data directory unless told otherwise.
+        let durable = !config.redis.is_configured() && !config.storage.ephemeral;
         let pseudonymizer = match config.identity.secret_bytes()? {
             Some(secret) => Pseudonymizer::new(&secret)?,
+            None if durable => {
+                let secret = identity_secret(&config.storage.data_dir).with_context(|| {
+                    format!(
+                        "storage.data_dir: cannot keep the pseudonym secret in {}",
+                        config.storage.data_dir.display()
+                    )
+                })?;
+                Pseudonymizer::new(secret.as_bytes())?
+            }
             None => {
-                // Only without Redis and a platform: validation refuses it otherwise.
+                // Only ephemeral and without Redis and a platform: validation refuses it
+                // otherwise.
                 tracing::warn!(
                     "identity.secret is not set: using a random secret, so pseudonyms differ between restarts; \
                      set RIDEGATE_IDENTITY_SECRET or identity.secret_file in production"
@@ -114,14 +130,44 @@ impl App {
             None
         };
         let replay_fallbacks = Arc::new(AtomicU64::new(0));
-        let (links, mut status_source, replay, idempotency) = match &shared {
-            None => (
+        let storage = if durable {
+            let dir = &config.storage.data_dir;
+            let storage = Storage::open(&config.storage).with_context(|| {
+                format!(
+                    "storage.data_dir: cannot open the database in {} (is another ridegate using it?)",
+                    dir.display()
+                )
+            })?;
+            tracing::info!(data_dir = %dir.display(), "state is kept in the data directory");
+            Some(storage)
+        } else {
+            if shared.is_none() {
+                tracing::info!("storage.ephemeral: state is kept in memory only and lost at exit");
+            }
+            None
+        };
+        let (links, mut status_source, replay, idempotency) = match (&shared, &storage) {
+            (None, Some(storage)) => {
+                let links = Arc::new(MemoryLinks::new(config.links.second_card));
+                let statuses = Arc::new(MemoryHealth::default());
+                let (codes, retries) = (MemoryReplayGuard::default(), MemoryIdempotency::default());
+                storage
+                    .restore(clock.now(), &links, &statuses, &codes, &retries)
+                    .with_context(|| format!("storage: cannot load {}", storage.path().display()))?;
+                (
+                    LinkBackend::Durable(links, Journal::new(storage.clone())),
+                    StatusSource::Durable(statuses, Journal::new(storage.clone())),
+                    ReplayBackend::Durable(codes, storage.clone()),
+                    IdempotencyBackend::Durable(retries, storage.clone()),
+                )
+            }
+            (None, None) => (
                 LinkBackend::Memory(Arc::new(MemoryLinks::new(config.links.second_card))),
                 StatusSource::Memory(Arc::new(MemoryHealth::default())),
                 ReplayBackend::Memory(MemoryReplayGuard::default()),
                 IdempotencyBackend::Memory(MemoryIdempotency::default()),
             ),
-            Some(tier) => (
+            (Some(tier), _) => (
                 LinkBackend::Shared(Arc::new(RedisLinks::new(
                     tier.clone(),
                     config.links.second_card,
@@ -153,9 +199,15 @@ impl App {
             &status_source,
         )
         .await?;
+        if let Some(storage) = &storage {
+            storage
+                .flush()
+                .await
+                .context("storage: the imported files could not be kept")?;
+        }
 
         let status_reader = match &status_source {
-            StatusSource::Memory(store) => StatusReader::Embedded(store.clone()),
+            StatusSource::Memory(store) | StatusSource::Durable(store, _) => StatusReader::Embedded(store.clone()),
             StatusSource::Shared(_) | StatusSource::Platform { .. } => StatusReader::Cached(HealthCache::new(
                 Arc::new(status_source.clone()),
                 CacheSettings {
@@ -218,6 +270,7 @@ impl App {
             status_source,
             status_reader,
             shared,
+            storage,
             pseudonymizer,
             exposition,
             audit,
@@ -279,8 +332,11 @@ impl Caches {
 }
 
 /// Loads the links and statuses files, if configured. Into this process's stores they
-/// are loaded at once; for the shared tier they are read (bad lines reported) and their
-/// rows returned, to be written while serving (see [`import`]).
+/// are loaded at once — into the durable store as an import on top of what it holds: a
+/// status older than the one held is ignored, an unchanged link or status is not written
+/// again, and the caller flushes the writes before serving. For the shared tier they are
+/// read (bad lines reported) and their rows returned, to be written while serving (see
+/// [`import`]).
 async fn load_files(
     config: &Config,
     pseudonymizer: &Pseudonymizer,
@@ -309,6 +365,23 @@ async fn load_files(
                 .with_context(|| format!("links.file: cannot read {}", path.display()))?;
                 import::log_import("links", &report);
             }
+            LinkBackend::Durable(store, journal) => {
+                let report = read_links(reader, pseudonymizer, now, |_, c, record| {
+                    let linked = store.link_now(c, &record).map_err(|e| e.to_string())?;
+                    let storage = journal.storage();
+                    match linked {
+                        Linked::Refreshed => {}
+                        Linked::New => storage.write_behind(Write::Link(c, record)),
+                        Linked::Replaced { previous, .. } => {
+                            storage.write_behind(Write::Unlink(previous));
+                            storage.write_behind(Write::Link(c, record));
+                        }
+                    }
+                    Ok(())
+                })
+                .with_context(|| format!("links.file: cannot read {}", path.display()))?;
+                import::log_import("links", &report);
+            }
             LinkBackend::Shared(_) => {
                 let mut rows = Vec::new();
                 let report = read_links(reader, pseudonymizer, now, |line, c, record| {
@@ -326,6 +399,16 @@ async fn load_files(
             StatusSource::Memory(store) => {
                 let report = read_statuses(reader, pseudonymizer, |_, i, s| {
                     let _ = store.put(i, s);
+                })
+                .with_context(|| format!("health.file: cannot read {}", path.display()))?;
+                import::log_import("health statuses", &report);
+            }
+            StatusSource::Durable(store, journal) => {
+                let report = read_statuses(reader, pseudonymizer, |_, identity, status| {
+                    let unchanged = store.get(&identity) == Some(status);
+                    if store.put(identity, status) == Applied::Stored && !unchanged {
+                        journal.storage().write_behind(Write::Status(identity, status));
+                    }
                 })
                 .with_context(|| format!("health.file: cannot read {}", path.display()))?;
                 import::log_import("health statuses", &report);

@@ -18,6 +18,7 @@ use ridegate_adapters::ids::MIN_SECRET_BYTES;
 use ridegate_adapters::link::SecondCard;
 use ridegate_adapters::settings::InvalidSetting;
 use ridegate_adapters::shared::SharedSettings;
+use ridegate_adapters::storage::StorageSettings;
 use ridegate_core::decision::Rules;
 use serde::Deserialize;
 
@@ -94,6 +95,8 @@ pub struct Config {
     /// The shared tier (Redis, Redis Cluster) (`[redis]`); none: everything stays in
     /// this process.
     pub redis: SharedSettings,
+    /// Where an instance without Redis keeps its state across restarts (`[storage]`).
+    pub storage: StorageSettings,
     /// Where decisions are recorded.
     pub audit: AuditSettings,
     /// Logging.
@@ -508,6 +511,7 @@ impl Config {
         }
         self.links.validate()?;
         self.redis.validate().map_err(in_section("redis"))?;
+        self.storage.validate().map_err(in_section("storage"))?;
         self.audit.validate().map_err(in_section("audit"))?;
         self.server.validate()?;
         for (id, issuer) in &self.issuers {

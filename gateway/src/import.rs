@@ -64,6 +64,9 @@ impl Classify for LinkError {
             Self::LinkedToAnother | Self::SecondCard { .. } => RowFailure::Refused,
             Self::Unavailable(e) => shared(e),
             Self::Unreadable(_) => RowFailure::Fatal,
+            // The durable embedded store is never behind a shared-tier import; were it,
+            // a failed commit may succeed when sent again.
+            Self::Storage(_) => RowFailure::Transient,
         }
     }
 }
@@ -72,6 +75,7 @@ impl Classify for StoreError {
     fn classify(&self) -> RowFailure {
         match self {
             Self::Unavailable(e) | Self::Refused(e) => shared(e),
+            Self::NotKept(_) => RowFailure::Transient,
         }
     }
 }

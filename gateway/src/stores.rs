@@ -1,7 +1,14 @@
 //! Where state lives: in this process (embedded, the default) or in the shared tier
 //! (Redis or Redis Cluster) when several instances serve one city. Each store is an
-//! enum over the two — no generics through the decision path, no dynamic dispatch per
+//! enum over them — no generics through the decision path, no dynamic dispatch per
 //! tap — and its hot-path methods take the tap's deadline.
+//!
+//! Embedded state is kept durably by default (the `Durable` variants): decisions read
+//! memory as before, and every change also goes to the [`Storage`] commit thread. A
+//! link or status change is acknowledged only once committed; the change is made in
+//! memory and queued under one lock per store ([`Journal`]), so the database sees
+//! changes in the order memory did. Used codes and retry records are written behind the
+//! tap (within `storage.write_behind`), so a tap never waits for the disk.
 //!
 //! When the shared tier is down: links come from the local cache, statuses from the
 //! health cache within their staleness bound, retries are decided afresh, and ride
@@ -19,11 +26,60 @@ use ridegate_adapters::ids::{CodeKey, CredentialId, IdentityId, RequestKey};
 use ridegate_adapters::link::{LinkError, LinkRecord, LinkStore, Linked, MemoryLinks, RedisLinks};
 use ridegate_adapters::replay::{Claim, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
 use ridegate_adapters::shared::SharedError;
+use ridegate_adapters::storage::{Pending, Storage, StorageError, Write};
 use ridegate_core::model::{HealthStatus, UnixMillis};
 use tokio::time::{Instant, timeout_at};
 
 use crate::cache::HealthCache;
 use ridegate_core::decision::HealthView;
+
+/// The durable store for one kind of record, and the lock that keeps changes in memory
+/// and in the database in the same order.
+#[derive(Clone)]
+pub struct Journal {
+    storage: Storage,
+    order: Arc<parking_lot::Mutex<()>>,
+}
+
+impl Journal {
+    /// A journal writing to `storage`.
+    pub fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            order: Arc::new(parking_lot::Mutex::new(())),
+        }
+    }
+
+    /// The store written to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Runs `change` on memory and queues the writes it returns, under the order lock;
+    /// returns its outcome and the last write's [`Pending`] (commits are in order, so
+    /// the last one durable means all of them are).
+    fn change<T, E>(&self, change: impl FnOnce() -> Result<(T, Vec<Write>), E>) -> Result<(T, Option<Pending>), E> {
+        let _order = self.order.lock();
+        let (outcome, writes) = change()?;
+        let mut last = None;
+        for write in writes {
+            last = Some(self.storage.write(write));
+        }
+        Ok((outcome, last))
+    }
+}
+
+/// Writes to a durable embedded store kept in flight per call (a `BulkLink` batch, an
+/// `Ingest` batch), so one batch shares a few commits instead of one commit per row.
+const DURABLE_CONCURRENCY: usize = 1_024;
+
+/// Awaits `pending`, if there is one.
+async fn durable(pending: Option<Pending>) -> Result<(), StorageError> {
+    match pending {
+        Some(pending) => pending.durable().await,
+        None => Ok(()),
+    }
+}
 
 /// The link store.
 #[derive(Clone)]
@@ -32,6 +88,8 @@ pub enum LinkBackend {
     Memory(Arc<MemoryLinks>),
     /// In Redis, behind a local cache.
     Shared(Arc<RedisLinks>),
+    /// In this process, and kept in the data directory.
+    Durable(Arc<MemoryLinks>, Journal),
 }
 
 impl LinkBackend {
@@ -43,7 +101,7 @@ impl LinkBackend {
         deadline: Instant,
     ) -> Result<Option<IdentityId>, LinkError> {
         match self {
-            Self::Memory(m) => Ok(m.resolve_now(&credential, now)),
+            Self::Memory(m) | Self::Durable(m, _) => Ok(m.resolve_now(&credential, now)),
             Self::Shared(r) => timeout_at(deadline, r.resolve(credential, now))
                 .await
                 .unwrap_or(Err(LinkError::Unavailable(SharedError::Timeout))),
@@ -67,15 +125,25 @@ impl LinkBackend {
     /// Credentials linked, when the store is in this process.
     pub fn local_len(&self) -> Option<usize> {
         match self {
-            Self::Memory(m) => Some(m.len()),
+            Self::Memory(m) | Self::Durable(m, _) => Some(m.len()),
             Self::Shared(_) => None,
+        }
+    }
+
+    /// How many link calls of one batch may be in flight at once: many for the
+    /// durable store (they share commits), one otherwise (rows apply one by one).
+    pub fn batch_concurrency(&self) -> usize {
+        match self {
+            Self::Durable(..) => DURABLE_CONCURRENCY,
+            Self::Memory(_) | Self::Shared(_) => 1,
         }
     }
 
     /// Removes expired day-bound links held in this process.
     pub fn sweep_expired(&self, now: UnixMillis) -> usize {
         match self {
-            Self::Memory(m) => m.sweep_expired(now),
+            // The database drops ended links when it is next loaded.
+            Self::Memory(m) | Self::Durable(m, _) => m.sweep_expired(now),
             // Redis records carry their own end; nothing to sweep here.
             Self::Shared(_) => 0,
         }
@@ -85,7 +153,7 @@ impl LinkBackend {
 impl LinkStore for LinkBackend {
     async fn resolve(&self, credential: CredentialId, now: UnixMillis) -> Result<Option<IdentityId>, LinkError> {
         match self {
-            Self::Memory(m) => m.resolve(credential, now).await,
+            Self::Memory(m) | Self::Durable(m, _) => m.resolve(credential, now).await,
             Self::Shared(r) => r.resolve(credential, now).await,
         }
     }
@@ -94,6 +162,19 @@ impl LinkStore for LinkBackend {
         match self {
             Self::Memory(m) => m.link(credential, record).await,
             Self::Shared(r) => r.link(credential, record).await,
+            Self::Durable(m, journal) => {
+                let (linked, pending) = journal.change(|| {
+                    let linked = m.link_now(credential, &record)?;
+                    let mut writes = Vec::with_capacity(2);
+                    if let Linked::Replaced { previous, .. } = &linked {
+                        writes.push(Write::Unlink(*previous));
+                    }
+                    writes.push(Write::Link(credential, record));
+                    Ok::<_, LinkError>((linked, writes))
+                })?;
+                durable(pending).await.map_err(LinkError::Storage)?;
+                Ok(linked)
+            }
         }
     }
 
@@ -101,12 +182,21 @@ impl LinkStore for LinkBackend {
         match self {
             Self::Memory(m) => m.unlink(credential).await,
             Self::Shared(r) => r.unlink(credential).await,
+            Self::Durable(m, journal) => {
+                let (record, pending) = journal.change(|| {
+                    let record = m.unlink_now(&credential);
+                    let writes = record.iter().map(|_| Write::Unlink(credential)).collect();
+                    Ok::<_, LinkError>((record, writes))
+                })?;
+                durable(pending).await.map_err(LinkError::Storage)?;
+                Ok(record)
+            }
         }
     }
 
     async fn get(&self, credential: CredentialId, now: UnixMillis) -> Result<Option<LinkRecord>, LinkError> {
         match self {
-            Self::Memory(m) => m.get(credential, now).await,
+            Self::Memory(m) | Self::Durable(m, _) => m.get(credential, now).await,
             Self::Shared(r) => r.get(credential, now).await,
         }
     }
@@ -117,7 +207,7 @@ impl LinkStore for LinkBackend {
         now: UnixMillis,
     ) -> Result<Vec<(CredentialId, LinkRecord)>, LinkError> {
         match self {
-            Self::Memory(m) => m.links_of(identity, now).await,
+            Self::Memory(m) | Self::Durable(m, _) => m.links_of(identity, now).await,
             Self::Shared(r) => r.links_of(identity, now).await,
         }
     }
@@ -130,6 +220,8 @@ impl LinkStore for LinkBackend {
 pub enum StatusSource {
     /// In this process, fed from a file and the feed.
     Memory(Arc<MemoryHealth>),
+    /// In this process, and kept in the data directory.
+    Durable(Arc<MemoryHealth>, Journal),
     /// In Redis, shared by every instance.
     Shared(RedisHealth),
     /// The health-code platform over the network; with Redis configured, statuses it
@@ -155,6 +247,9 @@ pub enum StoreError {
     /// The store refused the write: sending it again will not help.
     #[error("the status store refused the status")]
     Refused(#[source] SharedError),
+    /// The durable embedded store could not keep it: sending it again may work.
+    #[error("the status store is unavailable; send it again")]
+    NotKept(#[source] StorageError),
 }
 
 impl From<SharedError> for StoreError {
@@ -177,6 +272,20 @@ impl StatusSource {
     pub async fn put(&self, identity: IdentityId, status: HealthStatus) -> Result<Applied, StoreError> {
         let redis = match self {
             Self::Memory(m) => return Ok(m.put(identity, status)),
+            Self::Durable(m, journal) => {
+                let (applied, pending) = journal.change(|| {
+                    let unchanged = m.get(&identity) == Some(status);
+                    let applied = m.put(identity, status);
+                    let writes = if applied == Applied::Stored && !unchanged {
+                        vec![Write::Status(identity, status)]
+                    } else {
+                        Vec::new()
+                    };
+                    Ok::<_, StoreError>((applied, writes))
+                })?;
+                durable(pending).await.map_err(StoreError::NotKept)?;
+                return Ok(applied);
+            }
             Self::Shared(r) | Self::Platform { tier: Some(r), .. } => r,
             Self::Platform { tier: None, .. } => return Ok(Applied::Stored),
         };
@@ -186,7 +295,24 @@ impl StatusSource {
     /// Statuses held, when they are held in this process.
     pub fn local_len(&self) -> Option<usize> {
         match self {
-            Self::Memory(m) => Some(m.len()),
+            Self::Memory(m) | Self::Durable(m, _) => Some(m.len()),
+            Self::Shared(_) | Self::Platform { .. } => None,
+        }
+    }
+
+    /// How many puts of one batch may be in flight at once: many for the durable
+    /// store (they share commits), one otherwise (updates apply one by one).
+    pub fn batch_concurrency(&self) -> usize {
+        match self {
+            Self::Durable(..) => DURABLE_CONCURRENCY,
+            Self::Memory(_) | Self::Shared(_) | Self::Platform { .. } => 1,
+        }
+    }
+
+    /// The in-memory store, when statuses are held in this process.
+    pub fn embedded(&self) -> Option<&Arc<MemoryHealth>> {
+        match self {
+            Self::Memory(m) | Self::Durable(m, _) => Some(m),
             Self::Shared(_) | Self::Platform { .. } => None,
         }
     }
@@ -195,7 +321,7 @@ impl StatusSource {
     pub fn platform(&self) -> Option<&Arc<RemoteHealth>> {
         match self {
             Self::Platform { remote, .. } => Some(remote),
-            Self::Memory(_) | Self::Shared(_) => None,
+            Self::Memory(_) | Self::Durable(..) | Self::Shared(_) => None,
         }
     }
 
@@ -215,7 +341,7 @@ impl StatusSource {
 impl HealthSource for StatusSource {
     async fn fetch(&self, identity: IdentityId, deadline: Instant) -> Result<Option<HealthStatus>, SourceError> {
         match self {
-            Self::Memory(m) => m.fetch(identity, deadline).await,
+            Self::Memory(m) | Self::Durable(m, _) => m.fetch(identity, deadline).await,
             Self::Shared(r) => r.fetch(identity, deadline).await,
             Self::Platform { remote, tier, .. } => {
                 // Redis first (an error there is no reason not to ask the platform).
@@ -286,6 +412,8 @@ impl StatusReader {
 pub enum ReplayBackend {
     /// This process's memory.
     Memory(MemoryReplayGuard),
+    /// This process's memory, with each first use written behind to the data directory.
+    Durable(MemoryReplayGuard, Storage),
     /// Redis, with this process's memory as the fallback while Redis is unreachable.
     Shared {
         /// The shared guard.
@@ -323,6 +451,17 @@ impl ReplayBackend {
                 claim: m.claim_now(code, request, valid_until, now),
                 confirmed: true,
             },
+            Self::Durable(m, storage) => {
+                let claim = m.claim_now(code, request, valid_until, now);
+                if claim == Claim::First {
+                    storage.write_behind(Write::Code {
+                        code,
+                        request,
+                        until: valid_until,
+                    });
+                }
+                Claimed { claim, confirmed: true }
+            }
             Self::Shared {
                 redis,
                 local,
@@ -348,6 +487,8 @@ impl ReplayBackend {
 pub enum IdempotencyBackend {
     /// This process's memory.
     Memory(MemoryIdempotency),
+    /// This process's memory, with each record written behind to the data directory.
+    Durable(MemoryIdempotency, Storage),
     /// Redis: a retry reaching another instance still gets the original answer.
     Shared(RedisIdempotency),
 }
@@ -365,10 +506,89 @@ impl IdempotencyBackend {
     ) -> Option<Kept> {
         match self {
             Self::Memory(m) => m.record_now(request, kept, until, now),
+            Self::Durable(m, storage) => {
+                let held = m.record_now(request, kept, until, now);
+                if held.is_none() {
+                    storage.write_behind(Write::Retry { request, kept, until });
+                }
+                held
+            }
             Self::Shared(r) => timeout_at(deadline, r.record(request, kept, until, now))
                 .await
                 .ok()?
                 .ok()?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ridegate_adapters::caller::CallerKind;
+    use ridegate_adapters::link::{Consent, CredentialClass};
+    use ridegate_adapters::storage::StorageSettings;
+
+    use super::*;
+
+    const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
+
+    fn card(identity: u8) -> LinkRecord {
+        LinkRecord {
+            identity: IdentityId([identity; 16]),
+            class: CredentialClass::PhysicalCard,
+            issuer: None,
+            tail: *b"0001",
+            linked_at: NOW,
+            linked_by: CallerKind::UpgradeService,
+            caller_id: Arc::from("upgrade-1"),
+            staff_operator_id: None,
+            consent: Consent::UpgradeService,
+            valid_until: None,
+        }
+    }
+
+    /// Opens the store in `dir`, once a previous handle's commit thread has let it go.
+    fn open(dir: &Path) -> Storage {
+        let settings = StorageSettings {
+            data_dir: dir.to_owned(),
+            ..StorageSettings::default()
+        };
+        (0..500)
+            .find_map(|_| {
+                Storage::open(&settings)
+                    .inspect_err(|_| std::thread::sleep(Duration::from_millis(10)))
+                    .ok()
+            })
+            .expect("open")
+    }
+
+    #[tokio::test]
+    async fn what_a_durable_link_call_answered_is_what_a_restart_finds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second, other) = (CredentialId([1; 16]), CredentialId([2; 16]), CredentialId([3; 16]));
+        {
+            let links = LinkBackend::Durable(Arc::new(MemoryLinks::default()), Journal::new(open(dir.path())));
+            assert_eq!(links.link(first, card(9)).await.expect("linked"), Linked::New);
+            // A second physical card replaces the first, in memory and on disk.
+            let replaced = links.link(second, card(9)).await.expect("linked");
+            assert!(matches!(replaced, Linked::Replaced { previous, .. } if previous == first));
+            links.link(other, card(8)).await.expect("linked");
+            assert!(links.unlink(other).await.expect("unlinked").is_some());
+        }
+        let restored = Arc::new(MemoryLinks::default());
+        open(dir.path())
+            .restore(
+                NOW,
+                &restored,
+                &MemoryHealth::default(),
+                &MemoryReplayGuard::default(),
+                &MemoryIdempotency::default(),
+            )
+            .expect("restored");
+        assert_eq!(restored.resolve_now(&first, NOW), None, "the replaced card");
+        assert_eq!(restored.resolve_now(&second, NOW), Some(IdentityId([9; 16])));
+        assert_eq!(restored.resolve_now(&other, NOW), None, "the unlinked card");
+        assert_eq!(restored.len(), 1);
     }
 }

@@ -7,9 +7,13 @@ use ridegate_proto::pb::{Reason, Verdict};
 
 use ridegate_tests::*;
 
+/// Runs ridegate in a fresh working directory, so a server leaves no data directory
+/// behind.
 fn ridegate(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let cwd = tempfile::tempdir().unwrap();
     let mut command = std::process::Command::new(binary());
     command
+        .current_dir(cwd.path())
         .args(args)
         .env_remove("RIDEGATE_CONFIG")
         .env_remove("RIDEGATE_LISTEN")
@@ -68,6 +72,9 @@ fn invalid_configuration_exits_2_naming_the_field() {
             "health.file",
         ),
         ("[policy.unavailable_stations]\nS1 = \"maybe\"\n", "maybe"),
+        ("[storage]\nwrite_behind = \"2s\"\n", "storage.write_behind"),
+        ("[storage]\ndata_dir = \"\"\n", "storage.data_dir"),
+        ("[storage]\ndata_dir = \"/dev/null/ridegate\"\n", "storage.data_dir"),
     ];
     for (toml, field) in cases {
         let output = serve_with_config(toml);

@@ -21,6 +21,8 @@ async fn start(dir: &Path, name: &str, args: &[&str]) -> Server {
     let ready = dir.join(format!("{name}.ready"));
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(binary())
+        // Its data directory, if it keeps one, stays in the test's directory.
+        .current_dir(dir)
         .args(args)
         .arg("--ready-file")
         .arg(&ready)

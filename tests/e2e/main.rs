@@ -6,6 +6,7 @@
 mod adversary;
 mod bad_input;
 mod cli;
+mod durable;
 mod feed;
 mod gate;
 mod links;

@@ -131,6 +131,7 @@ pub struct GatewayBuilder {
     audit_extra: String,
     platform: Option<String>,
     callers: bool,
+    secret: bool,
     caller_key: SigningKey,
 }
 
@@ -141,7 +142,7 @@ pub struct Gateway {
     pub callers: CallerTokenMinter,
     /// Where it listens.
     pub addr: String,
-    /// Its working directory (config, data files, audit, logs).
+    /// Its working directory (config, data files, the data directory, audit, logs).
     pub dir: tempfile::TempDir,
 }
 
@@ -169,6 +170,7 @@ impl GatewayBuilder {
             audit_extra: String::new(),
             platform: None,
             callers: true,
+            secret: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
         }
     }
@@ -316,10 +318,23 @@ impl GatewayBuilder {
         &self.issuers
     }
 
+    /// Configures no pseudonym secret: the gateway makes one and keeps it in its data
+    /// directory. Links and statuses then name riders by ID number only.
+    pub fn generated_secret(mut self) -> Self {
+        self.secret = false;
+        self
+    }
+
     /// Writes the files and starts a process; returns once it listens. Call it again
     /// for a second instance with the same keys, population and configuration.
     pub async fn start(&self) -> (Gateway, Vec<Issuer>) {
-        let dir = tempfile::tempdir().expect("tempdir");
+        self.start_in(tempfile::tempdir().expect("tempdir")).await
+    }
+
+    /// Starts a process in `dir` (its files written again), keeping what the data
+    /// directory there holds.
+    async fn start_in(&self, dir: tempfile::TempDir) -> (Gateway, Vec<Issuer>) {
+        let _ = std::fs::remove_file(dir.path().join("ready.json"));
         let config = self.write_files(dir.path());
         let mut command = Command::new(binary());
         command
@@ -363,9 +378,11 @@ impl GatewayBuilder {
             "drain_delay = \"0s\"\n"
         };
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
-             [audit]\npath = \"{}\"\n{}\n[log]\nfilter = \"info\"\n\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{}\"\n\n\
+             [storage]\ndata_dir = \"{}\"\n\n[audit]\npath = \"{}\"\n{}\n[log]\nfilter = \"info\"\n\n",
             self.server,
+            if self.secret { SECRET } else { "" },
+            dir.join("data").display(),
             dir.join("audit.jsonl").display(),
             self.audit_extra
         );
@@ -540,6 +557,23 @@ impl Gateway {
             .expect("exits within 20 s")
             .expect("wait");
         (exit, self)
+    }
+
+    /// Kills the process with SIGKILL — no drain, no flush: a crash — and waits for it.
+    pub async fn kill(mut self) -> Self {
+        self.child.kill().await.expect("kill -9");
+        self
+    }
+
+    /// Starts `builder`'s configuration again in this gateway's directory, on the same
+    /// data directory (stop or [`kill`](Self::kill) this one first).
+    pub async fn restart(self, builder: &GatewayBuilder) -> Gateway {
+        builder.start_in(self.dir).await.0
+    }
+
+    /// The data directory (`data/` in its directory).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The process id.

@@ -43,7 +43,7 @@ fn write_population(path: &std::path::Path, links: u64) {
         if written < links && rider.is_multiple_of(2) {
             writeln!(
                 out,
-                r#"{{"card": {{"number": "2000{rider:012}"}}, "id_number": "{id}"}}"#
+                r#"{{"card": {{"number": "2000{rider:012}", "medium": "phone_nfc"}}, "id_number": "{id}"}}"#
             )
             .unwrap();
             written += 1;
@@ -114,6 +114,8 @@ fn main() {
             "--links",
         ])
         .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .arg("--ready-file")
         .arg(&ready)
         .env("RIDEGATE_IDENTITY_SECRET", "import-benchmark-secret")

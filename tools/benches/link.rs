@@ -77,6 +77,9 @@ async fn main() {
             "--ready-file",
         ])
         .arg(&ready)
+        // The durable default: every acknowledged batch is committed with fsync.
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .env("RIDEGATE_IDENTITY_SECRET", "link-benchmark-secret")
         .env("RIDEGATE_CONFIG", {
             let config = dir.path().join("ridegate.toml");

@@ -47,6 +47,8 @@ impl Drop for Process {
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> (Process, String) {
     let ready = dir.join(format!("{name}.ready"));
     let child = Command::new(env!("CARGO_BIN_EXE_ridegate"))
+        // A data directory, if one is kept, stays in the benchmark's directory.
+        .current_dir(dir)
         .args(args)
         .arg("--ready-file")
         .arg(&ready)

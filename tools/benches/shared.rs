@@ -102,6 +102,8 @@ fn config(dir: &std::path::Path, redis: Option<u16>) -> Config {
     config.links.file = Some(dir.join("links.jsonl"));
     config.health.file = Some(dir.join("health.jsonl"));
     config.audit.path = "/dev/null".into();
+    // The embedded side is measured in memory, as the decision path reads it.
+    config.storage.ephemeral = true;
     if let Some(port) = redis {
         config.redis.url = format!("redis://127.0.0.1:{port}");
     }

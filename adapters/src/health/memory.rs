@@ -63,6 +63,13 @@ impl MemoryHealth {
         }
     }
 
+    /// Makes room for about `expected` more statuses at once (before a large load).
+    pub fn reserve(&self, expected: usize) {
+        for shard in self.shards.iter() {
+            shard.write().reserve(expected / SHARDS + 1);
+        }
+    }
+
     /// How many identities have a status.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()

@@ -35,6 +35,21 @@ struct Stored {
 }
 
 impl Stored {
+    fn of(record: &LinkRecord, names: &mut Names) -> Self {
+        Self {
+            identity: record.identity,
+            valid_until: record.valid_until.map_or(FOREVER, |t| t.0),
+            linked_at: record.linked_at.0,
+            caller: names.intern(Some(&record.caller_id)),
+            staff: names.intern(record.staff_operator_id.as_ref()),
+            issuer: names.intern(record.issuer.as_ref()),
+            tail: record.tail,
+            class: record.class,
+            consent: record.consent,
+            linked_by: record.linked_by,
+        }
+    }
+
     fn is_live(&self, now: UnixMillis) -> bool {
         now.0 < self.valid_until
     }
@@ -203,21 +218,7 @@ impl MemoryLinks {
                 };
             }
         }
-        let stored = {
-            let mut names = self.names.write();
-            Stored {
-                identity: record.identity,
-                valid_until: record.valid_until.map_or(FOREVER, |t| t.0),
-                linked_at: record.linked_at.0,
-                caller: names.intern(Some(&record.caller_id)),
-                staff: names.intern(record.staff_operator_id.as_ref()),
-                issuer: names.intern(record.issuer.as_ref()),
-                tail: record.tail,
-                class: record.class,
-                consent: record.consent,
-                linked_by: record.linked_by,
-            }
-        };
+        let stored = Stored::of(record, &mut self.names.write());
         self.shard(&credential).write().insert(credential, stored);
         match index.get_mut(&record.identity) {
             Some(held) => held.add(credential),
@@ -226,6 +227,34 @@ impl MemoryLinks {
             }
         }
         Ok(outcome)
+    }
+
+    /// Loads links restored from the durable store, which kept them under this store's
+    /// rules: no rule is checked again, every lock is taken once for the whole load, and
+    /// the tables are sized for about `expected` links up front. Returns how many.
+    pub fn restore(&self, expected: usize, links: impl IntoIterator<Item = (CredentialId, LinkRecord)>) -> u64 {
+        let mut index = self.writer.lock();
+        let mut names = self.names.write();
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        index.reserve(expected);
+        for shard in &mut shards {
+            shard.reserve(expected / SHARDS + 1);
+        }
+        let mut loaded = 0;
+        for (credential, record) in links {
+            let stored = Stored::of(&record, &mut names);
+            if let Some(previous) = shards[usize::from(credential.0[15]) % SHARDS].insert(credential, stored) {
+                Self::unindex(&mut index, previous.identity, &credential);
+            }
+            match index.get_mut(&record.identity) {
+                Some(held) => held.add(credential),
+                None => {
+                    index.insert(record.identity, Held::One(credential));
+                }
+            }
+            loaded += 1;
+        }
+        loaded
     }
 
     /// Removes `credential`'s link; returns the record it had.

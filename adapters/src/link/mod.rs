@@ -156,6 +156,9 @@ pub enum LinkError {
     /// The store could not be reached, failed, or did not answer in time.
     #[error("link store unavailable")]
     Unavailable(#[from] SharedError),
+    /// The durable embedded store could not keep the change.
+    #[error("link store unavailable")]
+    Storage(#[source] crate::storage::StorageError),
     /// The store holds or returned something this version cannot read.
     #[error("link store entry unreadable: {0}")]
     Unreadable(&'static str),

@@ -1,6 +1,8 @@
 //! The world the decision benchmarks run in: one million riders, each with a card and a
 //! ride account at two issuers (ES256 and EdDSA), green and tested, statuses in the
-//! embedded store (as `ridegate serve` keeps them without Redis or a platform).
+//! embedded store (as `ridegate serve` keeps them without Redis or a platform), and the
+//! durable default behind it: each tap's retry record and used code are written behind
+//! to a data directory in a temporary directory, as in service.
 
 #![allow(dead_code, unreachable_pub)] // each benchmark uses part of it
 
@@ -24,6 +26,7 @@ use ridegate_adapters::idempotency::MemoryIdempotency;
 use ridegate_adapters::ids::{IdentityId, Pseudonymizer};
 use ridegate_adapters::link::{Consent, LinkRecord, LinkTarget, MemoryLinks};
 use ridegate_adapters::replay::MemoryReplayGuard;
+use ridegate_adapters::storage::{Storage, StorageSettings};
 use ridegate_core::clock::Clock;
 use ridegate_core::credential::CardMedium;
 use ridegate_core::credential::Credential;
@@ -51,6 +54,8 @@ pub fn shuffled(n: u64) -> Vec<u64> {
 
 pub struct World {
     pub authorizer: Authorizer,
+    /// The data directory; removed when the world is dropped.
+    pub data: tempfile::TempDir,
     pub minters: Vec<(SigningAlg, CodeMinter)>,
     pub phones: Vec<(SigningAlg, DeviceCodeMinter)>,
     pub keys: Vec<(SigningAlg, Jwk)>,
@@ -118,6 +123,12 @@ pub fn world() -> World {
         identities.push(identity);
     }
     let health = StatusReader::Embedded(statuses);
+    let data = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&StorageSettings {
+        data_dir: data.path().to_owned(),
+        ..StorageSettings::default()
+    })
+    .unwrap();
     let audit = Arc::new(JsonLinesAudit::new(Box::new(std::io::sink())).unwrap());
     let authorizer = Authorizer::new(Parts {
         clock,
@@ -125,8 +136,8 @@ pub fn world() -> World {
         verifier,
         links: LinkBackend::Memory(links),
         health,
-        replay: ReplayBackend::Memory(MemoryReplayGuard::default()),
-        idempotency: IdempotencyBackend::Memory(MemoryIdempotency::default()),
+        replay: ReplayBackend::Durable(MemoryReplayGuard::default(), storage.clone()),
+        idempotency: IdempotencyBackend::Durable(MemoryIdempotency::default(), storage),
         shared: None,
         rules: Rules::default(),
         // Every benchmarked tap has a new request id, and the benchmark taps ~1,000× faster
@@ -148,6 +159,7 @@ pub fn world() -> World {
         .collect();
     World {
         authorizer,
+        data,
         minters,
         phones,
         keys,

@@ -58,8 +58,13 @@ impl FeedService {
         let mut rejected = Vec::new();
         let mut not_stored = 0u32;
         let mut first_failure = None;
-        for (index, update) in updates.into_iter().enumerate() {
-            match self.apply(update).await {
+        // In order; a durable store takes many at once so they share commits.
+        let mut outcomes = futures::stream::iter(updates)
+            .map(|update| self.apply(update))
+            .buffered(self.statuses.batch_concurrency())
+            .enumerate();
+        while let Some((index, outcome)) = outcomes.next().await {
+            match outcome {
                 Ok(()) => applied += 1,
                 Err(e) => {
                     if let UpdateRejected::NotStored(failure) = &e {

@@ -299,15 +299,25 @@ impl pb::links_server::Links for LinkService {
                 // A store failure rejects its row with a message naming no internals;
                 // the first one's cause is logged once for the batch.
                 let mut store_failure = None;
-                for (index, row) in batch.rows.into_iter().enumerate() {
-                    match this.link_row(&caller, row).await {
+                // Rows are applied in order; a durable store takes many at once so they
+                // share commits (each row is applied to memory and queued when first
+                // polled, in order, and `buffered` answers in order).
+                let concurrency = this.links.batch_concurrency();
+                let mut outcomes = futures::stream::iter(batch.rows)
+                    .map(|row| this.link_row(&caller, row))
+                    .buffered(concurrency)
+                    .enumerate();
+                while let Some((index, outcome)) = outcomes.next().await {
+                    match outcome {
                         Ok(linked) => {
                             result.linked += 1;
                             result.replaced += u32::from(matches!(linked, Linked::Replaced { .. }));
                         }
                         Err(e) => {
-                            if let LinkDenied::Store(failure @ (LinkError::Unavailable(_) | LinkError::Unreadable(_))) =
-                                &e
+                            if let LinkDenied::Store(
+                                failure
+                                @ (LinkError::Unavailable(_) | LinkError::Storage(_) | LinkError::Unreadable(_)),
+                            ) = &e
                             {
                                 store_failure.get_or_insert_with(|| failure.clone());
                             }

@@ -87,10 +87,10 @@ impl Services {
 
 /// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
 /// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
-/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
-/// flushed. A start-up import into the shared tier runs meanwhile, `ridegate.v1.Gate`
-/// NOT_SERVING until it lands; if it cannot land, the server drains and this returns
-/// its [`ImportFailed`](crate::import::ImportFailed).
+/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log and
+/// the durable store are flushed. A start-up import into the shared tier runs
+/// meanwhile, `ridegate.v1.Gate` NOT_SERVING until it lands; if it cannot land, the
+/// server drains and this returns its [`ImportFailed`](crate::import::ImportFailed).
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -111,6 +111,7 @@ pub async fn serve(
         links,
         status_source,
         shared,
+        storage,
         exposition,
         audit,
         clock,
@@ -281,6 +282,15 @@ pub async fn serve(
         task.abort();
     }
     audit.close();
+    // Used codes and retry records written behind the last taps.
+    if let Some(storage) = storage
+        && let Err(e) = storage.flush().await
+    {
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "storage: the last writes could not be kept"
+        );
+    }
     tracing::info!("stopped");
     if let Some(failed) = import_failure.lock().take() {
         return Err(failed.into());

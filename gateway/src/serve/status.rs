@@ -104,7 +104,7 @@ fn link_store(e: LinkError) -> Status {
     match e {
         LinkError::LinkedToAnother => Status::already_exists(e.to_string()),
         LinkError::SecondCard { .. } => Status::failed_precondition(e.to_string()),
-        LinkError::Unavailable(_) => {
+        LinkError::Unavailable(_) | LinkError::Storage(_) => {
             tracing::warn!(error = &e as &dyn Error, "link store unavailable: call refused");
             Status::unavailable(LINK_STORE_UNAVAILABLE)
         }

@@ -49,12 +49,14 @@ fn inline_jwk(key: &SigningKey) -> toml::Table {
     serde_json::from_value(jwk).expect("a table")
 }
 
-/// The configuration: embedded defaults, an `alipay` issuer key, a caller key, the
-/// feed on, audit discarded.
+/// The configuration: embedded defaults (in memory only), an `alipay` issuer key, a
+/// caller key, the feed on, audit discarded.
 fn config(issuer: &SigningKey, callers: &SigningKey) -> Config {
     let mut config = Config::default();
     config.identity.secret = "service-test-secret".into();
     config.audit.path = "/dev/null".into();
+    // Service tests keep nothing between runs.
+    config.storage.ephemeral = true;
     config.health.feed_enabled = true;
     config.deadline.retry_window = RETRY_WINDOW;
     config.issuers.insert(

@@ -130,6 +130,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// Keys, population files and configuration in `dir`.
 fn prepare(dir: &Path, riders: u64) -> anyhow::Result<(Config, Issuers, CallerTokenMinter)> {
     let mut config = Config::default();
+    // A demonstration keeps nothing.
+    config.storage.ephemeral = true;
     // The caller key that signs the health platform's and the upgrade service's tokens.
     let caller_key = SigningKey::generate(SigningAlg::EdDsa, "callers-demo")?;
     let callers_jwks = dir.join("callers.jwks.json");

@@ -41,6 +41,19 @@ pub(super) struct ServeArgs {
     /// Redis Cluster seed nodes for the shared tier, comma-separated.
     #[arg(long, env = "RIDEGATE_REDIS_CLUSTER", value_delimiter = ',')]
     redis_cluster: Option<Vec<String>>,
+    /// Data directory where state is kept across restarts when there is no Redis
+    /// [default: ridegate-data].
+    #[arg(long, env = "RIDEGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep everything in memory: nothing survives a restart.
+    #[arg(
+        long,
+        env = "RIDEGATE_EPHEMERAL",
+        conflicts_with = "data_dir",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    ephemeral: Option<bool>,
     /// Log format.
     #[arg(long, env = "RIDEGATE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -97,6 +110,13 @@ impl ServeArgs {
         }
         if let Some(feed) = self.health_feed {
             config.health.feed_enabled = feed;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.storage.data_dir.clone_from(dir);
+            config.storage.ephemeral = false;
+        }
+        if let Some(ephemeral) = self.ephemeral {
+            config.storage.ephemeral = ephemeral;
         }
         if let Some(format) = self.log_format {
             config.log.format = format;
