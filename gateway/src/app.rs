@@ -89,7 +89,8 @@ impl App {
             .collect();
         tracing::info!(issuers = specs.len(), with_keys = ?keyed, "ride-code issuers loaded");
         let callers = Arc::new(
-            CallerVerifier::new(&config.caller_keys()?, config.callers.clock_skew).context("callers: a caller key")?,
+            CallerVerifier::new(&config.caller_keys()?, config.callers.settings.clone())
+                .context("callers: a caller key")?,
         );
         if !callers.is_configured() {
             tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");

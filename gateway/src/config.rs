@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
+use ridegate_adapters::caller::CallerSettings;
 use ridegate_adapters::credential::ride_code::{IssuerSettings, IssuerSpec, VerifierLimits};
 use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
@@ -277,26 +278,18 @@ pub const BUILTIN_ISSUERS: [(&str, &str); 9] = [
 ];
 
 /// `[callers]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallersConfig {
     /// JWK Set of the keys that sign caller tokens (ES256 / EdDSA, distinct `kid`s).
+    /// Reloaded on SIGHUP and when the file changes.
     pub jwks_file: Option<PathBuf>,
     /// The same keys inline, as JWKs (added to those from `jwks_file`).
     pub keys: Vec<toml::Table>,
-    /// Clock skew tolerated on a token's `exp` and `iat`.
-    #[serde(with = "humantime_serde")]
-    pub clock_skew: Duration,
-}
-
-impl Default for CallersConfig {
-    fn default() -> Self {
-        Self {
-            jwks_file: None,
-            keys: Vec::new(),
-            clock_skew: Duration::from_secs(30),
-        }
-    }
+    /// How tokens are judged: audience, clock skew, lifetimes, revocations, in the
+    /// same table.
+    #[serde(flatten)]
+    pub settings: CallerSettings,
 }
 
 /// `[links]`
@@ -490,6 +483,7 @@ impl Config {
             ));
         }
         self.links.validate()?;
+        self.callers.settings.validate().map_err(in_section("callers"))?;
         self.redis.validate().map_err(in_section("redis"))?;
         self.audit.validate()?;
         self.server.validate()?;

@@ -128,6 +128,7 @@ pub struct GatewayBuilder {
     server: String,
     links_extra: String,
     health_extra: String,
+    callers_extra: String,
     platform: Option<String>,
     callers: bool,
     caller_key: SigningKey,
@@ -165,6 +166,7 @@ impl GatewayBuilder {
             server: String::new(),
             links_extra: String::new(),
             health_extra: String::new(),
+            callers_extra: String::new(),
             platform: None,
             callers: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
@@ -283,6 +285,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a line to the `[callers]` section.
+    pub fn callers_setting(mut self, line: &str) -> Self {
+        self.callers_extra.push_str(line);
+        self.callers_extra.push('\n');
+        self
+    }
+
     /// Takes statuses from the health platform at `url` (instead of a statuses file),
     /// with extra `[health.platform]` lines.
     pub fn platform(mut self, url: &str, settings: &str) -> Self {
@@ -378,7 +387,12 @@ impl GatewayBuilder {
             let callers = dir.join("callers.jwks.json");
             let set = serde_json::json!({ "keys": [self.caller_key.public_jwk().expect("jwk")] });
             std::fs::write(&callers, set.to_string()).expect("caller jwks");
-            let _ = write!(toml, "[callers]\njwks_file = \"{}\"\n\n", callers.display());
+            let _ = write!(
+                toml,
+                "[callers]\njwks_file = \"{}\"\n{}\n",
+                callers.display(),
+                self.callers_extra
+            );
         }
         for issuer in &self.issuers {
             let jwks = dir.join(format!("{}.jwks.json", issuer.id));
