@@ -28,6 +28,7 @@ use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
+use crate::serve::tls::TlsState;
 use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader, StatusSource};
 
 /// Writes to the shared tier kept in flight while loading files into it.
@@ -62,6 +63,8 @@ pub struct App {
     pub(crate) link_rules: LinkRules,
     /// Issuers whose ride accounts may be linked.
     pub(crate) issuer_ids: HashSet<String>,
+    /// The gate port's TLS configuration, reloadable, when TLS is on.
+    pub(crate) tls: Option<Arc<TlsState>>,
     /// The wall clock.
     pub(crate) clock: Clock,
 }
@@ -78,6 +81,17 @@ impl App {
             Pseudonymizer::random()
         } else {
             Pseudonymizer::new(config.identity.secret.as_bytes())?
+        };
+        let tls = if config.server.tls.enabled() {
+            let state = TlsState::load(&config.server.tls)?;
+            tracing::info!(
+                mutual = config.server.tls.mutual(),
+                trust_domain = %config.server.tls.trust_domain,
+                "TLS on the gate port"
+            );
+            Some(Arc::new(state))
+        } else {
+            None
         };
         let specs = config.issuer_specs()?;
         let verifier = RideCodeVerifier::new(&specs, config.ride_codes).context("issuers")?;
@@ -202,6 +216,7 @@ impl App {
             callers,
             link_rules,
             issuer_ids,
+            tls,
             clock,
         })
     }

@@ -203,6 +203,16 @@ impl Authorizer {
         self.metrics.record_invalid();
     }
 
+    /// Counts a tap refused for its gate.
+    pub fn record_gate_refused(&self) {
+        self.metrics.record_gate_refused();
+    }
+
+    /// The tap path's counters, for the transport's own.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Gathers the facts about a tap — the credential's own checks, then (only if the
     /// rules need them) the rider's link and health status — and hands them to the
     /// pure decision.

@@ -74,6 +74,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Answer budgets.
     pub deadline: DeadlineConfig,
+    /// The gate registry by gate id (`[gates.<id>]`); empty: no registry, a gate's
+    /// station and line are what it says.
+    pub gates: BTreeMap<String, GateEntry>,
     /// The pseudonym secret.
     pub identity: IdentityConfig,
     /// Limits that apply to every ride code (`[ride_codes]`).
@@ -128,6 +131,8 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Largest number of taps decided at once on one `Taps` stream.
     pub stream_concurrency: usize,
+    /// TLS and mutual TLS on the gRPC port (`[server.tls]`); none: plaintext.
+    pub tls: TlsConfig,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +150,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             drain_grace: Duration::from_secs(10),
             stream_concurrency: 64,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -157,8 +163,117 @@ impl ServerConfig {
         if self.stream_concurrency == 0 {
             return Err(invalid("server.stream_concurrency", "must be more than 0"));
         }
+        self.tls.validate()
+    }
+}
+
+/// Whether a client must present a certificate when `client_ca` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    /// Every connection presents a certificate from `client_ca`, or the handshake
+    /// fails: gates and every other caller.
+    #[default]
+    Required,
+    /// Connections without a certificate are accepted (non-gate callers with bearer
+    /// tokens); gate calls still need the gate's certificate.
+    Optional,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM, leaf first). With `key`, turns TLS on.
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: Option<PathBuf>,
+    /// The operator's CA for client certificates (PEM; several allowed): turns mutual
+    /// TLS on, and binds each gate to the gate id its certificate names.
+    pub client_ca: Option<PathBuf>,
+    /// Whether every client must present a certificate (`required`) or only gates
+    /// (`optional`).
+    pub client_certificates: ClientCertificates,
+    /// The trust domain of gate certificates: a gate's certificate names it with the
+    /// SAN URI `spiffe://<trust_domain>/gate/<gate_id>`.
+    pub trust_domain: String,
+    /// A handshake not finished within this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often the certificate, key and CA files are checked for changes (they are
+    /// also reloaded on SIGHUP); 0: only on SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// The trust domain of gate certificates unless configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "ridegate";
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_certificates: ClientCertificates::Required,
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            handshake_timeout: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// Whether gates must present certificates (mutual TLS).
+    pub fn mutual(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(invalid("server.tls.key", "is required with server.tls.cert")),
+            (None, Some(_)) => return Err(invalid("server.tls.cert", "is required with server.tls.key")),
+            _ => {}
+        }
+        if self.client_ca.is_some() && self.cert.is_none() {
+            return Err(invalid(
+                "server.tls.client_ca",
+                "needs server.tls.cert and server.tls.key: mutual TLS is TLS first",
+            ));
+        }
+        let domain = &self.trust_domain;
+        if domain.is_empty()
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            return Err(invalid(
+                "server.tls.trust_domain",
+                "must be a non-empty name of lowercase letters, digits, dots and dashes",
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("server.tls.handshake_timeout", "must be more than 0"));
+        }
         Ok(())
     }
+}
+
+/// `[gates.<gate_id>]`: a gate in ridegate's registry. Where a registry is configured,
+/// a gate's station and line come from it, a tap that names others is refused, and a
+/// gate not in it is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateEntry {
+    /// The gate's station.
+    pub station: String,
+    /// The gate's line (may be empty).
+    pub line: String,
 }
 
 /// `[deadline]`
@@ -490,6 +605,11 @@ impl Config {
         for (id, issuer) in &self.issuers {
             issuer.validate(id)?;
         }
+        for (id, gate) in &self.gates {
+            if gate.station.is_empty() {
+                return Err(invalid(format!("gates.{id}.station"), "is required"));
+            }
+        }
         Ok(())
     }
 
@@ -588,6 +708,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         for section in [
             "[server]",
+            "[server.tls]",
             "[deadline]",
             "[identity]",
             "[ride_codes]",

@@ -13,3 +13,4 @@ mod load;
 mod operations;
 mod platform;
 mod shared;
+mod tls;

@@ -3,6 +3,7 @@
 //! a gRPC client for it. The process is killed when the fixture is dropped.
 
 pub mod codes;
+pub mod pki;
 pub mod platform;
 pub mod raw;
 pub mod redis;
@@ -20,7 +21,7 @@ use ridegate_proto::pb;
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::links_client::LinksClient;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// The pseudonym secret the fixtures configure.
 pub const SECRET: &str = "e2e-test-secret-0123456789";
@@ -129,6 +130,9 @@ pub struct GatewayBuilder {
     links_extra: String,
     health_extra: String,
     callers_extra: String,
+    tls: Option<pki::CertPair>,
+    client_ca: Option<String>,
+    tls_extra: String,
     platform: Option<String>,
     callers: bool,
     caller_key: SigningKey,
@@ -167,6 +171,9 @@ impl GatewayBuilder {
             links_extra: String::new(),
             health_extra: String::new(),
             callers_extra: String::new(),
+            tls: None,
+            client_ca: None,
+            tls_extra: String::new(),
             platform: None,
             callers: true,
             caller_key: SigningKey::generate(SigningAlg::EdDsa, CALLER_KID).expect("caller key"),
@@ -285,6 +292,26 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves TLS with `server` (written to `server.pem` and `server.key.pem`).
+    pub fn tls(mut self, server: pki::CertPair) -> Self {
+        self.tls = Some(server);
+        self
+    }
+
+    /// Requires client certificates from the CA `ca_pem` (written to `client-ca.pem`):
+    /// mutual TLS, each gate bound to its certificate's gate id.
+    pub fn client_ca(mut self, ca_pem: &str) -> Self {
+        self.client_ca = Some(ca_pem.into());
+        self
+    }
+
+    /// Adds a line to the `[server.tls]` section.
+    pub fn tls_setting(mut self, line: &str) -> Self {
+        self.tls_extra.push_str(line);
+        self.tls_extra.push('\n');
+        self
+    }
+
     /// Adds a line to the `[callers]` section.
     pub fn callers_setting(mut self, line: &str) -> Self {
         self.callers_extra.push_str(line);
@@ -363,6 +390,22 @@ impl GatewayBuilder {
             self.server,
             dir.join("audit.jsonl").display()
         );
+        if let Some(server) = &self.tls {
+            std::fs::write(dir.join("server.pem"), &server.cert).expect("server cert");
+            std::fs::write(dir.join("server.key.pem"), &server.key).expect("server key");
+            let _ = write!(
+                toml,
+                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+                dir.join("server.pem").display(),
+                dir.join("server.key.pem").display(),
+                self.tls_extra
+            );
+            if let Some(ca) = &self.client_ca {
+                std::fs::write(dir.join("client-ca.pem"), ca).expect("client CA");
+                let _ = writeln!(toml, "client_ca = \"{}\"", dir.join("client-ca.pem").display());
+            }
+            toml.push('\n');
+        }
         let links = dir.join("links.jsonl");
         std::fs::write(&links, self.links.join("\n")).expect("links");
         let statuses = dir.join("health.jsonl");
@@ -444,6 +487,25 @@ impl Gateway {
             .connect()
             .await
             .expect("connect")
+    }
+
+    /// A TLS channel to it with `tls`, or the connection error (a refused handshake).
+    pub async fn tls_channel(&self, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("https://{}", self.addr))
+            .expect("uri")
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// A gate client over TLS with `tls`.
+    pub async fn gate_over(&self, tls: ClientTlsConfig) -> GateClient<Channel> {
+        GateClient::new(self.tls_channel(tls).await.expect("TLS connect"))
+    }
+
+    /// A file in its working directory (`server.pem`, `client-ca.pem`, …).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// A gate client.

@@ -6,10 +6,12 @@ pub mod convert;
 mod deadline;
 mod feed;
 mod gate;
+mod gates;
 mod links;
 mod status;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -60,6 +62,7 @@ impl Services {
             deadlines,
             app.config.server.stream_concurrency,
             draining,
+            gates::GateAdmission::new(app.config.server.tls.mutual(), app.config.gates.clone()),
         );
         let links = links::LinkService::new(
             app.links.clone(),
@@ -107,6 +110,8 @@ pub async fn serve(
         exposition,
         audit,
         clock,
+        tls,
+        authorizer,
         ..
     } = app;
     let server_config = config.server.clone();
@@ -200,6 +205,10 @@ pub async fn serve(
         );
 
     let addr = listener.local_addr().context("listener address")?;
+    let failed = {
+        let metrics = authorizer.metrics().clone();
+        move || metrics.record_tls_handshake_failure()
+    };
     // The drain runs while the server keeps serving: NOT_SERVING first, then (after
     // `drain_delay`) open streams are told to finish and tonic stops accepting.
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -215,8 +224,8 @@ pub async fn serve(
         // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
         .layer(tower::util::MapResponseLayer::new(status::transport_headers))
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(transport::incoming(listener, &server_config), drain);
-    tracing::info!(%addr, feed = config.health.feed_enabled, "ridegate serving");
+        .serve_with_incoming_shutdown(tls::incoming(listener, &server_config, tls.clone(), failed), drain);
+    tracing::info!(%addr, feed = config.health.feed_enabled, tls = tls.is_some(), "ridegate serving");
 
     let grace_expired = async {
         if drained_rx.await.is_ok() {

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
 //! invalid configuration (the message names the field).
 
+mod cert;
 mod demo;
 mod health_sim;
 mod keys;

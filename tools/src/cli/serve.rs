@@ -19,6 +19,16 @@ pub(super) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50061].
     #[arg(long, env = "RIDEGATE_LISTEN")]
     listen: Option<SocketAddr>,
+    /// TLS on the gRPC port: the server's certificate chain (PEM).
+    #[arg(long, env = "RIDEGATE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS on the gRPC port: the server's private key (PEM).
+    #[arg(long, env = "RIDEGATE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: the operator's CA for client certificates (PEM); each gate may then
+    /// speak only for the gate id its certificate names.
+    #[arg(long, env = "RIDEGATE_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// JSON-lines links file to import at start-up.
     #[arg(long, env = "RIDEGATE_LINKS")]
     links: Option<PathBuf>,
@@ -65,6 +75,15 @@ impl ServeArgs {
         }
         if let Some(listen) = self.listen {
             config.server.listen = listen;
+        }
+        if let Some(cert) = &self.tls_cert {
+            config.server.tls.cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.tls_key {
+            config.server.tls.key = Some(key.clone());
+        }
+        if let Some(ca) = &self.tls_client_ca {
+            config.server.tls.client_ca = Some(ca.clone());
         }
         if let Ok(password) = std::env::var("RIDEGATE_REDIS_PASSWORD") {
             config.redis.password = password;
