@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use futures::StreamExt as _;
 use ridegate_adapters::audit::{AuditSink, JsonLinesAudit};
 use ridegate_adapters::caller::CallerVerifier;
@@ -28,6 +29,7 @@ use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
+use crate::reload::ReloadTrigger;
 use crate::serve::tls::TlsState;
 use crate::stores::{IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader, StatusSource};
 
@@ -57,14 +59,17 @@ pub struct App {
     pub(crate) exposition: Arc<Exposition>,
     /// The audit writer.
     pub(crate) audit: Arc<JsonLinesAudit>,
-    /// Verifies caller tokens for the link service and the health feed.
-    pub(crate) callers: Arc<CallerVerifier>,
+    /// Verifies caller tokens for the link service and the health feed; swapped whole
+    /// when the caller key set is reloaded.
+    pub(crate) callers: Arc<ArcSwap<CallerVerifier>>,
     /// The linking rules.
     pub(crate) link_rules: LinkRules,
     /// Issuers whose ride accounts may be linked.
     pub(crate) issuer_ids: HashSet<String>,
     /// The gate port's TLS configuration, reloadable, when TLS is on.
     pub(crate) tls: Option<Arc<TlsState>>,
+    /// What asks for keys and certificates to be reloaded, besides file changes.
+    pub(crate) reload_trigger: Option<ReloadTrigger>,
     /// The wall clock.
     pub(crate) clock: Clock,
 }
@@ -102,11 +107,11 @@ impl App {
             .map(|s| s.id.as_str())
             .collect();
         tracing::info!(issuers = specs.len(), with_keys = ?keyed, "ride-code issuers loaded");
-        let callers = Arc::new(
+        let callers = Arc::new(ArcSwap::from_pointee(
             CallerVerifier::new(&config.caller_keys()?, config.callers.settings.clone())
                 .context("callers: a caller key")?,
-        );
-        if !callers.is_configured() {
+        ));
+        if !callers.load().is_configured() {
             tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");
         }
 
@@ -217,8 +222,17 @@ impl App {
             link_rules,
             issuer_ids,
             tls,
+            reload_trigger: None,
             clock,
         })
+    }
+
+    /// Reloads keys and certificates each time `trigger` yields (`ridegate serve`:
+    /// SIGHUP), besides when their files change.
+    #[must_use]
+    pub fn reload_on(mut self, trigger: ReloadTrigger) -> Self {
+        self.reload_trigger = Some(trigger);
+        self
     }
 
     /// The decision path, for callers that decide in process (benchmarks, tests).

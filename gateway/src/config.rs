@@ -131,6 +131,11 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Largest number of taps decided at once on one `Taps` stream.
     pub stream_concurrency: usize,
+    /// How often the files that hold keys and certificates (`server.tls` cert, key and
+    /// client CA; the caller and issuer key sets) are checked for changes and reloaded;
+    /// they are also reloaded on SIGHUP. 0: only on SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
     /// TLS and mutual TLS on the gRPC port (`[server.tls]`); none: plaintext.
     pub tls: TlsConfig,
 }
@@ -150,6 +155,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             drain_grace: Duration::from_secs(10),
             stream_concurrency: 64,
+            reload_interval: Duration::from_secs(5),
             tls: TlsConfig::default(),
         }
     }
@@ -200,10 +206,6 @@ pub struct TlsConfig {
     /// A handshake not finished within this long is dropped.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// How often the certificate, key and CA files are checked for changes (they are
-    /// also reloaded on SIGHUP); 0: only on SIGHUP.
-    #[serde(with = "humantime_serde")]
-    pub reload_interval: Duration,
 }
 
 /// The trust domain of gate certificates unless configured.
@@ -218,7 +220,6 @@ impl Default for TlsConfig {
             client_certificates: ClientCertificates::Required,
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             handshake_timeout: Duration::from_secs(10),
-            reload_interval: Duration::from_secs(5),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod config;
 pub mod linking;
 pub mod metrics;
+pub mod reload;
 pub mod serve;
 pub mod stores;
 pub mod telemetry;

@@ -579,6 +579,27 @@ impl Gateway {
         (exit, self)
     }
 
+    /// Sends SIGHUP: reload keys and certificates.
+    pub fn reload(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to 10 s for `line` to appear in the log.
+    pub async fn wait_for_log(&self, line: &str) {
+        for _ in 0..200 {
+            if self.log().contains(line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{line:?} never logged; the log:\n{}", self.log());
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")

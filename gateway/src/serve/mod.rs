@@ -37,6 +37,7 @@ pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
 use crate::metrics::Exposition;
+use crate::reload::Reloader;
 
 /// The gRPC services of one built [`App`], each given only the parts it needs.
 pub(crate) struct Services {
@@ -112,9 +113,14 @@ pub async fn serve(
         clock,
         tls,
         authorizer,
+        callers,
+        reload_trigger,
         ..
     } = app;
     let server_config = config.server.clone();
+    // Keys and certificates rotate without a restart.
+    let reloader = Reloader::new(config.clone(), tls.clone(), callers, authorizer.clone())
+        .spawn(reload_trigger, server_config.reload_interval);
 
     let taps = gate::TapsRoute::new(services.gate.clone(), server_config.max_request_bytes);
     let gate = GateServer::new(services.gate)
@@ -242,6 +248,7 @@ pub async fn serve(
         }
     };
     sweeper.abort();
+    reloader.abort();
     for task in shared_tasks.into_iter().flatten().chain(platform_watch) {
         task.abort();
     }

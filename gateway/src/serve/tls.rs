@@ -126,12 +126,13 @@ impl TlsState {
         })
     }
 
-    /// Reloads every file. On failure the configuration in use stays as it was.
+    /// Reloads every file. On failure the configuration in use stays as it was; the
+    /// files are not tried again until they change (or the next SIGHUP), so a broken
+    /// file is reported once, not at every check.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = stamps(&self.settings);
+        *self.loaded.lock() = stamps(&self.settings);
         let config = build(&self.settings)?;
         self.current.store(Arc::new(config));
-        *self.loaded.lock() = stamps;
         Ok(())
     }
 

@@ -141,6 +141,14 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot listen on {listen}"))
             .map_err(Failure::runtime)?;
         let shutdown = shutdown_signal()?;
+        // Installed before readiness is announced, like the stop signals: a SIGHUP
+        // right after start-up reloads instead of killing the process.
+        #[cfg(unix)]
+        let app = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hangup = signal(SignalKind::hangup()).map_err(Failure::runtime)?;
+            app.reload_on(Box::pin(futures::stream::poll_fn(move |cx| hangup.poll_recv(cx))))
+        };
         if let Some(path) = &args.ready_file {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
             write_ready_file(path, addr).map_err(Failure::runtime)?;
