@@ -24,6 +24,9 @@ use serde::Deserialize;
 /// The address `ridegate serve` listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50061";
 
+/// The admin address (`/metrics`, `/readyz`, `/livez`) by default: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -104,8 +107,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address for gRPC (and `GET /metrics`).
+    /// Address for gRPC: gates and callers, nothing else.
     pub listen: SocketAddr,
+    /// Address for operators: `GET /metrics`, `/readyz` and `/livez`, never on the gate
+    /// port. Loopback by default; expose it only to the monitoring network.
+    pub admin_listen: SocketAddr,
     /// Largest request decoded, in bytes. Large enough that an oversize QR gets a deny
     /// with a reason rather than a transport error.
     pub max_request_bytes: usize,
@@ -146,6 +152,9 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50061))),
+            admin_listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
             max_request_bytes: 2 << 20,
             concurrency_per_connection: 256,
             max_concurrent_streams: 1024,
@@ -168,6 +177,12 @@ impl ServerConfig {
         }
         if self.stream_concurrency == 0 {
             return Err(invalid("server.stream_concurrency", "must be more than 0"));
+        }
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen: metrics and probes are never served on the gate port",
+            ));
         }
         self.tls.validate()
     }

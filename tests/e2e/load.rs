@@ -67,7 +67,15 @@ async fn a_smoke_run_against_ridegate_reports_counts_that_add_up_and_every_kind_
     let server = start(
         dir.path(),
         "ridegate",
-        &["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let output = ridegate(&[

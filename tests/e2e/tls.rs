@@ -88,6 +88,7 @@ async fn a_gate_with_its_own_certificate_is_served_and_cannot_speak_for_another(
     let status = caller.authorize(tap(card(CARD))).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("names no gate"), "{status:?}");
+    assert_eq!(gateway.metric("ridegate_gate_refusals_total").await, 3.0);
 }
 
 #[tokio::test]
@@ -125,6 +126,9 @@ async fn missing_expired_and_foreign_certificates_are_refused_at_the_handshake()
         outcome(&gate.authorize(tap(card(CARD))).await.unwrap().into_inner()),
         (Verdict::Allow, Reason::HealthGreen)
     );
+    // Each refusal was counted, on the admin listener.
+    let failures = gateway.metric("ridegate_tls_handshake_failures_total").await;
+    assert!(failures >= 4.0, "{failures} handshake failures counted");
 }
 
 #[tokio::test]

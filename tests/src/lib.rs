@@ -143,8 +143,10 @@ pub struct Gateway {
     child: Child,
     /// Mints caller tokens the gateway accepts.
     pub callers: CallerTokenMinter,
-    /// Where it listens.
+    /// Where it listens for gRPC.
     pub addr: String,
+    /// Where it serves `/metrics`, `/readyz` and `/livez`.
+    pub admin: String,
     /// Its working directory (config, data files, audit, logs).
     pub dir: tempfile::TempDir,
 }
@@ -365,18 +367,21 @@ impl GatewayBuilder {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn ridegate");
-        let addr = wait_ready(
+        let ready = wait_ready_json(
             &dir.path().join("ready.json"),
             &dir.path().join("stderr.log"),
             "ridegate",
         )
         .await;
+        let addr = ready["addr"].as_str().expect("addr").to_owned();
+        let admin = ready["admin"].as_str().expect("admin address").to_owned();
         let callers = CallerTokenMinter::new(self.caller_key.clone());
         (
             Gateway {
                 child,
                 callers,
                 addr,
+                admin,
                 dir,
             },
             self.issuers.clone(),
@@ -385,7 +390,7 @@ impl GatewayBuilder {
 
     fn write_files(&self, dir: &Path) -> PathBuf {
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{}\n[identity]\nsecret = \"{SECRET}\"\n\n\
              [audit]\npath = \"{}\"\n\n[log]\nfilter = \"info\"\n\n",
             self.server,
             dir.join("audit.jsonl").display()
@@ -466,10 +471,15 @@ impl GatewayBuilder {
 
 /// Waits for a process started with `--ready-file` to write its address.
 pub async fn wait_ready(ready: &Path, log: &Path, what: &str) -> String {
+    let value = wait_ready_json(ready, log, what).await;
+    value["addr"].as_str().expect("addr").to_owned()
+}
+
+/// Waits for a process started with `--ready-file` to write it, and reads it.
+pub async fn wait_ready_json(ready: &Path, log: &Path, what: &str) -> serde_json::Value {
     for _ in 0..600 {
         if let Ok(text) = std::fs::read_to_string(ready) {
-            let value: serde_json::Value = serde_json::from_str(&text).expect("ready file is JSON");
-            return value["addr"].as_str().expect("addr").to_owned();
+            return serde_json::from_str(&text).expect("ready file is JSON");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -536,18 +546,15 @@ impl Gateway {
         LinksClient::new(self.channel().await)
     }
 
-    /// The Prometheus page at `GET /metrics`.
+    /// The Prometheus page at `GET /metrics` on the admin listener, with the status
+    /// line and headers.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut tcp = tokio::net::TcpStream::connect(&self.addr).await.expect("connect");
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        tcp.write_all(request.as_bytes()).await.expect("send");
-        let mut text = String::new();
-        tcp.read_to_string(&mut text).await.expect("read");
-        text
+        self.admin_get("/metrics").await
+    }
+
+    /// `GET path` on the admin listener: the whole HTTP/1.1 response.
+    pub async fn admin_get(&self, path: &str) -> String {
+        http_get(&self.admin, path).await
     }
 
     /// The value of an unlabelled metric (0 when absent).
@@ -609,6 +616,22 @@ impl Gateway {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// `GET path` from `addr` over HTTP/1.1: the whole response, or what the server sent
+/// before closing (empty if it refused).
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if tcp.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = tcp.read_to_end(&mut bytes).await;
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// `message` with `authorization: Bearer <token>`.

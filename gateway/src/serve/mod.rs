@@ -1,6 +1,7 @@
 //! Serving: the tonic server, its limits, health checking, reflection, metrics, and a
 //! graceful drain.
 
+mod admin;
 mod auth;
 pub mod convert;
 mod deadline;
@@ -36,7 +37,6 @@ pub use links::MAX_BATCH_ROWS;
 pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
-use crate::metrics::Exposition;
 use crate::reload::Reloader;
 
 /// The gRPC services of one built [`App`], each given only the parts it needs.
@@ -88,13 +88,14 @@ impl Services {
     }
 }
 
-/// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
-/// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
-/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log is
-/// flushed.
+/// Serves `app` on an already-bound `listener` (and the admin endpoints on `admin`, if
+/// given) until `shutdown` resolves, then drains: health checking and `/readyz` report
+/// not serving, new calls are refused after `drain_delay`, in-flight calls and `Taps`
+/// streams get `drain_grace` to finish, and the audit log is flushed.
 pub async fn serve(
     app: App,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -201,14 +202,12 @@ pub async fn serve(
     let router = routes
         .into_axum_router()
         // Taps with a decoder that answers an undecodable tap in place (see gate.rs).
-        .route_service("/ridegate.v1.Gate/Taps", taps)
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let exposition = exposition.clone();
-                async move { metrics_page(&exposition) }
-            }),
-        );
+        .route_service("/ridegate.v1.Gate/Taps", taps);
+    // Metrics and probes on their own listener, never on the gate port.
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
+    let admin_task = admin
+        .map(|listener| admin::spawn(listener, admin::router(exposition, ready_rx)))
+        .transpose()?;
 
     let addr = listener.local_addr().context("listener address")?;
     let failed = {
@@ -222,6 +221,7 @@ pub async fn serve(
         shutdown.await;
         tracing::info!(delay = ?server_config.drain_delay, "shutting down: draining");
         health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
+        let _ = ready_tx.send(false);
         tokio::time::sleep(server_config.drain_delay).await;
         let _ = draining_tx.send(true);
         let _ = drained_tx.send(());
@@ -249,23 +249,13 @@ pub async fn serve(
     };
     sweeper.abort();
     reloader.abort();
+    if let Some(task) = admin_task {
+        task.abort();
+    }
     for task in shared_tasks.into_iter().flatten().chain(platform_watch) {
         task.abort();
     }
     audit.close();
     tracing::info!("stopped");
     outcome
-}
-
-/// `GET /metrics`: the page with its content type, or a bare 500 if it cannot be
-/// rendered.
-fn metrics_page(exposition: &Exposition) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    match exposition.render() {
-        Ok(text) => ([(http::header::CONTENT_TYPE, Exposition::CONTENT_TYPE)], text).into_response(),
-        Err(_) => {
-            tracing::error!("the metrics page could not be rendered");
-            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
 }

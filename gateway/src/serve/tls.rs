@@ -246,8 +246,8 @@ fn build(settings: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Rustls(format!("cert and key: {e}")))?;
-    // gRPC is HTTP/2; HTTP/1.1 stays for plain HTTP clients of the same port.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // gRPC only: HTTP/2.
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 

@@ -161,7 +161,7 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
         let addr = listener.local_addr().map_err(Failure::runtime)?;
         let shutdown = shutdown_signal()?;
         if let Some(path) = &args.ready_file {
-            write_ready_file(path, addr).map_err(Failure::runtime)?;
+            write_ready_file(path, addr, None).map_err(Failure::runtime)?;
         }
         tracing::info!(%addr, ?faults, "health platform simulator serving");
         let service = SimService(sim);

@@ -314,7 +314,7 @@ pub(super) fn run_baseline(args: BaselineArgs) -> Result<(), Failure> {
         let shutdown = shutdown_signal()?;
         if let Some(path) = &args.ready_file {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
-            write_ready_file(path, addr).map_err(Failure::runtime)?;
+            write_ready_file(path, addr, None).map_err(Failure::runtime)?;
         }
         crate::baseline::serve_baseline(listener, &ServerConfig::default(), shutdown)
             .await

@@ -16,9 +16,13 @@ pub(super) struct ServeArgs {
     /// TOML configuration file (see deploy/ridegate.example.toml).
     #[arg(long, env = "RIDEGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50061].
+    /// Address to listen on for gRPC [default: 127.0.0.1:50061].
     #[arg(long, env = "RIDEGATE_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address for /metrics, /readyz and /livez [default: 127.0.0.1:9464]; never the
+    /// gRPC port.
+    #[arg(long, env = "RIDEGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// TLS on the gRPC port: the server's certificate chain (PEM).
     #[arg(long, env = "RIDEGATE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -76,6 +80,9 @@ impl ServeArgs {
         if let Some(listen) = self.listen {
             config.server.listen = listen;
         }
+        if let Some(admin) = self.admin_listen {
+            config.server.admin_listen = admin;
+        }
         if let Some(cert) = &self.tls_cert {
             config.server.tls.cert = Some(cert.clone());
         }
@@ -132,13 +139,17 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let listen = config.server.listen;
+        let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
         let app = App::build(config, Clock::System)
             .await
             .map_err(|e| Failure::usage(e.context("invalid configuration")))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))
+            .map_err(Failure::runtime)?;
+        let admin = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen} (server.admin_listen)"))
             .map_err(Failure::runtime)?;
         let shutdown = shutdown_signal()?;
         // Installed before readiness is announced, like the stop signals: a SIGHUP
@@ -151,8 +162,11 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         };
         if let Some(path) = &args.ready_file {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
-            write_ready_file(path, addr).map_err(Failure::runtime)?;
+            let admin = admin.local_addr().map_err(Failure::runtime)?;
+            write_ready_file(path, addr, Some(admin)).map_err(Failure::runtime)?;
         }
-        ridegate::serve(app, listener, shutdown).await.map_err(Failure::runtime)
+        ridegate::serve(app, listener, Some(admin), shutdown)
+            .await
+            .map_err(Failure::runtime)
     })
 }
