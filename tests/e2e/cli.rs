@@ -74,6 +74,19 @@ fn invalid_configuration_exits_2_naming_the_field() {
         ),
         ("[gates.G1]\nline = \"L1\"\n", "gates.G1.station"),
         (
+            "[health.platform]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/ca.pem\"\n",
+            "health.platform.ca_file",
+        ),
+        (
+            "[health.platform]\nurl = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent-ca.pem\"\n",
+            "/nonexistent-ca.pem",
+        ),
+        (
+            "[redis]\nurl = \"redis://127.0.0.1:1\"\nca_file = \"/ca.pem\"\n",
+            "redis.ca_file",
+        ),
+        ("[redis]\nurl = \"rediss://127.0.0.1:1/#insecure\"\n", "redis.url"),
+        (
             "[callers.max_lifetime]\nback_end = \"0s\"\n",
             "callers.max_lifetime.back_end",
         ),

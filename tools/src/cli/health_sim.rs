@@ -26,8 +26,7 @@ const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:50071";
 
 /// Where the control API listens when `--listen` is not loopback and no
 /// `--control-listen` is given.
-const DEFAULT_CONTROL_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50072);
+const DEFAULT_CONTROL_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50072);
 
 /// Where the control API listens: `control` if given; else beside the platform API when
 /// that is on loopback (None); else [`DEFAULT_CONTROL_LISTEN`].
@@ -50,6 +49,13 @@ pub(super) struct HealthSimArgs {
     /// control API is never exposed beyond this machine unless asked.
     #[arg(long)]
     control_listen: Option<SocketAddr>,
+    /// Serve the platform API over TLS with this certificate chain (PEM), as a real
+    /// platform does.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key for `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The pseudonym secret shared with ridegate (at least 16 bytes).
     #[arg(long, env = "RIDEGATE_IDENTITY_SECRET", hide_env_values = true)]
     secret: String,
@@ -202,7 +208,20 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
         // grace, and open `WatchChanges` streams (which never end by themselves) are
         // closed when it expires.
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut platform = Server::builder().add_service(HealthPlatformServer::new(service.clone()));
+        let mut builder = Server::builder();
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let read = |path: &PathBuf| {
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+                    .map_err(Failure::usage)
+            };
+            let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("--tls-cert, --tls-key")
+                .map_err(Failure::usage)?;
+        }
+        let mut platform = builder.add_service(HealthPlatformServer::new(service.clone()));
         let control_task = match control {
             // The control API on a listener of its own.
             Some(listener) => Some(tokio::spawn(
@@ -215,13 +234,11 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
                 None
             }
         };
-        let server = platform.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
+        let server =
+            platform.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                 shutdown.await;
                 let _ = stopping_tx.send(());
-            },
-        );
+            });
         let grace_expired = async {
             match stopping_rx.await {
                 Ok(()) => tokio::time::sleep(STOP_GRACE).await,
@@ -239,6 +256,9 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
     })
 }
 
+/// How long calls in flight may take to finish once the simulator is asked to stop.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +273,3 @@ mod tests {
         assert_eq!(control_listen(everywhere, Some(chosen)), Some(chosen));
     }
 }
-
-/// How long calls in flight may take to finish once the simulator is asked to stop.
-const STOP_GRACE: Duration = Duration::from_secs(1);
