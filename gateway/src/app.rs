@@ -108,8 +108,7 @@ impl App {
             .collect();
         tracing::info!(issuers = specs.len(), with_keys = ?keyed, "ride-code issuers loaded");
         let callers = Arc::new(ArcSwap::from_pointee(
-            CallerVerifier::new(&config.caller_keys()?, config.callers.settings.clone())
-                .context("callers: a caller key")?,
+            CallerVerifier::new(&config.caller_keys()?, config.caller_settings()?).context("callers: a caller key")?,
         ));
         if !callers.load().is_configured() {
             tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");

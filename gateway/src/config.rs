@@ -417,6 +417,10 @@ pub struct CallersConfig {
     pub jwks_file: Option<PathBuf>,
     /// The same keys inline, as JWKs (added to those from `jwks_file`).
     pub keys: Vec<toml::Table>,
+    /// A JSON file of revocations, `{"tokens": ["<jti>", …], "keys": ["<kid>", …]}`,
+    /// added to `revoked_tokens` and `revoked_keys`; reloaded on SIGHUP and when it
+    /// changes, so a leaked token is refused without a restart.
+    pub revocations_file: Option<PathBuf>,
     /// How tokens are judged: audience, clock skew, lifetimes, revocations, in the
     /// same table.
     #[serde(flatten)]
@@ -629,6 +633,33 @@ impl Config {
         Ok(())
     }
 
+    /// How caller tokens are judged, with the revocations file's entries added.
+    pub fn caller_settings(&self) -> Result<CallerSettings, ConfigError> {
+        let mut settings = self.callers.settings.clone();
+        if let Some(path) = &self.callers.revocations_file {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Revocations {
+                #[serde(default)]
+                tokens: Vec<String>,
+                #[serde(default)]
+                keys: Vec<String>,
+            }
+            let field = "callers.revocations_file";
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+            let revocations: Revocations = serde_json::from_str(&text).map_err(|e| {
+                invalid(
+                    field,
+                    format!("{} is not {{\"tokens\": [...], \"keys\": [...]}}: {e}", path.display()),
+                )
+            })?;
+            settings.revoked_tokens.extend(revocations.tokens);
+            settings.revoked_keys.extend(revocations.keys);
+        }
+        Ok(settings)
+    }
+
     /// The caller-token keys.
     pub fn caller_keys(&self) -> Result<Vec<jsonwebtoken::jwk::Jwk>, ConfigError> {
         load_jwks("callers", self.callers.jwks_file.as_deref(), &self.callers.keys)
@@ -817,6 +848,24 @@ mod tests {
         );
         assert!(specs.iter().all(|s| s.id != "cmb"));
         assert_eq!(specs.last().unwrap().id, "hangzhou-metro");
+    }
+
+    #[test]
+    fn the_revocations_file_adds_to_the_inline_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revocations.json");
+        std::fs::write(&path, r#"{"tokens": ["t2"], "keys": ["k2"]}"#).unwrap();
+        let config = Config::from_toml(&format!(
+            "[callers]\nrevoked_tokens = [\"t1\"]\nrevocations_file = \"{}\"\n",
+            path.display()
+        ))
+        .unwrap();
+        let settings = config.caller_settings().unwrap();
+        assert_eq!(settings.revoked_tokens, ["t1", "t2"]);
+        assert_eq!(settings.revoked_keys, ["k2"]);
+        std::fs::write(&path, r#"{"tokens": "t3"}"#).unwrap();
+        let err = config.caller_settings().unwrap_err().to_string();
+        assert!(err.starts_with("callers.revocations_file"), "{err}");
     }
 
     #[test]

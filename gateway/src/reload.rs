@@ -1,6 +1,7 @@
 //! Keys and certificates that rotate without a restart: the gate port's certificate,
-//! key and client CA, the caller key set and the issuers' key sets are read again on
-//! SIGHUP and when their files change (checked every `server.reload_interval`).
+//! key and client CA, the caller key set and its revocations file, and the issuers' key
+//! sets are read again on SIGHUP and when their files change (checked every
+//! `server.reload_interval`).
 //!
 //! Each is built and validated in full before it replaces the one in use (an
 //! `ArcSwap`), so a reload that fails keeps the old set and logs why; connections
@@ -71,6 +72,7 @@ impl Reloader {
             .callers
             .jwks_file
             .iter()
+            .chain(&config.callers.revocations_file)
             .chain(
                 config
                     .issuers
@@ -95,7 +97,7 @@ impl Reloader {
     fn reload_keys(&self) -> Result<(usize, usize), KeysError> {
         *self.loaded.lock() = stamps(&self.key_files);
         let callers =
-            CallerVerifier::new(&self.config.caller_keys()?, self.config.callers.settings.clone()).map_err(|e| {
+            CallerVerifier::new(&self.config.caller_keys()?, self.config.caller_settings()?).map_err(|e| {
                 KeysError::Key {
                     field: "callers",
                     message: e.to_string(),

@@ -157,3 +157,41 @@ async fn caller_and_issuer_key_sets_are_reloaded_when_their_files_change() {
     assert!(gateway.log().contains("callers.jwks_file"), "{}", gateway.log());
     links.lookup(authed(lookup(), &new_token)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_token_revoked_in_the_revocations_file_is_refused_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let revocations = dir.path().join("revocations.json");
+    std::fs::write(&revocations, r#"{"tokens": []}"#).unwrap();
+    let (gateway, _) = GatewayBuilder::new()
+        .server(r#"reload_interval = "0s""#)
+        .callers_setting(&format!("revocations_file = \"{}\"", revocations.display()))
+        .start()
+        .await;
+    let mut claims = CallerTokenMinter::claims(CallerKind::BackEnd, "ops", None, now(), Duration::from_secs(600));
+    claims.jti = "leaked-2027-01".into();
+    let token = gateway.callers.sign(&claims).unwrap();
+    let lookup = || pb::LookupRequest {
+        subject: Some(pb::lookup_request::Subject::IdNumber(
+            ridegate_adapters::test_util::synthetic_resident_id(1),
+        )),
+    };
+    let mut links = gateway.links().await;
+    links.lookup(authed(lookup(), &token)).await.unwrap();
+    std::fs::write(&revocations, r#"{"tokens": ["leaked-2027-01"]}"#).unwrap();
+    gateway.reload();
+    gateway.wait_for_log("key sets reloaded").await;
+    eventually("the revoked token is refused", || {
+        let (mut links, token) = (links.clone(), token.clone());
+        async move {
+            links
+                .lookup(authed(lookup(), &token))
+                .await
+                .is_err_and(|s| s.message() == "the token has been revoked")
+        }
+    })
+    .await;
+    // Other tokens still work.
+    let other = gateway.token(CallerKind::BackEnd, "ops", None);
+    links.lookup(authed(lookup(), &other)).await.unwrap();
+}
