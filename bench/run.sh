@@ -160,7 +160,8 @@ done | median)
 
 # 2. Embedded ridegate: cards, ride codes (each form), the mixed population.
 start ridegate "$SERVER_CORE" "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 \
-  --data-dir "$WORK/data-embedded"
+  --data-dir "$WORK/data-embedded" \
+  --admin-listen 127.0.0.1:0
 RG_ADDR=$ADDR RG_PID=$PID
 # One pass over the population first, so links and statuses are warm as in service.
 taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
@@ -178,7 +179,8 @@ start sim "$LOAD_CORE" env RIDEGATE_IDENTITY_SECRET="$SECRET" "$B" health-sim --
 SIM_ADDR=$ADDR SIM_PID=$PID
 printf '[health]\ncache_capacity = 1000\n\n[health.platform]\nurl = "http://%s"\n' "$SIM_ADDR" >>"$WORK/platform.toml"
 start ridegate-platform "$SERVER_CORE" "$B" serve --config "$WORK/platform.toml" --listen 127.0.0.1:0 \
-  --data-dir "$WORK/data-platform"
+  --data-dir "$WORK/data-platform" \
+  --admin-listen 127.0.0.1:0
 RG_ADDR=$ADDR RG_PID=$PID
 scenario misses "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}" -t 200ms
 stop "$SIM_PID"
@@ -193,7 +195,7 @@ taskset -c "$SERVER_CORE" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --s
 PIDS+=("$!")
 sleep 0.5
 start ridegate-redis "$SERVER_CORE" "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 \
-  --redis "redis://127.0.0.1:$REDIS_PORT"
+  --admin-listen 127.0.0.1:0 --redis "redis://127.0.0.1:$REDIS_PORT"
 RG_ADDR=$ADDR RG_PID=$PID
 taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
 scenario redis "$RG_ADDR" "$RG_PID" --mix cards "${CLEAN[@]}"

@@ -4,7 +4,7 @@
 //! shares ridegate's secret would compute. End-to-end tests import this module and the
 //! wire contract, nothing else of ridegate.
 
-pub use crate::caller::{CallerKind, CallerTokenMinter};
+pub use crate::caller::{CallerKind, CallerTokenMinter, TokenClaims};
 pub use crate::credential::ride_code::{CodeMinter, DeviceCodeMinter, MintError, SigningAlg, SigningKey};
 pub use crate::ids::{random_bytes, synthetic_resident_id};
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use ridegate_adapters::audit::{
     AuditFile, AuditOutput, AuditSettings, AuditSink, Both, JsonLinesAudit, RedisStreamAudit,
 };
@@ -31,6 +32,8 @@ use crate::config::Config;
 use crate::import::{self, StartupImport};
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
+use crate::reload::ReloadTrigger;
+use crate::serve::tls::TlsState;
 use crate::stores::{IdempotencyBackend, Journal, LinkBackend, ReplayBackend, StatusReader, StatusSource};
 
 /// A built ridegate: the decision path and the stores the services share. Only
@@ -58,12 +61,17 @@ pub struct App {
     pub(crate) exposition: Arc<Exposition>,
     /// The audit writer.
     pub(crate) audit: Arc<JsonLinesAudit>,
-    /// Verifies caller tokens for the link service and the health feed.
-    pub(crate) callers: Arc<CallerVerifier>,
+    /// Verifies caller tokens for the link service and the health feed; swapped whole
+    /// when the caller key set is reloaded.
+    pub(crate) callers: Arc<ArcSwap<CallerVerifier>>,
     /// The linking rules.
     pub(crate) link_rules: LinkRules,
     /// Issuers whose ride accounts may be linked.
     pub(crate) issuer_ids: HashSet<String>,
+    /// The gate port's TLS configuration, reloadable, when TLS is on.
+    pub(crate) tls: Option<Arc<TlsState>>,
+    /// What asks for keys and certificates to be reloaded, besides file changes.
+    pub(crate) reload_trigger: Option<ReloadTrigger>,
     /// The wall clock.
     pub(crate) clock: Clock,
     /// Rows of the data files still to be written into the shared tier.
@@ -97,6 +105,17 @@ impl App {
                 Pseudonymizer::random()
             }
         };
+        let tls = if config.server.tls.enabled() {
+            let state = TlsState::load(&config.server.tls)?;
+            tracing::info!(
+                mutual = config.server.tls.mutual(),
+                trust_domain = %config.server.tls.trust_domain,
+                "TLS on the gate port"
+            );
+            Some(Arc::new(state))
+        } else {
+            None
+        };
         let specs = config.issuer_specs()?;
         let verifier = RideCodeVerifier::new(&specs, config.ride_codes).context("issuers")?;
         let issuer_ids: HashSet<String> = specs.iter().map(|s| s.id.clone()).collect();
@@ -106,10 +125,10 @@ impl App {
             .map(|s| s.id.as_str())
             .collect();
         tracing::info!(issuers = specs.len(), with_keys = ?keyed, "ride-code issuers loaded");
-        let callers = Arc::new(
-            CallerVerifier::new(&config.caller_keys()?, config.callers.clock_skew).context("callers: a caller key")?,
-        );
-        if !callers.is_configured() {
+        let callers = Arc::new(ArcSwap::from_pointee(
+            CallerVerifier::new(&config.caller_keys()?, config.caller_settings()?).context("callers: a caller key")?,
+        ));
+        if !callers.load().is_configured() {
             tracing::warn!("no caller keys configured: the Links and HealthFeed services will refuse every call");
         }
 
@@ -277,9 +296,19 @@ impl App {
             callers,
             link_rules,
             issuer_ids,
+            tls,
+            reload_trigger: None,
             clock,
             import,
         })
+    }
+
+    /// Reloads keys and certificates each time `trigger` yields (`ridegate serve`:
+    /// SIGHUP), besides when their files change.
+    #[must_use]
+    pub fn reload_on(mut self, trigger: ReloadTrigger) -> Self {
+        self.reload_trigger = Some(trigger);
+        self
     }
 
     /// The decision path, for callers that decide in process (benchmarks, tests).

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
 use ridegate_adapters::idempotency::{Kept, MemoryIdempotency};
@@ -74,7 +76,8 @@ struct Trace {
 pub struct Authorizer {
     clock: Clock,
     pseudonymizer: Pseudonymizer,
-    verifier: RideCodeVerifier,
+    /// Swapped whole when the issuers' key sets are reloaded.
+    verifier: ArcSwap<RideCodeVerifier>,
     replay: ReplayBackend,
     idempotency: IdempotencyBackend,
     /// The first tap this instance saw under each request id, to notice reuse.
@@ -125,7 +128,7 @@ impl Authorizer {
         Self {
             clock: parts.clock,
             pseudonymizer: parts.pseudonymizer,
-            verifier: parts.verifier,
+            verifier: ArcSwap::from_pointee(parts.verifier),
             replay: parts.replay,
             idempotency: parts.idempotency,
             request_ids: MemoryIdempotency::default(),
@@ -212,9 +215,25 @@ impl Authorizer {
         Decided { answer, retry: false }
     }
 
+    /// Verifies ride codes with `verifier` from the next tap on (the issuers' key sets
+    /// were reloaded); taps being decided finish with the one they started with.
+    pub fn replace_verifier(&self, verifier: RideCodeVerifier) {
+        self.verifier.store(Arc::new(verifier));
+    }
+
     /// Counts a request rejected as malformed before it reached the decision.
     pub fn record_invalid(&self) {
         self.metrics.record_invalid();
+    }
+
+    /// Counts a tap refused for its gate.
+    pub fn record_gate_refused(&self) {
+        self.metrics.record_gate_refused();
+    }
+
+    /// The tap path's counters, for the transport's own.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Gathers the facts about a tap — the credential's own checks, then (only if the
@@ -230,7 +249,7 @@ impl Authorizer {
     ) -> Outcome {
         let code: VerifiedCode;
         let (check, link_key) = match &request.credential {
-            Credential::RideCode(text) => match self.verifier.verify(text, now) {
+            Credential::RideCode(text) => match self.verifier.load().verify(text, now) {
                 Err(e) => (CredentialCheck::Refused(e.reason()), None),
                 Ok(verified) => {
                     code = verified;

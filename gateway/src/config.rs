@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use ridegate_adapters::audit::AuditSettings;
+use ridegate_adapters::caller::CallerSettings;
 use ridegate_adapters::credential::ride_code::{IssuerSettings, IssuerSpec, VerifierLimits};
 use ridegate_adapters::health::RemoteSettings;
 use ridegate_adapters::ids::MIN_SECRET_BYTES;
@@ -27,6 +28,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50061";
 
 /// How long a draining instance reports NOT_SERVING before it refuses new calls.
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(10);
+/// The admin address (`/metrics`, `/readyz`, `/livez`) by default: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Answer budgets.
     pub deadline: DeadlineConfig,
+    /// The gate registry by gate id (`[gates.<id>]`); empty: no registry, a gate's
+    /// station and line are what it says.
+    pub gates: BTreeMap<String, GateEntry>,
     /// The pseudonym secret.
     pub identity: IdentityConfig,
     /// Limits that apply to every ride code (`[ride_codes]`).
@@ -107,8 +113,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address for gRPC (and `GET /metrics`).
+    /// Address for gRPC: gates and callers, nothing else.
     pub listen: SocketAddr,
+    /// Address for operators: `GET /metrics`, `/readyz` and `/livez`, never on the gate
+    /// port. Loopback by default; expose it only to the monitoring network.
+    pub admin_listen: SocketAddr,
     /// Largest request decoded, in bytes. Large enough that an oversize QR gets a deny
     /// with a reason rather than a transport error.
     pub max_request_bytes: usize,
@@ -136,6 +145,13 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Largest number of taps decided at once on one `Taps` stream.
     pub stream_concurrency: usize,
+    /// How often the files that hold keys and certificates (`server.tls` cert, key and
+    /// client CA; the caller and issuer key sets) are checked for changes and reloaded;
+    /// they are also reloaded on SIGHUP. 0: only on SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// TLS and mutual TLS on the gRPC port (`[server.tls]`); none: plaintext.
+    pub tls: TlsConfig,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +160,9 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50061))),
+            admin_listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
             max_request_bytes: 2 << 20,
             concurrency_per_connection: 256,
             max_concurrent_streams: 1024,
@@ -153,6 +172,8 @@ impl Default for ServerConfig {
             drain_delay: DEFAULT_DRAIN_DELAY,
             drain_grace: Duration::from_secs(10),
             stream_concurrency: 64,
+            reload_interval: Duration::from_secs(5),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -165,8 +186,118 @@ impl ServerConfig {
         if self.stream_concurrency == 0 {
             return Err(invalid("server.stream_concurrency", "must be more than 0"));
         }
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen: metrics and probes are never served on the gate port",
+            ));
+        }
+        self.tls.validate()
+    }
+}
+
+/// Whether a client must present a certificate when `client_ca` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    /// Every connection presents a certificate from `client_ca`, or the handshake
+    /// fails: gates and every other caller.
+    #[default]
+    Required,
+    /// Connections without a certificate are accepted (non-gate callers with bearer
+    /// tokens); gate calls still need the gate's certificate.
+    Optional,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM, leaf first). With `key`, turns TLS on.
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: Option<PathBuf>,
+    /// The operator's CA for client certificates (PEM; several allowed): turns mutual
+    /// TLS on, and binds each gate to the gate id its certificate names.
+    pub client_ca: Option<PathBuf>,
+    /// Whether every client must present a certificate (`required`) or only gates
+    /// (`optional`).
+    pub client_certificates: ClientCertificates,
+    /// The trust domain of gate certificates: a gate's certificate names it with the
+    /// SAN URI `spiffe://<trust_domain>/gate/<gate_id>`.
+    pub trust_domain: String,
+    /// A handshake not finished within this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// The trust domain of gate certificates unless configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "ridegate";
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_certificates: ClientCertificates::Required,
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// Whether gates must present certificates (mutual TLS).
+    pub fn mutual(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(invalid("server.tls.key", "is required with server.tls.cert")),
+            (None, Some(_)) => return Err(invalid("server.tls.cert", "is required with server.tls.key")),
+            _ => {}
+        }
+        if self.client_ca.is_some() && self.cert.is_none() {
+            return Err(invalid(
+                "server.tls.client_ca",
+                "needs server.tls.cert and server.tls.key: mutual TLS is TLS first",
+            ));
+        }
+        let domain = &self.trust_domain;
+        if domain.is_empty()
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            return Err(invalid(
+                "server.tls.trust_domain",
+                "must be a non-empty name of lowercase letters, digits, dots and dashes",
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("server.tls.handshake_timeout", "must be more than 0"));
+        }
         Ok(())
     }
+}
+
+/// `[gates.<gate_id>]`: a gate in ridegate's registry. Where a registry is configured,
+/// a gate's station and line come from it, a tap that names others is refused, and a
+/// gate not in it is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateEntry {
+    /// The gate's station.
+    pub station: String,
+    /// The gate's line (may be empty).
+    pub line: String,
 }
 
 /// `[deadline]`
@@ -320,26 +451,22 @@ pub const BUILTIN_ISSUERS: [(&str, &str); 9] = [
 ];
 
 /// `[callers]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallersConfig {
     /// JWK Set of the keys that sign caller tokens (ES256 / EdDSA, distinct `kid`s).
+    /// Reloaded on SIGHUP and when the file changes.
     pub jwks_file: Option<PathBuf>,
     /// The same keys inline, as JWKs (added to those from `jwks_file`).
     pub keys: Vec<toml::Table>,
-    /// Clock skew tolerated on a token's `exp` and `iat`.
-    #[serde(with = "humantime_serde")]
-    pub clock_skew: Duration,
-}
-
-impl Default for CallersConfig {
-    fn default() -> Self {
-        Self {
-            jwks_file: None,
-            keys: Vec::new(),
-            clock_skew: Duration::from_secs(30),
-        }
-    }
+    /// A JSON file of revocations, `{"tokens": ["<jti>", …], "keys": ["<kid>", …]}`,
+    /// added to `revoked_tokens` and `revoked_keys`; reloaded on SIGHUP and when it
+    /// changes, so a leaked token is refused without a restart.
+    pub revocations_file: Option<PathBuf>,
+    /// How tokens are judged: audience, clock skew, lifetimes, revocations, in the
+    /// same table.
+    #[serde(flatten)]
+    pub settings: CallerSettings,
 }
 
 /// `[links]`
@@ -510,6 +637,7 @@ impl Config {
             ));
         }
         self.links.validate()?;
+        self.callers.settings.validate().map_err(in_section("callers"))?;
         self.redis.validate().map_err(in_section("redis"))?;
         self.storage.validate().map_err(in_section("storage"))?;
         self.audit.validate().map_err(in_section("audit"))?;
@@ -534,7 +662,39 @@ impl Config {
                  RIDEGATE_IDENTITY_SECRET or RIDEGATE_IDENTITY_SECRET_FILE",
             ));
         }
+        for (id, gate) in &self.gates {
+            if gate.station.is_empty() {
+                return Err(invalid(format!("gates.{id}.station"), "is required"));
+            }
+        }
         Ok(())
+    }
+
+    /// How caller tokens are judged, with the revocations file's entries added.
+    pub fn caller_settings(&self) -> Result<CallerSettings, ConfigError> {
+        let mut settings = self.callers.settings.clone();
+        if let Some(path) = &self.callers.revocations_file {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Revocations {
+                #[serde(default)]
+                tokens: Vec<String>,
+                #[serde(default)]
+                keys: Vec<String>,
+            }
+            let field = "callers.revocations_file";
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+            let revocations: Revocations = serde_json::from_str(&text).map_err(|e| {
+                invalid(
+                    field,
+                    format!("{} is not {{\"tokens\": [...], \"keys\": [...]}}: {e}", path.display()),
+                )
+            })?;
+            settings.revoked_tokens.extend(revocations.tokens);
+            settings.revoked_keys.extend(revocations.keys);
+        }
+        Ok(settings)
     }
 
     /// The caller-token keys.
@@ -632,6 +792,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         for section in [
             "[server]",
+            "[server.tls]",
             "[deadline]",
             "[identity]",
             "[ride_codes]",
@@ -818,6 +979,24 @@ mod tests {
         );
         assert!(specs.iter().all(|s| s.id != "cmb"));
         assert_eq!(specs.last().unwrap().id, "hangzhou-metro");
+    }
+
+    #[test]
+    fn the_revocations_file_adds_to_the_inline_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revocations.json");
+        std::fs::write(&path, r#"{"tokens": ["t2"], "keys": ["k2"]}"#).unwrap();
+        let config = Config::from_toml(&format!(
+            "[callers]\nrevoked_tokens = [\"t1\"]\nrevocations_file = \"{}\"\n",
+            path.display()
+        ))
+        .unwrap();
+        let settings = config.caller_settings().unwrap();
+        assert_eq!(settings.revoked_tokens, ["t1", "t2"]);
+        assert_eq!(settings.revoked_keys, ["k2"]);
+        std::fs::write(&path, r#"{"tokens": "t3"}"#).unwrap();
+        let err = config.caller_settings().unwrap_err().to_string();
+        assert!(err.starts_with("callers.revocations_file"), "{err}");
     }
 
     #[test]

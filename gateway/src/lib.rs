@@ -15,6 +15,7 @@ pub mod config;
 pub mod import;
 pub mod linking;
 pub mod metrics;
+pub mod reload;
 pub mod serve;
 pub mod stores;
 pub mod telemetry;
@@ -26,11 +27,12 @@ use ridegate_core::clock::Clock;
 pub use serve::serve;
 use tokio::net::TcpListener;
 
-/// Builds ridegate from `config` and serves it on `listener` until `shutdown`.
+/// Builds ridegate from `config` and serves it on `listener` until `shutdown`, without
+/// the admin endpoints (the demo's way; `ridegate serve` binds an admin listener too).
 pub async fn run(
     config: config::Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve(App::build(config, Clock::System).await?, listener, shutdown).await
+    serve(App::build(config, Clock::System).await?, listener, None, shutdown).await
 }

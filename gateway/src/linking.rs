@@ -171,6 +171,28 @@ fn consents(kind: CallerKind) -> &'static [Consent] {
     }
 }
 
+/// A consent basis as the wire contract names it (`ridegate.v1.Consent`).
+fn consent_name(consent: Consent) -> &'static str {
+    match consent {
+        Consent::AppPopup => "APP_POPUP",
+        Consent::AppRegistration => "APP_REGISTRATION",
+        Consent::UpgradeService => "UPGRADE_SERVICE",
+        Consent::TicketPurchase => "TICKET_PURCHASE",
+        Consent::StaffAssisted => "STAFF_ASSISTED",
+        Consent::BulkProgramme => "BULK_PROGRAMME",
+    }
+}
+
+/// Why a consent is outside `kind`'s scope, with the ones it may use, in wire names.
+fn consent_message(kind: CallerKind) -> String {
+    let allowed: Vec<&str> = consents(kind).iter().map(|c| consent_name(*c)).collect();
+    if allowed.is_empty() {
+        format!("{} may not link on any consent", kind.described())
+    } else {
+        format!("{} may link only on consent {}", kind.described(), allowed.join(" or "))
+    }
+}
+
 /// A link request, as the link service received it.
 #[derive(Debug, Clone)]
 pub struct LinkCommand {
@@ -231,14 +253,7 @@ pub fn plan_for(
     now: UnixMillis,
 ) -> Result<PlannedLink, LinkDenied> {
     if !consents(caller.kind).contains(&consent) {
-        return Err(invalid(
-            "consent",
-            format!(
-                "a {} cannot link on {consent:?}; allowed: {:?}",
-                caller.kind.label(),
-                consents(caller.kind)
-            ),
-        ));
+        return Err(LinkDenied::Forbidden(consent_message(caller.kind)));
     }
     let staff = staff(caller, staff_operator_id)?;
     if consent == Consent::StaffAssisted && staff.is_none() {
@@ -417,7 +432,19 @@ mod tests {
     fn consent_must_fit_the_caller_and_staff_assistance_names_the_staff() {
         let upgrade = caller(CallerKind::UpgradeService, None);
         let err = plan_as(&upgrade, &command(card("1000754312345678"), Consent::AppPopup)).unwrap_err();
-        assert!(matches!(err, LinkDenied::Invalid { field: "consent", .. }), "{err}");
+        // Outside the caller's scope, as the README promises: PERMISSION_DENIED, in the
+        // wire contract's words.
+        assert!(
+            matches!(&err, LinkDenied::Forbidden(m)
+                if m == "the upgrade service may link only on consent UPGRADE_SERVICE or STAFF_ASSISTED"),
+            "{err}"
+        );
+        let app = caller(CallerKind::App, Some("alipay"));
+        let err = plan_as(&app, &command(account("alipay"), Consent::UpgradeService)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "an app may link only on consent APP_POPUP or APP_REGISTRATION"
+        );
         let mut missing = command(card("1000754312345678"), Consent::UpgradeService);
         missing.consent = None;
         assert!(matches!(

@@ -75,6 +75,37 @@ fn invalid_configuration_exits_2_naming_the_field() {
         ("[storage]\nwrite_behind = \"2s\"\n", "storage.write_behind"),
         ("[storage]\ndata_dir = \"\"\n", "storage.data_dir"),
         ("[storage]\ndata_dir = \"/dev/null/ridegate\"\n", "storage.data_dir"),
+        ("[server.tls]\ncert = \"/x.pem\"\n", "server.tls.key"),
+        (
+            "[server.tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key.pem\"\n",
+            "server.tls.cert: cannot read /nonexistent.pem",
+        ),
+        ("[server.tls]\nclient_ca = \"/ca.pem\"\n", "server.tls.client_ca"),
+        (
+            "[server.tls]\ntrust_domain = \"Bad/Domain\"\n",
+            "server.tls.trust_domain",
+        ),
+        ("[gates.G1]\nline = \"L1\"\n", "gates.G1.station"),
+        (
+            "[identity]\nsecret = \"a-secret-of-enough-bytes\"\n[health.platform]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/ca.pem\"\n",
+            "health.platform.ca_file",
+        ),
+        (
+            "[identity]\nsecret = \"a-secret-of-enough-bytes\"\n[health.platform]\nurl = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent-ca.pem\"\n",
+            "/nonexistent-ca.pem",
+        ),
+        (
+            "[identity]\nsecret = \"a-secret-of-enough-bytes\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\nca_file = \"/ca.pem\"\n",
+            "redis.ca_file",
+        ),
+        (
+            "[identity]\nsecret = \"a-secret-of-enough-bytes\"\n[redis]\nurl = \"rediss://127.0.0.1:1/#insecure\"\n",
+            "redis.url",
+        ),
+        (
+            "[callers.max_lifetime]\nback_end = \"0s\"\n",
+            "callers.max_lifetime.back_end",
+        ),
     ];
     for (toml, field) in cases {
         let output = serve_with_config(toml);
@@ -203,6 +234,63 @@ async fn keys_generate_and_mint_produce_codes_the_server_accepts() {
         &[],
     );
     assert_eq!(bad_key.status.code(), Some(2), "{}", stderr(&bad_key));
+}
+
+#[tokio::test]
+async fn keys_cert_issues_a_ca_a_server_and_a_gate_certificate_that_serve_accepts() {
+    let pki = tempfile::tempdir().unwrap();
+    let out = pki.path().to_str().unwrap();
+    let file = |name: &str| pki.path().join(name).to_str().unwrap().to_owned();
+    let (ca, ca_key) = (file("ca.pem"), file("ca.key.pem"));
+    let steps: [&[&str]; 3] = [
+        &["keys", "cert", "ca", "--out", out],
+        &["keys", "cert", "server", "--ca", &ca, "--ca-key", &ca_key, "--out", out],
+        &[
+            "keys",
+            "cert",
+            "gate",
+            "--ca",
+            &ca,
+            "--ca-key",
+            &ca_key,
+            "--gate-id",
+            "L10-S07-G03",
+            "--out",
+            out,
+        ],
+    ];
+    for args in steps {
+        let output = ridegate(args, &[]);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    }
+    let again = ridegate(steps[2], &[]);
+    assert_eq!(again.status.code(), Some(1), "never overwrites a private key");
+    let (gateway, _) = GatewayBuilder::new()
+        .card("1000000000000001", 1)
+        .status(1, GREEN)
+        .arg("--tls-cert")
+        .arg(&file("server.pem"))
+        .arg("--tls-key")
+        .arg(&file("server.key.pem"))
+        .arg("--tls-client-ca")
+        .arg(&ca)
+        .start()
+        .await;
+    let read = |name: &str| std::fs::read_to_string(pki.path().join(name)).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost")
+        .identity(tonic::transport::Identity::from_pem(
+            read("gate-L10-S07-G03.pem"),
+            read("gate-L10-S07-G03.key.pem"),
+        ));
+    let mut gate = gateway.gate_over(tls).await;
+    let answer = gate
+        .authorize(tap(card("1000000000000001")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&answer), (Verdict::Allow, Reason::HealthGreen));
 }
 
 #[test]

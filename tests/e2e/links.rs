@@ -467,12 +467,96 @@ async fn callers_without_a_valid_token_are_unauthenticated() {
     let status = links.link(authed(request(), &expired)).await.unwrap_err();
     assert_eq!(
         (status.code(), status.message()),
-        (Code::Unauthenticated, "the token is not valid: the token has expired")
+        (Code::Unauthenticated, "the token has expired")
+    );
+    // A token for a hundred years, or for another service, is refused, saying why.
+    let century = gateway
+        .callers
+        .token(
+            CallerKind::BackEnd,
+            "ops",
+            None,
+            now(),
+            Duration::from_secs(100 * 365 * 86_400),
+        )
+        .unwrap();
+    let status = links.link(authed(request(), &century)).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::Unauthenticated,
+            "the back end token may live at most 3600 s (exp - iat); mint a shorter one"
+        )
+    );
+    let mut claims = CallerTokenMinter::claims(CallerKind::BackEnd, "ops", None, now(), Duration::from_secs(60));
+    claims.aud = "another-service".into();
+    let status = links
+        .link(authed(request(), &gateway.callers.sign(&claims).unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, "the token's aud does not name this ridegate")
+    );
+    // A consent outside the caller's scope is PERMISSION_DENIED, in the wire's words.
+    let app = gateway.token(CallerKind::App, "alipay-backend", Some("alipay"));
+    let status = links
+        .link(authed(
+            link(account("alipay", "acct-1"), 1, pb::Consent::UpgradeService),
+            &app,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::PermissionDenied,
+            "an app may link only on consent APP_POPUP or APP_REGISTRATION"
+        )
     );
     let platform = gateway.token(CallerKind::HealthPlatform, "health", None);
     assert_eq!(
         links.link(authed(request(), &platform)).await.unwrap_err().code(),
         Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn revoked_tokens_and_keys_are_refused() {
+    let (gateway, _) = GatewayBuilder::new()
+        .callers_setting(r#"revoked_tokens = ["leaked-1"]"#)
+        .start()
+        .await;
+    let mut links = gateway.links().await;
+    let request = || link(account("alipay", "acct-1"), 1, pb::Consent::AppPopup);
+    let mut claims = CallerTokenMinter::claims(
+        CallerKind::App,
+        "alipay-backend",
+        Some("alipay"),
+        now(),
+        Duration::from_secs(60),
+    );
+    claims.jti = "leaked-1".into();
+    let status = links
+        .link(authed(request(), &gateway.callers.sign(&claims).unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, "the token has been revoked")
+    );
+    let fresh = gateway.token(CallerKind::App, "alipay-backend", Some("alipay"));
+    links.link(authed(request(), &fresh)).await.unwrap();
+
+    let (gateway, _) = GatewayBuilder::new()
+        .callers_setting(&format!("revoked_keys = [\"{CALLER_KID}\"]"))
+        .start()
+        .await;
+    let token = gateway.token(CallerKind::App, "alipay-backend", Some("alipay"));
+    let status = gateway.links().await.link(authed(request(), &token)).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, "the token's signing key has been revoked")
     );
 }
 

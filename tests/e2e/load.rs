@@ -69,7 +69,15 @@ async fn a_smoke_run_against_ridegate_reports_counts_that_add_up_and_every_kind_
     let server = start(
         dir.path(),
         "ridegate",
-        &["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let output = ridegate(&[
@@ -229,4 +237,66 @@ async fn bad_load_options_exit_2_and_an_unreachable_server_exits_1() {
     let output = ridegate(&["load", &format!("127.0.0.1:{port}"), "--mix", "cards", "-n", "5"]).await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("cannot connect"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn the_load_tool_speaks_mutual_tls_as_one_gate() {
+    use ridegate_tests::pki::Pki;
+    use ridegate_tests::{GREEN, GatewayBuilder};
+    let pki = Pki::new("operator CA");
+    let (gateway, _) = GatewayBuilder::new()
+        .card("1000000000000001", 1)
+        .status(1, GREEN)
+        .tls(pki.server())
+        .client_ca(pki.ca_pem())
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = pki.gate("L10-S07-G03");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", pki.ca_pem()),
+        file("gate.pem", &gate.cert),
+        file("gate.key.pem", &gate.key),
+    );
+    let run = |gate_id: Option<&'static str>| {
+        let (ca, cert, key, addr) = (ca.clone(), cert.clone(), key.clone(), gateway.addr.clone());
+        async move {
+            let mut args = vec![
+                "load".to_owned(),
+                addr,
+                "-n".into(),
+                "100".into(),
+                "-c".into(),
+                "4".into(),
+                "--tls-ca".into(),
+                ca,
+                "--tls-cert".into(),
+                cert,
+                "--tls-key".into(),
+                key,
+                "-O".into(),
+                "json".into(),
+            ];
+            if let Some(id) = gate_id {
+                args.extend(["--gate-id".to_owned(), id.to_owned()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let output = ridegate(&args).await;
+            assert!(output.status.success(), "{}", stderr(&output));
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+        }
+    };
+    let report = run(Some("L10-S07-G03")).await;
+    assert_eq!(report["statusCodeDistribution"]["OK"], 100, "{report}");
+    // Without --gate-id the taps come from many gates: the certificate speaks for one.
+    let report = run(None).await;
+    assert!(
+        report["statusCodeDistribution"]["PermissionDenied"].as_u64().unwrap() > 0,
+        "{report}"
+    );
 }

@@ -13,4 +13,6 @@ mod links;
 mod load;
 mod operations;
 mod platform;
+mod rotation;
 mod shared;
+mod tls;

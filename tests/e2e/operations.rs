@@ -211,3 +211,37 @@ async fn bad_lines_in_the_links_file_are_reported_by_number_and_the_rest_importe
     );
     assert!(!log.contains(bad_id), "{log}");
 }
+
+#[tokio::test]
+async fn metrics_and_probes_are_on_the_admin_listener_never_on_the_gate_port() {
+    let (gateway, _) = GatewayBuilder::new().server(r#"drain_delay = "3s""#).start().await;
+    assert_ne!(gateway.admin, gateway.addr);
+    assert!(gateway.admin_get("/livez").await.starts_with("HTTP/1.1 200"));
+    assert!(gateway.admin_get("/readyz").await.starts_with("HTTP/1.1 200"));
+    assert!(gateway.metrics().await.contains("ridegate_decisions_total"));
+    // The gate port speaks gRPC only: no metrics page there, whatever is asked.
+    for path in ["/metrics", "/readyz", "/livez"] {
+        let page = http_get(&gateway.addr, path).await;
+        assert!(
+            !page.starts_with("HTTP/1.1 200") && !page.contains("ridegate_"),
+            "{path} on the gate port: {page}"
+        );
+    }
+    // Draining: not ready at once, while the gate is still answered during drain_delay.
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(gateway.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut draining = false;
+    for _ in 0..40 {
+        if gateway.admin_get("/readyz").await.starts_with("HTTP/1.1 503") {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(draining, "readyz never turned 503");
+    assert!(gateway.admin_get("/livez").await.starts_with("HTTP/1.1 200"));
+}

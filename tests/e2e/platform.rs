@@ -473,3 +473,96 @@ async fn the_simulator_stops_on_sigterm_even_with_a_change_feed_open() {
     let ended = tokio::time::timeout(Duration::from_secs(5), feed.message()).await;
     assert!(matches!(ended, Ok(Ok(None) | Err(_))), "{ended:?}");
 }
+
+/// A simulator serving the platform API over TLS with `server` (its certificate and
+/// key written to `dir`).
+async fn tls_sim(dir: &std::path::Path, server: &ridegate_tests::pki::CertPair) -> HealthSim {
+    let (cert, key) = (dir.join("platform.pem"), dir.join("platform.key.pem"));
+    std::fs::write(&cert, &server.cert).unwrap();
+    std::fs::write(&key, &server.key).unwrap();
+    HealthSim::start(
+        100,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    )
+    .await
+}
+
+/// A gateway taking statuses from `url`, trusting the CA in `ca_pem`, with `rider`'s
+/// card linked.
+async fn over_tls(dir: &std::path::Path, url: &str, ca_pem: &str, rider: u64) -> Gateway {
+    let ca = dir.join(format!("platform-ca-{}.pem", now()));
+    std::fs::write(&ca, ca_pem).unwrap();
+    let settings = format!("ca_file = \"{}\"\nserver_name = \"localhost\"", ca.display());
+    GatewayBuilder::new()
+        .platform(url, &settings)
+        .card(&card_number(rider), rider)
+        .start()
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn an_https_platform_is_verified_against_the_configured_ca_and_never_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, stranger) = (
+        ridegate_tests::pki::Pki::new("platform CA"),
+        ridegate_tests::pki::Pki::new("another CA"),
+    );
+    let sim = tls_sim(dir.path(), &operator.server()).await;
+    let rider = sim.riders(Role::Green, 1)[0];
+    let https = format!("https://{}", sim.addr);
+
+    // The platform's certificate checks out: statuses flow (once the first handshake
+    // is done; a loaded machine may answer the very first tap degraded).
+    let gateway = over_tls(dir.path(), &https, operator.ca_pem(), rider).await;
+    let mut gate = gateway.gate().await;
+    let mut answer = tap_within(&mut gate, rider, "S07", Duration::from_secs(2)).await;
+    for _ in 0..20 {
+        if !answer.degraded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = tap_within(&mut gate, rider, "S07", Duration::from_secs(2)).await;
+    }
+    assert_eq!(
+        outcome(&answer),
+        (Verdict::Allow, Reason::HealthGreen),
+        "{}",
+        gateway.log()
+    );
+    assert!(!answer.degraded);
+
+    // Another CA's trust: the handshake fails, no status is fetched, the gate gets the
+    // unavailable policy (degraded), and the log says so.
+    let gateway = over_tls(dir.path(), &https, stranger.ca_pem(), rider).await;
+    let answer = tap_within(&mut gateway.gate().await, rider, "S07", Duration::from_secs(2)).await;
+    assert_eq!(outcome(&answer), (Verdict::Assist, Reason::HealthUnavailable));
+    assert!(answer.degraded);
+    assert!(gateway.metric("ridegate_platform_failures_total").await >= 1.0);
+    gateway
+        .wait_for_log("health change feed: the platform cannot be reached")
+        .await;
+
+    // A certificate for another name, from the trusted CA: refused too.
+    let misnamed = tls_sim(dir.path(), &operator.server_named("platform.example")).await;
+    let gateway = over_tls(
+        dir.path(),
+        &format!("https://{}", misnamed.addr),
+        operator.ca_pem(),
+        rider,
+    )
+    .await;
+    let answer = tap_rider(&mut gateway.gate().await, rider).await;
+    assert_eq!(outcome(&answer), (Verdict::Assist, Reason::HealthUnavailable));
+
+    // https:// to a plaintext platform: no fall back to cleartext.
+    let plain = HealthSim::start(100, &[]).await;
+    let gateway = over_tls(dir.path(), &format!("https://{}", plain.addr), operator.ca_pem(), rider).await;
+    let answer = tap_rider(&mut gateway.gate().await, rider).await;
+    assert_eq!(outcome(&answer), (Verdict::Assist, Reason::HealthUnavailable));
+    assert_eq!(
+        plain.stats().await.get_status_calls,
+        0,
+        "nothing reached the plaintext platform"
+    );
+}

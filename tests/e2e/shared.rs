@@ -741,3 +741,103 @@ async fn every_instance_ships_its_audit_events_to_one_redis_stream_and_counts_wh
     let (_, a) = a.terminate().await;
     assert_eq!(a.audit().len(), 5);
 }
+
+/// A `redis-server` speaking TLS only, with `server`'s certificate; killed on drop.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start(server: &ridegate_tests::pki::CertPair, ca_pem: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (cert, key, ca) = (
+            write("redis.pem", &server.cert),
+            write("redis.key.pem", &server.key),
+            write("ca.pem", ca_pem),
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca)
+            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, _dir: dir }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway on `url` trusting the CA `ca_pem`; waits up to `tenths` tenths of a second
+/// for Redis to be up and returns whether it came up.
+async fn redis_up_over_tls(url: &str, ca_pem: &str, tenths: u32) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let (gateway, _) = GatewayBuilder::new()
+        .toml(&format!(
+            "[redis]\nurl = \"{url}\"\nca_file = \"{}\"\nprobe_interval = \"100ms\"\n",
+            ca.display()
+        ))
+        .start()
+        .await;
+    for _ in 0..tenths {
+        if gateway.metric("ridegate_shared_tier_up").await == 1.0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn rediss_is_verified_against_the_configured_ca_and_never_downgraded() {
+    let (operator, stranger) = (
+        ridegate_tests::pki::Pki::new("redis CA"),
+        ridegate_tests::pki::Pki::new("another CA"),
+    );
+    let redis = TlsRedis::start(&operator.server(), operator.ca_pem());
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    assert!(redis_up_over_tls(&url, operator.ca_pem(), 100).await, "the right CA");
+    assert!(!redis_up_over_tls(&url, stranger.ca_pem(), 20).await, "another CA");
+    let misnamed = TlsRedis::start(&operator.server_named("redis.example"), operator.ca_pem());
+    let url = format!("rediss://127.0.0.1:{}", misnamed.port);
+    assert!(!redis_up_over_tls(&url, operator.ca_pem(), 20).await, "another name");
+    let plain = RedisServer::start();
+    let url = format!("rediss://127.0.0.1:{}", plain.port);
+    assert!(
+        !redis_up_over_tls(&url, operator.ca_pem(), 20).await,
+        "a plaintext server"
+    );
+}

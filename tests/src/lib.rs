@@ -3,6 +3,7 @@
 //! a gRPC client for it. The process is killed when the fixture is dropped.
 
 pub mod codes;
+pub mod pki;
 pub mod platform;
 pub mod raw;
 pub mod redis;
@@ -20,7 +21,7 @@ use ridegate_proto::pb;
 use ridegate_proto::pb::gate_client::GateClient;
 use ridegate_proto::pb::links_client::LinksClient;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// The pseudonym secret the fixtures configure.
 pub const SECRET: &str = "e2e-test-secret-0123456789";
@@ -129,6 +130,10 @@ pub struct GatewayBuilder {
     links_extra: String,
     health_extra: String,
     audit_extra: String,
+    callers_extra: String,
+    tls: Option<pki::CertPair>,
+    client_ca: Option<String>,
+    tls_extra: String,
     platform: Option<String>,
     callers: bool,
     secret: bool,
@@ -140,8 +145,10 @@ pub struct Gateway {
     child: Child,
     /// Mints caller tokens the gateway accepts.
     pub callers: CallerTokenMinter,
-    /// Where it listens.
+    /// Where it listens for gRPC.
     pub addr: String,
+    /// Where it serves `/metrics`, `/readyz` and `/livez`.
+    pub admin: String,
     /// Its working directory (config, data files, the data directory, audit, logs).
     pub dir: tempfile::TempDir,
 }
@@ -168,6 +175,10 @@ impl GatewayBuilder {
             links_extra: String::new(),
             health_extra: String::new(),
             audit_extra: String::new(),
+            callers_extra: String::new(),
+            tls: None,
+            client_ca: None,
+            tls_extra: String::new(),
             platform: None,
             callers: true,
             secret: true,
@@ -294,6 +305,33 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves TLS with `server` (written to `server.pem` and `server.key.pem`).
+    pub fn tls(mut self, server: pki::CertPair) -> Self {
+        self.tls = Some(server);
+        self
+    }
+
+    /// Requires client certificates from the CA `ca_pem` (written to `client-ca.pem`):
+    /// mutual TLS, each gate bound to its certificate's gate id.
+    pub fn client_ca(mut self, ca_pem: &str) -> Self {
+        self.client_ca = Some(ca_pem.into());
+        self
+    }
+
+    /// Adds a line to the `[server.tls]` section.
+    pub fn tls_setting(mut self, line: &str) -> Self {
+        self.tls_extra.push_str(line);
+        self.tls_extra.push('\n');
+        self
+    }
+
+    /// Adds a line to the `[callers]` section.
+    pub fn callers_setting(mut self, line: &str) -> Self {
+        self.callers_extra.push_str(line);
+        self.callers_extra.push('\n');
+        self
+    }
+
     /// Takes statuses from the health platform at `url` (instead of a statuses file),
     /// with extra `[health.platform]` lines.
     pub fn platform(mut self, url: &str, settings: &str) -> Self {
@@ -353,17 +391,20 @@ impl GatewayBuilder {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn ridegate");
-        let addr = wait_ready(
+        let ready = wait_ready_json(
             &dir.path().join("ready.json"),
             &dir.path().join("stderr.log"),
             "ridegate",
         )
         .await;
+        let addr = ready["addr"].as_str().expect("addr").to_owned();
+        let admin = ready["admin"].as_str().expect("admin address").to_owned();
         let callers = CallerTokenMinter::new(self.caller_key.clone());
         let gateway = Gateway {
             child,
             callers,
             addr,
+            admin,
             dir,
         };
         gateway.wait_settled().await;
@@ -378,7 +419,7 @@ impl GatewayBuilder {
             "drain_delay = \"0s\"\n"
         };
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_grace = \"2s\"\n{drain_delay}{}\n[identity]\nsecret = \"{}\"\n\n\
              [storage]\ndata_dir = \"{}\"\n\n[audit]\npath = \"{}\"\n{}\n[log]\nfilter = \"info\"\n\n",
             self.server,
             if self.secret { SECRET } else { "" },
@@ -386,6 +427,22 @@ impl GatewayBuilder {
             dir.join("audit.jsonl").display(),
             self.audit_extra
         );
+        if let Some(server) = &self.tls {
+            std::fs::write(dir.join("server.pem"), &server.cert).expect("server cert");
+            std::fs::write(dir.join("server.key.pem"), &server.key).expect("server key");
+            let _ = write!(
+                toml,
+                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+                dir.join("server.pem").display(),
+                dir.join("server.key.pem").display(),
+                self.tls_extra
+            );
+            if let Some(ca) = &self.client_ca {
+                std::fs::write(dir.join("client-ca.pem"), ca).expect("client CA");
+                let _ = writeln!(toml, "client_ca = \"{}\"", dir.join("client-ca.pem").display());
+            }
+            toml.push('\n');
+        }
         let links = dir.join("links.jsonl");
         std::fs::write(&links, self.links.join("\n")).expect("links");
         let statuses = dir.join("health.jsonl");
@@ -410,7 +467,12 @@ impl GatewayBuilder {
             let callers = dir.join("callers.jwks.json");
             let set = serde_json::json!({ "keys": [self.caller_key.public_jwk().expect("jwk")] });
             std::fs::write(&callers, set.to_string()).expect("caller jwks");
-            let _ = write!(toml, "[callers]\njwks_file = \"{}\"\n\n", callers.display());
+            let _ = write!(
+                toml,
+                "[callers]\njwks_file = \"{}\"\n{}\n",
+                callers.display(),
+                self.callers_extra
+            );
         }
         for issuer in &self.issuers {
             let jwks = dir.join(format!("{}.jwks.json", issuer.id));
@@ -441,10 +503,15 @@ impl GatewayBuilder {
 
 /// Waits for a process started with `--ready-file` to write its address.
 pub async fn wait_ready(ready: &Path, log: &Path, what: &str) -> String {
+    let value = wait_ready_json(ready, log, what).await;
+    value["addr"].as_str().expect("addr").to_owned()
+}
+
+/// Waits for a process started with `--ready-file` to write it, and reads it.
+pub async fn wait_ready_json(ready: &Path, log: &Path, what: &str) -> serde_json::Value {
     for _ in 0..600 {
         if let Ok(text) = std::fs::read_to_string(ready) {
-            let value: serde_json::Value = serde_json::from_str(&text).expect("ready file is JSON");
-            return value["addr"].as_str().expect("addr").to_owned();
+            return serde_json::from_str(&text).expect("ready file is JSON");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -488,6 +555,25 @@ impl Gateway {
             .expect("connect")
     }
 
+    /// A TLS channel to it with `tls`, or the connection error (a refused handshake).
+    pub async fn tls_channel(&self, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("https://{}", self.addr))
+            .expect("uri")
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// A gate client over TLS with `tls`.
+    pub async fn gate_over(&self, tls: ClientTlsConfig) -> GateClient<Channel> {
+        GateClient::new(self.tls_channel(tls).await.expect("TLS connect"))
+    }
+
+    /// A file in its working directory (`server.pem`, `client-ca.pem`, …).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
     /// A gate client.
     pub async fn gate(&self) -> GateClient<Channel> {
         GateClient::new(self.channel().await)
@@ -516,18 +602,15 @@ impl Gateway {
         LinksClient::new(self.channel().await)
     }
 
-    /// The Prometheus page at `GET /metrics`.
+    /// The Prometheus page at `GET /metrics` on the admin listener, with the status
+    /// line and headers.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut tcp = tokio::net::TcpStream::connect(&self.addr).await.expect("connect");
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        tcp.write_all(request.as_bytes()).await.expect("send");
-        let mut text = String::new();
-        tcp.read_to_string(&mut text).await.expect("read");
-        text
+        self.admin_get("/metrics").await
+    }
+
+    /// `GET path` on the admin listener: the whole HTTP/1.1 response.
+    pub async fn admin_get(&self, path: &str) -> String {
+        http_get(&self.admin, path).await
     }
 
     /// The value of an unlabelled metric (0 when absent).
@@ -576,6 +659,27 @@ impl Gateway {
         self.dir.path().join("data")
     }
 
+    /// Sends SIGHUP: reload keys and certificates.
+    pub fn reload(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to 10 s for `line` to appear in the log.
+    pub async fn wait_for_log(&self, line: &str) {
+        for _ in 0..200 {
+            if self.log().contains(line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{line:?} never logged; the log:\n{}", self.log());
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
@@ -585,6 +689,22 @@ impl Gateway {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// `GET path` from `addr` over HTTP/1.1: the whole response, or what the server sent
+/// before closing (empty if it refused).
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if tcp.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = tcp.read_to_end(&mut bytes).await;
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// `message` with `authorization: Bearer <token>`.

@@ -82,7 +82,7 @@ impl pb::gate_server::Gate for BaselineGate {
 }
 
 /// Serves the baseline on `listener` until `shutdown`, with ridegate's transport
-/// settings, reflection and a `/metrics` route (empty), as `ridegate serve` has them.
+/// settings and reflection, as `ridegate serve` has them.
 pub async fn serve_baseline(
     listener: TcpListener,
     config: &ServerConfig,
@@ -93,12 +93,8 @@ pub async fn serve_baseline(
         .register_encoded_file_descriptor_set(ridegate_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection")?;
-    let router = Routes::new(gate)
-        .add_service(reflection)
-        .into_axum_router()
-        .route("/metrics", axum::routing::get(|| async { String::new() }));
     transport::server(config)
-        .add_routes(Routes::from(router))
+        .add_routes(Routes::new(gate).add_service(reflection))
         .serve_with_incoming_shutdown(transport::incoming(listener, config), shutdown)
         .await
         .context("baseline server failed")

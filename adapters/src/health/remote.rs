@@ -14,6 +14,7 @@
 //!   caches are told to forget everything ([`WatchEvent::Reset`]).
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use ridegate_proto::pb;
 use ridegate_proto::pb::health_platform_client::HealthPlatformClient;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::{HealthSource, SourceError};
 use crate::ids::IdentityId;
@@ -34,9 +35,16 @@ use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemoteSettings {
-    /// The platform's address, `http://host:port`; empty: no platform (statuses come
-    /// from a file, the feed, or Redis).
+    /// The platform's address, `https://host:port` (or `http://` on a trusted network);
+    /// empty: no platform (statuses come from a file, the feed, or Redis). An `https://`
+    /// platform's certificate is always verified: never a silent fall back to plaintext.
     pub url: String,
+    /// For `https://`: the CA (PEM) that signed the platform's certificate; none: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// For `https://`: the name the platform's certificate must carry, when it is not
+    /// the URL's host (an IP address in the URL, say).
+    pub server_name: String,
     /// Send a second request when the first is slower than this percentile of recent
     /// calls (0 turns hedging off).
     pub hedge_percentile: f64,
@@ -67,6 +75,8 @@ impl Default for RemoteSettings {
     fn default() -> Self {
         Self {
             url: String::new(),
+            ca_file: None,
+            server_name: String::new(),
             hedge_percentile: 0.95,
             hedge_min_delay: Duration::from_millis(2),
             hedge_max_delay: Duration::from_millis(100),
@@ -85,10 +95,21 @@ impl RemoteSettings {
         !self.url.is_empty()
     }
 
+    /// Whether the platform is called over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
     /// Checks what the types alone do not; the error names the field.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.is_configured() && !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return invalid("url", "must be http://host:port or https://host:port");
+        }
+        if !self.uses_tls() && self.ca_file.is_some() {
+            return invalid("ca_file", "needs an https:// url: TLS is never implied");
+        }
+        if !self.uses_tls() && !self.server_name.is_empty() {
+            return invalid("server_name", "needs an https:// url: TLS is never implied");
         }
         if !(0.0..1.0).contains(&self.hedge_percentile) {
             return invalid("hedge_percentile", "must be at least 0 and below 1");
@@ -223,10 +244,25 @@ pub fn from_wire(status: Option<pb::PlatformStatus>) -> Option<HealthStatus> {
     })
 }
 
-/// The platform's URL cannot be used to make a client.
+/// A client for the platform cannot be made from the settings.
 #[derive(Debug, thiserror::Error)]
-#[error("the health platform URL is not usable")]
-pub struct InvalidPlatformUrl(#[source] tonic::transport::Error);
+pub enum InvalidPlatformUrl {
+    /// The URL is not usable.
+    #[error("the health platform URL is not usable")]
+    Url(#[source] tonic::transport::Error),
+    /// The CA file cannot be read.
+    #[error("ca_file: cannot read {path}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS settings (the CA's PEM, the server name) are not usable.
+    #[error("ca_file or server_name: not usable for TLS")]
+    Tls(#[source] tonic::transport::Error),
+}
 
 type Call = (Result<tonic::Response<pb::GetStatusResponse>, tonic::Status>, Duration);
 
@@ -234,12 +270,30 @@ impl RemoteHealth {
     /// A client for the platform at `settings.url`; connects on first use, so ridegate
     /// starts while the platform is down.
     pub fn connect(settings: RemoteSettings) -> Result<Self, InvalidPlatformUrl> {
-        let endpoint = Endpoint::from_shared(settings.url.clone())
-            .map_err(InvalidPlatformUrl)?
+        let mut endpoint = Endpoint::from_shared(settings.url.clone())
+            .map_err(InvalidPlatformUrl::Url)?
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
+        if settings.uses_tls() {
+            // The platform proves who it is, against the configured CA or the system's
+            // roots; a plaintext or misnamed peer fails the handshake, and the call.
+            let mut tls = match &settings.ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| InvalidPlatformUrl::CaFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            if !settings.server_name.is_empty() {
+                tls = tls.domain_name(settings.server_name.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(InvalidPlatformUrl::Tls)?;
+        }
         Ok(Self {
             client: HealthPlatformClient::new(endpoint.connect_lazy()),
             settings,
@@ -405,7 +459,19 @@ impl RemoteHealth {
                         backoff = MIN_BACKOFF;
                         self.follow(stream.into_inner(), &mut last, &apply).await
                     }
-                    Err(status) => status.code() == tonic::Code::OutOfRange,
+                    Err(status) => {
+                        // Said once per outage (the backoff grows while it lasts): a
+                        // platform that cannot be reached, or fails the TLS handshake.
+                        if backoff == MIN_BACKOFF && status.code() != tonic::Code::OutOfRange {
+                            // The status's debug form carries the transport's cause (a
+                            // refused certificate, say), which its message does not.
+                            tracing::warn!(
+                                status = ?status,
+                                "health change feed: the platform cannot be reached"
+                            );
+                        }
+                        status.code() == tonic::Code::OutOfRange
+                    }
                 };
                 if lost_place {
                     tracing::warn!(
@@ -497,8 +563,35 @@ mod tests {
             breaker_cooldown: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
             watch: false,
+            ..RemoteSettings::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn tls_settings_need_an_https_url() {
+        let settings = |url: &str, ca: Option<&str>, name: &str| RemoteSettings {
+            url: url.into(),
+            ca_file: ca.map(PathBuf::from),
+            server_name: name.into(),
+            ..RemoteSettings::default()
+        };
+        assert_eq!(
+            settings("http://p:1", Some("/ca.pem"), "")
+                .validate()
+                .unwrap_err()
+                .field,
+            "ca_file"
+        );
+        assert_eq!(
+            settings("http://p:1", None, "platform").validate().unwrap_err().field,
+            "server_name"
+        );
+        assert!(settings("https://p:1", Some("/ca.pem"), "platform").validate().is_ok());
+        assert!(matches!(
+            RemoteHealth::connect(settings("https://p:1", Some("/nonexistent-ca.pem"), "")),
+            Err(InvalidPlatformUrl::CaFile { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,6 +57,9 @@ pub struct SharedSettings {
     pub url: String,
     /// Redis Cluster seed nodes (same URL forms). Exclusive with `url`.
     pub cluster: Vec<String>,
+    /// For `rediss://`: the CA (PEM) that signed the servers' certificates; none: the
+    /// system's roots. The server's certificate is always verified.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Username, if not in the URLs (overrides any there).
     pub username: String,
     /// Password, if not in the URLs (overrides any there). Prefer
@@ -98,6 +101,7 @@ impl Default for SharedSettings {
         Self {
             url: String::new(),
             cluster: Vec::new(),
+            ca_file: None,
             username: String::new(),
             password: String::new(),
             prefix: "rg".into(),
@@ -126,6 +130,17 @@ impl SharedSettings {
                 "cluster",
                 "set either url (one server) or cluster (seed nodes), not both",
             );
+        }
+        let urls = || {
+            std::iter::once(&self.url)
+                .chain(&self.cluster)
+                .filter(|u| !u.is_empty())
+        };
+        if urls().any(|u| u.contains("#insecure")) {
+            return invalid("url", "certificate verification cannot be turned off (#insecure)");
+        }
+        if self.ca_file.is_some() && !urls().all(|u| u.starts_with("rediss://")) {
+            return invalid("ca_file", "needs rediss:// URLs: TLS is never implied");
         }
         let prefix_ok = (1..=16).contains(&self.prefix.len())
             && self
@@ -466,6 +481,21 @@ fn is_reply_error(e: &redis::RedisError) -> bool {
 
 fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connection, SharedError> {
     let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    // With a CA file, rediss:// servers are verified against it instead of the system's
+    // roots; a plaintext or misnamed server fails the handshake either way.
+    let certificates = match &settings.ca_file {
+        Some(path) => Some(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(path).map_err(|e| {
+                SharedError::Config(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "ca_file cannot be read",
+                    format!("{}: {e}", path.display()),
+                )))
+            })?),
+        }),
+        None => None,
+    };
     let (username, password) = (non_empty(&settings.username), non_empty(&settings.password));
     if settings.cluster.is_empty() {
         let info =
@@ -478,7 +508,11 @@ fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connect
             redis_settings = redis_settings.set_username(username);
         }
         let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(SharedError::Config)?;
+        let client = match certificates {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates),
+            None => redis::Client::open(info),
+        }
+        .map_err(SharedError::Config)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(response_timeout))
@@ -497,6 +531,9 @@ fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connect
     }
     if let Some(username) = username {
         builder = builder.username(username);
+    }
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates);
     }
     let client = builder.build().map_err(SharedError::Config)?;
     let config = redis::cluster::ClusterConfig::new()

@@ -305,6 +305,16 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
             &m.shadow_refusals,
         ),
         (names::INVALID, "Requests rejected as malformed.", &m.invalid),
+        (
+            names::TLS_HANDSHAKE_FAILURES,
+            "TLS handshakes refused or timed out on the gate port.",
+            &m.tls_handshake_failures,
+        ),
+        (
+            names::GATE_REFUSALS,
+            "Taps refused for their gate: another gate's certificate, none, or not as registered.",
+            &m.gate_refusals,
+        ),
     ] {
         counter(out, name, help, load(value))?;
     }

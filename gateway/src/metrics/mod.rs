@@ -99,6 +99,12 @@ pub mod names {
     pub const SHARED_SKIPPED: &str = "ridegate_shared_skipped_total";
     /// Counter: ride codes checked against this instance only, Redis not answering.
     pub const REPLAY_LOCAL_FALLBACKS: &str = "ridegate_replay_local_fallbacks_total";
+    /// Counter: TLS handshakes refused or timed out on the gate port (no client
+    /// certificate, a foreign CA, an expired certificate, a plaintext client).
+    pub const TLS_HANDSHAKE_FAILURES: &str = "ridegate_tls_handshake_failures_total";
+    /// Counter: taps refused for their gate (certificate of another gate, none, or a
+    /// gate or place the registry does not have).
+    pub const GATE_REFUSALS: &str = "ridegate_gate_refusals_total";
 }
 
 /// Latency bucket upper bounds, in microseconds.
@@ -135,6 +141,8 @@ pub struct Metrics {
     request_id_conflicts: AtomicU64,
     shadow_refusals: AtomicU64,
     invalid: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    gate_refusals: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -148,6 +156,8 @@ impl Default for Metrics {
             request_id_conflicts: AtomicU64::new(0),
             shadow_refusals: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            gate_refusals: AtomicU64::new(0),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_us: AtomicU64::new(0),
         }
@@ -181,6 +191,16 @@ impl Metrics {
     /// Counts one malformed request.
     pub fn record_invalid(&self) {
         self.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refused or timed-out TLS handshake.
+    pub fn record_tls_handshake_failure(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one tap refused for its gate.
+    pub fn record_gate_refused(&self) {
+        self.gate_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Decisions counted so far with this verdict and reason.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use ridegate_adapters::caller::{Caller, CallerError, CallerVerifier};
 use ridegate_core::clock::Clock;
 use tonic::service::Interceptor;
@@ -29,13 +30,14 @@ pub(super) enum AuthError {
 /// Verifies bearer tokens.
 #[derive(Clone)]
 pub(super) struct Authenticator {
-    verifier: Arc<CallerVerifier>,
+    /// Swapped whole when the caller key set is reloaded.
+    verifier: Arc<ArcSwap<CallerVerifier>>,
     clock: Clock,
 }
 
 impl Authenticator {
     /// An authenticator over `verifier`, judging token times by `clock`.
-    pub(super) fn new(verifier: Arc<CallerVerifier>, clock: Clock) -> Self {
+    pub(super) fn new(verifier: Arc<ArcSwap<CallerVerifier>>, clock: Clock) -> Self {
         Self { verifier, clock }
     }
 
@@ -46,7 +48,7 @@ impl Authenticator {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthError::NotBearer)?;
-        Ok(self.verifier.verify(token.trim(), self.clock.now())?)
+        Ok(self.verifier.load().verify(token.trim(), self.clock.now())?)
     }
 }
 

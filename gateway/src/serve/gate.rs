@@ -21,7 +21,20 @@ use tonic_prost::ProstEncoder;
 
 use super::convert::{self, InvalidRequest};
 use super::deadline::{Deadlines, grpc_timeout};
+use super::gates::{GateAdmission, GateRefused};
+use super::tls::Peer;
 use crate::authorize::Authorizer;
+
+/// Why a tap was not decided; `super::status` maps each to its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TapRefused {
+    /// The request cannot be understood.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// The gate may not send it (its certificate, the registry).
+    #[error(transparent)]
+    Gate(#[from] GateRefused),
+}
 
 /// Serves gate controllers.
 #[derive(Clone)]
@@ -30,6 +43,7 @@ pub(super) struct GateService {
     deadlines: Deadlines,
     stream_concurrency: usize,
     draining: tokio::sync::watch::Receiver<bool>,
+    admission: GateAdmission,
 }
 
 impl GateService {
@@ -40,29 +54,35 @@ impl GateService {
         deadlines: Deadlines,
         stream_concurrency: usize,
         draining: tokio::sync::watch::Receiver<bool>,
+        admission: GateAdmission,
     ) -> Self {
         Self {
             authorizer,
             deadlines,
             stream_concurrency,
             draining,
+            admission,
         }
     }
 
     async fn decide(
         &self,
         message: pb::AuthorizeRequest,
+        peer: Option<&Peer>,
         received: Instant,
         grpc_timeout: Option<std::time::Duration>,
-    ) -> Result<pb::AuthorizeResponse, InvalidRequest> {
+    ) -> Result<pb::AuthorizeResponse, TapRefused> {
         let request_id = message.request_id.clone();
-        let request = convert::gate_request(message).inspect_err(|_| self.authorizer.record_invalid())?;
+        let mut request = convert::gate_request(message).inspect_err(|_| self.authorizer.record_invalid())?;
+        self.admission
+            .admit(peer, &mut request.gate)
+            .inspect_err(|_| self.authorizer.record_gate_refused())?;
         let deadline = self.deadlines.answer_by(received, grpc_timeout, request.gate.budget);
         let decided = self.authorizer.authorize(request, received, deadline).await;
         Ok(convert::response(request_id, decided))
     }
 
-    async fn tap(&self, message: TapMessage) -> pb::TapResult {
+    async fn tap(&self, message: TapMessage, peer: Option<&Peer>) -> pb::TapResult {
         let message = match message {
             TapMessage::Tap(message) => message,
             TapMessage::Undecodable(problem) => {
@@ -78,7 +98,7 @@ impl GateService {
             }
         };
         let request_id = message.request_id.clone();
-        let result = match self.decide(message, Instant::now(), None).await {
+        let result = match self.decide(message, peer, Instant::now(), None).await {
             Ok(response) => pb::tap_result::Result::Decision(response),
             Err(e) => {
                 // Mapped like a unary call's error, in the one place that maps them.
@@ -105,19 +125,23 @@ impl pb::gate_server::Gate for GateService {
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let received = Instant::now();
         let timeout = grpc_timeout(request.metadata());
+        let peer = request.extensions().get::<Peer>().cloned();
         let span = tracing::debug_span!("authorize");
         let _guard = span.enter();
         Ok(Response::new(
-            self.decide(request.into_inner(), received, timeout).await?,
+            self.decide(request.into_inner(), peer.as_ref(), received, timeout)
+                .await?,
         ))
     }
 
     type TapsStream = TapStream;
 
     async fn taps(&self, request: Request<Streaming<pb::AuthorizeRequest>>) -> Result<Response<TapStream>, Status> {
-        Ok(Response::new(
-            self.answer_taps(request.into_inner().map(|r| r.map(TapMessage::Tap))),
-        ))
+        let peer = request.extensions().get::<Peer>().cloned();
+        Ok(Response::new(self.answer_taps(
+            request.into_inner().map(|r| r.map(TapMessage::Tap)),
+            peer,
+        )))
     }
 }
 
@@ -126,7 +150,11 @@ impl GateService {
     /// received before a transport error (a message over the size limit, a broken
     /// connection) are still answered; then the stream ends with the error mapped in
     /// the one place that maps errors.
-    fn answer_taps(&self, taps: impl Stream<Item = Result<TapMessage, Status>> + Send + 'static) -> TapStream {
+    fn answer_taps(
+        &self,
+        taps: impl Stream<Item = Result<TapMessage, Status>> + Send + 'static,
+        peer: Option<Peer>,
+    ) -> TapStream {
         let mut draining = self.draining.clone();
         let drained = async move {
             let _ = draining.wait_for(|d| *d).await;
@@ -144,10 +172,11 @@ impl GateService {
             })
         });
         let this = self.clone();
+        let peer = Arc::new(peer);
         let answers = taps
             .map(move |message| {
-                let this = this.clone();
-                async move { this.tap(message).await }
+                let (this, peer) = (this.clone(), peer.clone());
+                async move { this.tap(message, peer.as_ref().as_ref()).await }
             })
             .buffer_unordered(self.stream_concurrency)
             .map(Ok);
@@ -249,7 +278,8 @@ impl tonic::server::StreamingService<TapMessage> for TapsCall {
     type Future = BoxFuture<Response<TapStream>, Status>;
 
     fn call(&mut self, request: Request<Streaming<TapMessage>>) -> Self::Future {
-        let stream = self.0.answer_taps(request.into_inner());
+        let peer = request.extensions().get::<Peer>().cloned();
+        let stream = self.0.answer_taps(request.into_inner(), peer);
         Box::pin(async move { Ok(Response::new(stream)) })
     }
 }

@@ -1,15 +1,18 @@
 //! Serving: the tonic server, its limits, health checking, reflection, metrics, and a
 //! graceful drain.
 
+mod admin;
 mod auth;
 pub mod convert;
 mod deadline;
 mod feed;
 mod gate;
+mod gates;
 mod links;
 mod status;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -35,7 +38,7 @@ pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
 use crate::import::ImportFailed;
-use crate::metrics::Exposition;
+use crate::reload::Reloader;
 
 /// The gRPC services of one built [`App`], each given only the parts it needs.
 pub(crate) struct Services {
@@ -61,6 +64,7 @@ impl Services {
             deadlines,
             app.config.server.stream_concurrency,
             draining,
+            gates::GateAdmission::new(app.config.server.tls.mutual(), app.config.gates.clone()),
         );
         let links = links::LinkService::new(
             app.links.clone(),
@@ -85,15 +89,17 @@ impl Services {
     }
 }
 
-/// Serves `app` on an already-bound `listener` until `shutdown` resolves, then drains:
-/// health checking reports NOT_SERVING, new calls are refused after `drain_delay`,
-/// in-flight calls and `Taps` streams get `drain_grace` to finish, and the audit log and
-/// the durable store are flushed. A start-up import into the shared tier runs
-/// meanwhile, `ridegate.v1.Gate` NOT_SERVING until it lands; if it cannot land, the
-/// server drains and this returns its [`ImportFailed`](crate::import::ImportFailed).
+/// Serves `app` on an already-bound `listener` (and the admin endpoints on `admin`, if
+/// given) until `shutdown` resolves, then drains: health checking and `/readyz` report
+/// not serving, new calls are refused after `drain_delay`, in-flight calls and `Taps`
+/// streams get `drain_grace` to finish, and the audit log and the durable store are
+/// flushed. A start-up import into the shared tier runs meanwhile, `ridegate.v1.Gate`
+/// NOT_SERVING until it lands; if it cannot land, the server drains and this returns its
+/// [`ImportFailed`](crate::import::ImportFailed).
 pub async fn serve(
     app: App,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -116,9 +122,16 @@ pub async fn serve(
         audit,
         clock,
         import,
+        tls,
+        authorizer,
+        callers,
+        reload_trigger,
         ..
     } = app;
     let server_config = config.server.clone();
+    // Keys and certificates rotate without a restart.
+    let reloader = Reloader::new(config.clone(), tls.clone(), callers, authorizer.clone())
+        .spawn(reload_trigger, server_config.reload_interval);
 
     let taps = gate::TapsRoute::new(services.gate.clone(), server_config.max_request_bytes);
     let gate = GateServer::new(services.gate)
@@ -220,16 +233,18 @@ pub async fn serve(
     let router = routes
         .into_axum_router()
         // Taps with a decoder that answers an undecodable tap in place (see gate.rs).
-        .route_service("/ridegate.v1.Gate/Taps", taps)
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let exposition = exposition.clone();
-                async move { metrics_page(&exposition) }
-            }),
-        );
+        .route_service("/ridegate.v1.Gate/Taps", taps);
+    // Metrics and probes on their own listener, never on the gate port.
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
+    let admin_task = admin
+        .map(|listener| admin::spawn(listener, admin::router(exposition, ready_rx)))
+        .transpose()?;
 
     let addr = listener.local_addr().context("listener address")?;
+    let failed = {
+        let metrics = authorizer.metrics().clone();
+        move || metrics.record_tls_handshake_failure()
+    };
     // The drain runs while the server keeps serving: NOT_SERVING first, then (after
     // `drain_delay`) open streams are told to finish and tonic stops accepting.
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -252,6 +267,7 @@ pub async fn serve(
         }
         tracing::info!(delay = ?server_config.drain_delay, "shutting down: draining");
         health_reporter.set_not_serving::<GateServer<gate::GateService>>().await;
+        let _ = ready_tx.send(false);
         tokio::time::sleep(server_config.drain_delay).await;
         let _ = draining_tx.send(true);
         let _ = drained_tx.send(());
@@ -260,8 +276,8 @@ pub async fn serve(
         // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
         .layer(tower::util::MapResponseLayer::new(status::transport_headers))
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(transport::incoming(listener, &server_config), drain);
-    tracing::info!(%addr, feed = config.health.feed_enabled, "ridegate serving");
+        .serve_with_incoming_shutdown(tls::incoming(listener, &server_config, tls.clone(), failed), drain);
+    tracing::info!(%addr, feed = config.health.feed_enabled, tls = tls.is_some(), "ridegate serving");
 
     let grace_expired = async {
         if drained_rx.await.is_ok() {
@@ -278,6 +294,10 @@ pub async fn serve(
         }
     };
     sweeper.abort();
+    reloader.abort();
+    if let Some(task) = admin_task {
+        task.abort();
+    }
     for task in shared_tasks.into_iter().flatten().chain(platform_watch).chain(importer) {
         task.abort();
     }
@@ -296,17 +316,4 @@ pub async fn serve(
         return Err(failed.into());
     }
     outcome
-}
-
-/// `GET /metrics`: the page with its content type, or a bare 500 if it cannot be
-/// rendered.
-fn metrics_page(exposition: &Exposition) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    match exposition.render() {
-        Ok(text) => ([(http::header::CONTENT_TYPE, Exposition::CONTENT_TYPE)], text).into_response(),
-        Err(_) => {
-            tracing::error!("the metrics page could not be rendered");
-            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
 }

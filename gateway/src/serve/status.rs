@@ -15,6 +15,8 @@ use tonic::{Code, Status};
 use super::auth::AuthError;
 use super::convert::{BatchTooLarge, InvalidRequest};
 use super::feed::FeedDenied;
+use super::gate::TapRefused;
+use super::gates::GateRefused;
 use crate::linking::LinkDenied;
 
 /// What a Links caller is told when the link store cannot answer.
@@ -57,6 +59,29 @@ pub(super) fn transport_headers<B>(mut response: http::Response<B>) -> http::Res
 impl From<InvalidRequest> for Status {
     fn from(e: InvalidRequest) -> Self {
         Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<TapRefused> for Status {
+    fn from(e: TapRefused) -> Self {
+        match e {
+            TapRefused::Invalid(e) => e.into(),
+            TapRefused::Gate(e) => e.into(),
+        }
+    }
+}
+
+/// A gate without its certificate is not authenticated; a gate speaking for another,
+/// or from a place the registry does not have it, is not permitted.
+impl From<GateRefused> for Status {
+    fn from(e: GateRefused) -> Self {
+        match e {
+            GateRefused::NoCertificate => Status::unauthenticated(e.to_string()),
+            GateRefused::NotAGate
+            | GateRefused::OtherGate { .. }
+            | GateRefused::Unregistered(_)
+            | GateRefused::OtherPlace { .. } => Status::permission_denied(e.to_string()),
+        }
     }
 }
 
@@ -189,6 +214,26 @@ mod tests {
         }
         let status = Status::from(AuthError::NotWired);
         assert_eq!((status.code(), status.message()), (Code::Internal, INTERNAL));
+    }
+
+    #[test]
+    fn gate_refusals_map_to_their_codes() {
+        assert_eq!(Status::from(GateRefused::NoCertificate).code(), Code::Unauthenticated);
+        let other = GateRefused::OtherGate {
+            certified: "G2".into(),
+            claimed: "G1".into(),
+        };
+        for e in [
+            GateRefused::NotAGate,
+            other,
+            GateRefused::Unregistered("G9".into()),
+            GateRefused::OtherPlace {
+                field: "gate.station_id",
+                gate: "G1".into(),
+            },
+        ] {
+            assert_eq!(Status::from(TapRefused::Gate(e)).code(), Code::PermissionDenied);
+        }
     }
 
     #[test]

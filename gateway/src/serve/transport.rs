@@ -17,8 +17,8 @@ pub fn server(config: &ServerConfig) -> Server {
         // Bound the work one connection can queue; beyond it, calls wait.
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .max_concurrent_streams(config.max_concurrent_streams)
-        // HTTP/1.1 only so Prometheus can GET /metrics on the same port.
-        .accept_http1(true)
+        // gRPC only: metrics and probes are on the admin listener.
+        .accept_http1(false)
 }
 
 /// Connections from `listener`, with ridegate's socket settings.

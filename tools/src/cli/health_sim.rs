@@ -24,12 +24,38 @@ use crate::population::{HealthMix, MAX_RIDERS, Population};
 /// The address `ridegate health-sim` listens on by default.
 const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:50071";
 
+/// Where the control API listens when `--listen` is not loopback and no
+/// `--control-listen` is given.
+const DEFAULT_CONTROL_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50072);
+
+/// Where the control API listens: `control` if given; else beside the platform API when
+/// that is on loopback (None); else [`DEFAULT_CONTROL_LISTEN`].
+fn control_listen(listen: SocketAddr, control: Option<SocketAddr>) -> Option<SocketAddr> {
+    match control {
+        Some(addr) => Some(addr),
+        None if listen.ip().is_loopback() => None,
+        None => Some(DEFAULT_CONTROL_LISTEN),
+    }
+}
+
 /// `ridegate health-sim` options.
 #[derive(Debug, clap::Args)]
 pub(super) struct HealthSimArgs {
-    /// Address to listen on.
+    /// Address to listen on (the platform API).
     #[arg(long, default_value = DEFAULT_SIM_LISTEN)]
     listen: SocketAddr,
+    /// Address of the control API (`ridegate.v1.HealthSimulator`: faults, statuses).
+    /// Default: the `--listen` port when that is loopback, else 127.0.0.1:50072 — the
+    /// control API is never exposed beyond this machine unless asked.
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
+    /// Serve the platform API over TLS with this certificate chain (PEM), as a real
+    /// platform does.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key for `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The pseudonym secret shared with ridegate (at least 16 bytes).
     #[arg(long, env = "RIDEGATE_IDENTITY_SECRET", hide_env_values = true)]
     secret: String,
@@ -159,20 +185,57 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot listen on {}", args.listen))
             .map_err(Failure::runtime)?;
         let addr = listener.local_addr().map_err(Failure::runtime)?;
+        let control = match control_listen(args.listen, args.control_listen) {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (--control-listen)"))
+                    .map_err(Failure::runtime)?,
+            ),
+            None => None,
+        };
+        let control_addr = match &control {
+            Some(listener) => listener.local_addr().map_err(Failure::runtime)?,
+            None => addr,
+        };
         let shutdown = shutdown_signal()?;
         if let Some(path) = &args.ready_file {
-            write_ready_file(path, addr).map_err(Failure::runtime)?;
+            write_ready_file(path, addr, None).map_err(Failure::runtime)?;
         }
-        tracing::info!(%addr, ?faults, "health platform simulator serving");
+        tracing::info!(%addr, control = %control_addr, ?faults, "health platform simulator serving");
         let service = SimService(sim);
         // On a stop request the server stops accepting; calls in flight get a short
         // grace, and open `WatchChanges` streams (which never end by themselves) are
         // closed when it expires.
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
-            .add_service(HealthPlatformServer::new(service.clone()))
-            .add_service(HealthSimulatorServer::new(service))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        let mut builder = Server::builder();
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let read = |path: &PathBuf| {
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+                    .map_err(Failure::usage)
+            };
+            let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("--tls-cert, --tls-key")
+                .map_err(Failure::usage)?;
+        }
+        let mut platform = builder.add_service(HealthPlatformServer::new(service.clone()));
+        let control_task = match control {
+            // The control API on a listener of its own.
+            Some(listener) => Some(tokio::spawn(
+                Server::builder()
+                    .add_service(HealthSimulatorServer::new(service))
+                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            )),
+            None => {
+                platform = platform.add_service(HealthSimulatorServer::new(service));
+                None
+            }
+        };
+        let server =
+            platform.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                 shutdown.await;
                 let _ = stopping_tx.send(());
             });
@@ -182,12 +245,31 @@ pub(super) fn run(args: HealthSimArgs) -> Result<(), Failure> {
                 Err(_) => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let outcome = tokio::select! {
             result = server => result.context("simulator server failed").map_err(Failure::runtime),
             () = grace_expired => Ok(()),
+        };
+        if let Some(task) = control_task {
+            task.abort();
         }
+        outcome
     })
 }
 
 /// How long calls in flight may take to finish once the simulator is asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_api_stays_on_loopback_unless_asked() {
+        let loopback: SocketAddr = "127.0.0.1:50071".parse().unwrap();
+        let everywhere: SocketAddr = "0.0.0.0:50071".parse().unwrap();
+        let chosen: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        assert_eq!(control_listen(loopback, None), None, "beside a loopback platform API");
+        assert_eq!(control_listen(everywhere, None), Some(DEFAULT_CONTROL_LISTEN));
+        assert_eq!(control_listen(everywhere, Some(chosen)), Some(chosen));
+    }
+}

@@ -1,5 +1,5 @@
 //! `ridegate keys`: issuer key pairs and real signed ride codes, for operators
-//! onboarding an issuer and for tests.
+//! onboarding an issuer and for tests; caller tokens; test certificates (`keys cert`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +57,10 @@ pub(super) enum KeysCommand {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1day")]
         certificate_lifetime: Duration,
     },
+    /// Make a test CA, ridegate's server certificate, and gate and caller client
+    /// certificates for TLS and mutual TLS.
+    #[command(subcommand)]
+    Cert(super::cert::CertCommand),
     /// Mint a caller token (bearer JWT) for the Links and HealthFeed services, signed
     /// with a caller key (`keys generate` makes one; configure its JWKS in [callers]).
     Token {
@@ -123,6 +127,7 @@ pub(super) fn random_jti() -> String {
 pub(super) fn run(command: KeysCommand) -> Result<(), Failure> {
     match command {
         KeysCommand::Generate { kid, alg, out } => generate(&kid, alg, &out).map_err(Failure::runtime),
+        KeysCommand::Cert(command) => super::cert::run(command),
         KeysCommand::Token {
             kind,
             sub,
@@ -191,7 +196,7 @@ fn generate(kid: &str, alg: SigningAlg, out: &std::path::Path) -> anyhow::Result
     Ok(())
 }
 
-fn write_private(path: &std::path::Path, pem: &str) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &std::path::Path, pem: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

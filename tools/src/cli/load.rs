@@ -98,6 +98,22 @@ pub(super) struct LoadArgs {
     /// Report this process's CPU time per request (the server under test).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Call over TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: the client certificate (PEM) to present, e.g. a gate's from
+    /// `ridegate keys cert gate` (use --gate-id with it).
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+    /// Send every tap as this gate (a gate certificate speaks for one gate id only).
+    #[arg(long)]
+    gate_id: Option<String>,
     /// Write one framed request (a card tap) to this file for other tools (h2load
     /// `--data`), and exit.
     #[arg(long)]
@@ -203,7 +219,10 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
     };
     eprintln!("encoding {count} requests…");
     let minting = std::time::Instant::now();
-    let templates = Templates::build(&source, mix, shares, count, args.seed).map_err(Failure::usage)?;
+    let mut templates = Templates::build(&source, mix, shares, count, args.seed).map_err(Failure::usage)?;
+    if let Some(gate) = &args.gate_id {
+        templates = templates.from_gate(gate).map_err(Failure::runtime)?;
+    }
     if let Some(path) = &args.write_body {
         let body = templates.request(0).context("no request").map_err(Failure::runtime)?;
         std::fs::write(path, &body)
@@ -235,6 +254,17 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
         rps: (args.rps > 0.0).then_some(args.rps),
         timeout: args.timeout,
         server_pid: args.server_pid,
+        tls: match &args.tls_ca {
+            Some(ca) => Some(
+                crate::load::Tls::load(
+                    ca,
+                    args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+                    &args.tls_name,
+                )
+                .map_err(Failure::usage)?,
+            ),
+            None => None,
+        },
     };
     let report = runtime()?
         .block_on(run(&options, Arc::new(templates)))
@@ -314,7 +344,7 @@ pub(super) fn run_baseline(args: BaselineArgs) -> Result<(), Failure> {
         let shutdown = shutdown_signal()?;
         if let Some(path) = &args.ready_file {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
-            write_ready_file(path, addr).map_err(Failure::runtime)?;
+            write_ready_file(path, addr, None).map_err(Failure::runtime)?;
         }
         crate::baseline::serve_baseline(listener, &ServerConfig::default(), shutdown)
             .await

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
 //! invalid configuration (the message names the field).
 
+mod cert;
 mod demo;
 mod health_sim;
 mod keys;
@@ -131,11 +132,15 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
     }
 }
 
-/// Once a command listens, writes its bound address (`{"addr": "<ip:port>"}`) for
-/// the scripts and tests that started it on port 0; atomically (temp file, then rename).
-fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+/// Once a command listens, writes its bound address (`{"addr": "<ip:port>"}`, and
+/// `"admin"` when it has an admin listener) for the scripts and tests that started it
+/// on port 0; atomically (temp file, then rename).
+fn write_ready_file(path: &Path, addr: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::json!({ "addr": addr.to_string() }).to_string())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut ready = serde_json::json!({ "addr": addr.to_string() });
+    if let Some(admin) = admin {
+        ready["admin"] = admin.to_string().into();
+    }
+    std::fs::write(&tmp, ready.to_string()).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

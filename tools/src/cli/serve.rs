@@ -16,9 +16,23 @@ pub(super) struct ServeArgs {
     /// TOML configuration file (see deploy/ridegate.example.toml).
     #[arg(long, env = "RIDEGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50061].
+    /// Address to listen on for gRPC [default: 127.0.0.1:50061].
     #[arg(long, env = "RIDEGATE_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address for /metrics, /readyz and /livez [default: 127.0.0.1:9464]; never the
+    /// gRPC port.
+    #[arg(long, env = "RIDEGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// TLS on the gRPC port: the server's certificate chain (PEM).
+    #[arg(long, env = "RIDEGATE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS on the gRPC port: the server's private key (PEM).
+    #[arg(long, env = "RIDEGATE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: the operator's CA for client certificates (PEM); each gate may then
+    /// speak only for the gate id its certificate names.
+    #[arg(long, env = "RIDEGATE_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// JSON-lines links file to import at start-up.
     #[arg(long, env = "RIDEGATE_LINKS")]
     links: Option<PathBuf>,
@@ -84,6 +98,18 @@ impl ServeArgs {
         if let Some(listen) = self.listen {
             config.server.listen = listen;
         }
+        if let Some(admin) = self.admin_listen {
+            config.server.admin_listen = admin;
+        }
+        if let Some(cert) = &self.tls_cert {
+            config.server.tls.cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.tls_key {
+            config.server.tls.key = Some(key.clone());
+        }
+        if let Some(ca) = &self.tls_client_ca {
+            config.server.tls.client_ca = Some(ca.clone());
+        }
         if let Ok(password) = std::env::var("RIDEGATE_REDIS_PASSWORD") {
             config.redis.password = password;
         }
@@ -138,7 +164,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(anyhow::anyhow!("invalid configuration: {e}")))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let listen = config.server.listen;
+        let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
         let app = App::build(config, Clock::System)
             .await
             .map_err(|e| Failure::usage(e.context("invalid configuration")))?;
@@ -146,11 +172,26 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))
             .map_err(Failure::runtime)?;
+        let admin = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen} (server.admin_listen)"))
+            .map_err(Failure::runtime)?;
         let shutdown = shutdown_signal()?;
+        // Installed before readiness is announced, like the stop signals: a SIGHUP
+        // right after start-up reloads instead of killing the process.
+        #[cfg(unix)]
+        let app = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hangup = signal(SignalKind::hangup()).map_err(Failure::runtime)?;
+            app.reload_on(Box::pin(futures::stream::poll_fn(move |cx| hangup.poll_recv(cx))))
+        };
         if let Some(path) = &args.ready_file {
             let addr = listener.local_addr().map_err(Failure::runtime)?;
-            write_ready_file(path, addr).map_err(Failure::runtime)?;
+            let admin = admin.local_addr().map_err(Failure::runtime)?;
+            write_ready_file(path, addr, Some(admin)).map_err(Failure::runtime)?;
         }
-        ridegate::serve(app, listener, shutdown).await.map_err(Failure::runtime)
+        ridegate::serve(app, listener, Some(admin), shutdown)
+            .await
+            .map_err(Failure::runtime)
     })
 }

@@ -10,6 +10,60 @@ use prost::Message as _;
 use ridegate_proto::pb;
 use tokio::net::TcpStream;
 
+/// TLS for the load's connections: the CA that signed the server's certificate, the
+/// name it carries, and a client certificate for mutual TLS.
+#[derive(Clone)]
+pub struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({:?})", self.name)
+    }
+}
+
+impl Tls {
+    /// Reads the CA `ca` and, for mutual TLS, a client certificate and key; the server
+    /// must present a certificate for `name`.
+    pub fn load(
+        ca: &std::path::Path,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("--tls-ca: {}", ca.display()))? {
+            roots.add(cert.context("--tls-ca")?).context("--tls-ca")?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let mut config = match client {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .with_context(|| format!("--tls-cert: {}", cert.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("--tls-cert")?;
+                let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("--tls-key: {}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .context("--tls-cert, --tls-key")?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            name: ServerName::try_from(name.to_owned()).context("--tls-name")?,
+        })
+    }
+}
+
 /// One HTTP/2 connection, shared by the workers assigned to it.
 #[derive(Clone)]
 pub(super) struct Connection {
@@ -40,20 +94,38 @@ impl Reply {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) and calls `path`; every call carries
-    /// `grpc-timeout: timeout`.
-    pub(super) async fn open(addr: &str, path: &str, timeout: std::time::Duration) -> anyhow::Result<Self> {
+    /// Connects to `addr` (`host:port`), over `tls` if given, and calls `path`; every
+    /// call carries `grpc-timeout: timeout`.
+    pub(super) async fn open(
+        addr: &str,
+        path: &str,
+        timeout: std::time::Duration,
+        tls: Option<&Tls>,
+    ) -> anyhow::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let (send, connection) = h2::client::Builder::new()
+        let mut builder = h2::client::Builder::new();
+        builder
             .initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 24)
-            .handshake::<_, Bytes>(tcp)
-            .await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let uri: Uri = format!("http://{addr}{path}").parse()?;
+            .initial_connection_window_size(1 << 24);
+        let (send, scheme) = match tls {
+            None => {
+                let (send, connection) = builder.handshake::<_, Bytes>(tcp).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                (send, "http")
+            }
+            Some(tls) => {
+                let stream = tls.connector.connect(tls.name.clone(), tcp).await?;
+                let (send, connection) = builder.handshake::<_, Bytes>(stream).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                (send, "https")
+            }
+        };
+        let uri: Uri = format!("{scheme}://{addr}{path}").parse()?;
         Ok(Self {
             send,
             uri,

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use tokio::time::Instant;
 
+pub use client::Tls;
 pub use report::Report;
 use report::{RunFacts, Tally, cpu_time};
 use traffic::Templates;
@@ -46,6 +47,9 @@ pub struct Options {
     pub timeout: Duration,
     /// A process whose CPU time is reported per request (the server under test).
     pub server_pid: Option<u32>,
+    /// TLS (and a client certificate) for the connections; none: plaintext.
+    #[serde(skip)]
+    pub tls: Option<client::Tls>,
 }
 
 /// Runs the load: `templates` must hold the requests to send.
@@ -66,7 +70,7 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
     let mut connections = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
         connections.push(
-            client::Connection::open(&options.target, &options.path, options.timeout)
+            client::Connection::open(&options.target, &options.path, options.timeout, options.tls.as_ref())
                 .await
                 .with_context(|| format!("cannot connect to {}", options.target))?,
         );

@@ -297,6 +297,19 @@ const REQUEST_ID_AT: usize = 7;
 const REQUEST_ID_LEN: usize = 16;
 
 impl Templates {
+    /// The same requests, each from gate `gate_id` (its station and line unchanged): the
+    /// load of one gate controller, as a gate certificate under mutual TLS allows.
+    pub fn from_gate(mut self, gate_id: &str) -> anyhow::Result<Self> {
+        for frame in &mut self.frames {
+            let mut request = pb::AuthorizeRequest::decode(frame.slice(5..))?;
+            if let Some(gate) = request.gate.as_mut() {
+                gate.gate_id = gate_id.to_owned();
+            }
+            *frame = self::frame(&request);
+        }
+        Ok(self)
+    }
+
     /// Encodes `count` requests (minting their codes) from `source`.
     pub fn build(source: &Source<'_>, mix: Mix, shares: Shares, count: usize, seed: u64) -> anyhow::Result<Self> {
         let now = Clock::System.now();
@@ -613,6 +626,19 @@ mod tests {
             decode(0).credential,
             Some(pb::authorize_request::Credential::Card(_))
         ));
+    }
+
+    #[test]
+    fn one_gate_s_load_carries_its_gate_id_on_every_tap() {
+        let one_gate = Templates::build(&Source::Cards, "cards".parse().unwrap(), Shares::default(), 3, 1)
+            .unwrap()
+            .from_gate("L10-S07-G03")
+            .unwrap();
+        for k in 0..3 {
+            let body = one_gate.request(k).unwrap();
+            let request = pb::AuthorizeRequest::decode(body.slice(5..)).unwrap();
+            assert_eq!(request.gate.unwrap().gate_id, "L10-S07-G03");
+        }
     }
 
     #[test]
