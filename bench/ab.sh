@@ -5,9 +5,10 @@
 #   bench/ab.sh BEFORE_BIN AFTER_BIN          # e.g. a release binary built from an older commit
 #   ROUNDS=5 SECS=8 bench/ab.sh A B
 #
-# Both binaries must accept `serve --config FILE --listen ADDR --ready-file FILE`; the load
-# tool, the population and the baseline come from AFTER_BIN. Servers are pinned to one core,
-# the load tool to the other. Prints a Markdown table.
+# Both binaries must accept `serve --config FILE --listen ADDR --ready-file FILE`; BEFORE_ARGS
+# and AFTER_ARGS add flags to each (e.g. AFTER_ARGS="--admin-listen 127.0.0.1:0 --ephemeral").
+# The load tool, the population and the baseline come from AFTER_BIN. Servers are pinned to
+# one core, the load tool to the other. Prints a Markdown table.
 set -euo pipefail
 export LC_ALL=C
 [ $# -eq 2 ] || { echo "usage: bench/ab.sh BEFORE_BIN AFTER_BIN" >&2; exit 2; }
@@ -45,9 +46,11 @@ run() {
 "$B" load-setup --out "$WORK/pop" --riders "$RIDERS" >/dev/null
 start baseline "$B" baseline --listen 127.0.0.1:0
 BASE=$ADDR
-start before "$A" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0
+# shellcheck disable=SC2086 # the extra flags are words
+start before "$A" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 ${BEFORE_ARGS:-}
 BEFORE=$ADDR
-start after "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0
+# shellcheck disable=SC2086
+start after "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 ${AFTER_ARGS:-}
 AFTER=$ADDR
 # Warm both: every link and status read once.
 for addr in "$BEFORE" "$AFTER"; do
