@@ -305,6 +305,23 @@ impl Pseudonymizer {
         TapFingerprint(out)
     }
 
+    /// What a ride-code tap asked, once its code verified: the code's single-use key
+    /// stands for the code (the same code under any certificate or signature encoding is
+    /// the same tap), so the QR text need not be hashed again.
+    pub fn code_tap(&self, code: CodeKey, direction: Direction, station_id: &str, line_id: &str) -> TapFingerprint {
+        let direction: &[u8] = match direction {
+            Direction::Entry => b"entry",
+            Direction::Exit => b"exit",
+        };
+        let h = self.sip(
+            b"code-tap",
+            &[&code.0, direction, station_id.as_bytes(), line_id.as_bytes()],
+        );
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h[..8]);
+        TapFingerprint(out)
+    }
+
     /// Who owns the ride codes a tap uses: its request and what it asked, so a retry of
     /// the same tap is never a replay, but another tap under the same request id is.
     pub fn owner(&self, request: RequestKey, tap: TapFingerprint) -> RequestKey {

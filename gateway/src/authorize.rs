@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
 use ridegate_adapters::idempotency::{Kept, MemoryIdempotency};
-use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, random_bytes};
+use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, TapFingerprint, random_bytes};
 use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
 use ridegate_core::clock::{Clock, millis};
@@ -151,17 +151,11 @@ impl Authorizer {
         let now = self.clock.now();
         let request_key = (!request.request_id.is_empty())
             .then(|| self.pseudonymizer.request(&request.gate.gate_id, &request.request_id));
-        let gate = &request.gate;
-        let tap = self
-            .pseudonymizer
-            .tap(&request.credential, gate.direction, &gate.station_id, &gate.line_id);
         let decision_id = self.ids.next();
-        // A request and what it asked own the codes it uses, so a retry of the same tap
-        // is never a replay but another tap under the same request id is. Without a
-        // request id, the decision's own id owns them: a second use is always a replay.
-        let owner = request_key.map_or_else(|| owner_of(decision_id), |key| self.pseudonymizer.owner(key, tap));
         let mut trace = Trace::default();
-        let outcome = self.decide(&request, owner, now, deadline, &mut trace).await;
+        let (outcome, tap) = self
+            .decide(&request, request_key, decision_id, now, deadline, &mut trace)
+            .await;
         // While the shared tier is down, links and used codes are this instance's view
         // only: say so.
         let shared_down = self.shared.as_ref().is_some_and(|tier| !tier.is_trusted());
@@ -201,6 +195,7 @@ impl Authorizer {
                     );
                 });
             }
+            let owner = self.pseudonymizer.owner(key, tap);
             if let Some(first) = self.idempotency.record_by(owner, kept, until, now, deadline).await
                 && first.tap == tap
             {
@@ -238,15 +233,26 @@ impl Authorizer {
 
     /// Gathers the facts about a tap — the credential's own checks, then (only if the
     /// rules need them) the rider's link and health status — and hands them to the
-    /// pure decision.
+    /// pure decision. Returns the outcome and the tap's fingerprint.
+    ///
+    /// A request and what it asked own the codes it uses, so a retry of the same tap is
+    /// never a replay but another tap under the same request id is. Without a request
+    /// id, the decision's own id owns them: a second use is always a replay.
     async fn decide(
         &self,
         request: &GateRequest,
-        owner: RequestKey,
+        request_key: Option<RequestKey>,
+        decision_id: DecisionId,
         now: UnixMillis,
         deadline: Instant,
         trace: &mut Trace,
-    ) -> Outcome {
+    ) -> (Outcome, TapFingerprint) {
+        let gate = &request.gate;
+        let fingerprint = || {
+            self.pseudonymizer
+                .tap(&request.credential, gate.direction, &gate.station_id, &gate.line_id)
+        };
+        let mut code_fingerprint = None;
         let code: VerifiedCode;
         let (check, link_key) = match &request.credential {
             Credential::RideCode(text) => match self.verifier.load().verify(text, now) {
@@ -256,6 +262,12 @@ impl Authorizer {
                     trace.issuer = Some(code.issuer.clone());
                     trace.code_valid_until = Some(code.valid_until);
                     let key = code.code_key(&self.pseudonymizer);
+                    let code_tap = self
+                        .pseudonymizer
+                        .code_tap(key, gate.direction, &gate.station_id, &gate.line_id);
+                    code_fingerprint = Some(code_tap);
+                    let owner =
+                        request_key.map_or_else(|| owner_of(decision_id), |k| self.pseudonymizer.owner(k, code_tap));
                     let account = LinkKey::RideAccount {
                         issuer: &code.issuer,
                         account: &code.account,
@@ -287,17 +299,18 @@ impl Authorizer {
             ),
             Credential::Uncovered(_) => (CredentialCheck::Passed(request.credential.kind()), None),
         };
-        let tap = Tap {
-            station_id: &request.gate.station_id,
-            line_id: &request.gate.line_id,
-            direction: request.gate.direction,
+        let facts = Tap {
+            station_id: &gate.station_id,
+            line_id: &gate.line_id,
+            direction: gate.direction,
             credential: check,
         };
         let rider = match link_key {
-            Some(key) if self.rules.needs_rider(&tap) => Some(self.rider(key, now, deadline, trace).await),
+            Some(key) if self.rules.needs_rider(&facts) => Some(self.rider(key, now, deadline, trace).await),
             _ => None,
         };
-        self.rules.decide(&tap, rider, now)
+        let outcome = self.rules.decide(&facts, rider, now);
+        (outcome, code_fingerprint.unwrap_or_else(fingerprint))
     }
 
     /// The rider behind a credential: its link, then its health status, within the
