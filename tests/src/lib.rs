@@ -583,8 +583,11 @@ impl Gateway {
 
     /// The audit events written so far.
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        // The writer flushes every few milliseconds: a line still being written is not
+        // read yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
