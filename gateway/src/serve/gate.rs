@@ -220,9 +220,13 @@ impl Decoder for TapCodec {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<TapMessage>, Status> {
-        // The buffer holds exactly this message's bytes (tonic frames them by length).
-        let bytes = buf.copy_to_bytes(buf.remaining());
-        Ok(Some(match pb::AuthorizeRequest::decode(bytes) {
+        // The buffer holds exactly this message's bytes (tonic frames them by length):
+        // decode in place, then drop whatever a failed decode left unread, so the next
+        // message is read from its own frame.
+        let decoded = pb::AuthorizeRequest::decode(&mut *buf);
+        let unread = buf.remaining();
+        buf.advance(unread);
+        Ok(Some(match decoded {
             Ok(tap) => TapMessage::Tap(tap),
             Err(e) => TapMessage::Undecodable(e.to_string()),
         }))
