@@ -47,7 +47,6 @@ impl<V: Clone> ExpiringMap<V> {
     }
 
     /// The live value for `key`.
-    #[cfg(test)]
     pub(crate) fn get(&self, key: &[u8; 16], now: UnixMillis) -> Option<V> {
         let shard = self.shard(key).lock();
         shard

@@ -210,6 +210,16 @@ impl Authorizer {
         Decided { answer, retry: false }
     }
 
+    /// Whether this instance has answered `request`'s request id before: a retry, which
+    /// costs a lookup rather than a decision.
+    pub fn is_retry(&self, request: &GateRequest) -> bool {
+        !request.request_id.is_empty()
+            && self.request_ids.holds(
+                self.pseudonymizer.request(&request.gate.gate_id, &request.request_id),
+                self.clock.now(),
+            )
+    }
+
     /// Verifies ride codes with `verifier` from the next tap on (the issuers' key sets
     /// were reloaded); taps being decided finish with the one they started with.
     pub fn replace_verifier(&self, verifier: RideCodeVerifier) {

@@ -81,6 +81,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Answer budgets.
     pub deadline: DeadlineConfig,
+    /// Shedding gate calls that cannot be answered in time.
+    pub admission: AdmissionConfig,
     /// The gate registry by gate id (`[gates.<id>]`); empty: no registry, a gate's
     /// station and line are what it says.
     pub gates: BTreeMap<String, GateEntry>,
@@ -118,13 +120,42 @@ pub struct ServerConfig {
     /// Address for operators: `GET /metrics`, `/readyz` and `/livez`, never on the gate
     /// port. Loopback by default; expose it only to the monitoring network.
     pub admin_listen: SocketAddr,
-    /// Largest request decoded, in bytes. Large enough that an oversize QR gets a deny
-    /// with a reason rather than a transport error.
+    /// Largest `Gate` request (a tap on `Authorize` or `Taps`), in bytes. Larger than
+    /// `ride_codes.max_code_bytes`, so that an oversize QR gets a deny with a reason
+    /// rather than a transport error; small, because every tap in flight may hold this
+    /// much while it arrives.
+    pub max_tap_bytes: usize,
+    /// Largest `Links` or `HealthFeed` request (a batch), in bytes.
     pub max_request_bytes: usize,
-    /// Requests in flight per connection before further ones wait.
-    pub concurrency_per_connection: usize,
-    /// HTTP/2 streams per connection.
+    /// Connections open at once; one over is closed at once. Lowered at start to fit
+    /// the open-file limit (whose soft limit is raised to the hard one first).
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list a call may send, in bytes.
+    pub max_header_list_bytes: u32,
+    /// HTTP/2 flow-control window per stream: what a client may send on one call
+    /// before ridegate has read it.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 flow-control window per connection: what a client may send on all its
+    /// calls before ridegate has read it.
+    pub connection_window_bytes: u32,
+    /// What ridegate buffers per stream for a client that does not read its answers.
+    pub send_buffer_bytes: usize,
+    /// A connection must finish TLS (if on) and send its first HTTP/2 bytes within this
+    /// long, or it is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection with no call open for this long is sent GOAWAY.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection this old (±10 % jitter) is sent GOAWAY, so clients rebalance
+    /// across instances.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// How long an aged-out connection may finish its calls before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
     /// Ping interval that keeps idle gate connections alive through NATs.
     #[serde(with = "humantime_serde")]
     pub http2_keepalive_interval: Duration,
@@ -163,9 +194,18 @@ impl Default for ServerConfig {
             admin_listen: DEFAULT_ADMIN_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            max_tap_bytes: 32 << 10,
             max_request_bytes: 2 << 20,
-            concurrency_per_connection: 256,
-            max_concurrent_streams: 1024,
+            max_connections: 2048,
+            max_concurrent_streams: 128,
+            max_header_list_bytes: 16 << 10,
+            stream_window_bytes: 64 << 10,
+            connection_window_bytes: 128 << 10,
+            send_buffer_bytes: 64 << 10,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            max_connection_age: Duration::from_secs(3600),
+            max_connection_age_grace: Duration::from_secs(60),
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
@@ -180,8 +220,37 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.concurrency_per_connection == 0 {
-            return Err(invalid("server.concurrency_per_connection", "must be more than 0"));
+        for (field, value) in [
+            ("server.max_tap_bytes", self.max_tap_bytes),
+            ("server.max_request_bytes", self.max_request_bytes),
+            ("server.max_connections", self.max_connections),
+            ("server.max_concurrent_streams", self.max_concurrent_streams as usize),
+            ("server.send_buffer_bytes", self.send_buffer_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be more than 0"));
+            }
+        }
+        // HTTP/2's own bounds (RFC 9113 §6.5.2, §6.9.1).
+        for (field, value) in [
+            ("server.stream_window_bytes", self.stream_window_bytes),
+            ("server.connection_window_bytes", self.connection_window_bytes),
+        ] {
+            if !(65_535..=(1 << 31) - 1).contains(&value) {
+                return Err(invalid(field, "must be between 65535 and 2147483647"));
+            }
+        }
+        if self.max_header_list_bytes < 1024 {
+            return Err(invalid("server.max_header_list_bytes", "must be at least 1024"));
+        }
+        for (field, value) in [
+            ("server.handshake_timeout", self.handshake_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+            ("server.max_connection_age", self.max_connection_age),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be more than 0"));
+            }
         }
         if self.stream_concurrency == 0 {
             return Err(invalid("server.stream_concurrency", "must be more than 0"));
@@ -226,9 +295,6 @@ pub struct TlsConfig {
     /// The trust domain of gate certificates: a gate's certificate names it with the
     /// SAN URI `spiffe://<trust_domain>/gate/<gate_id>`.
     pub trust_domain: String,
-    /// A handshake not finished within this long is dropped.
-    #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
 }
 
 /// The trust domain of gate certificates unless configured.
@@ -242,7 +308,6 @@ impl Default for TlsConfig {
             client_ca: None,
             client_certificates: ClientCertificates::Required,
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
-            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -281,9 +346,6 @@ impl TlsConfig {
                 "must be a non-empty name of lowercase letters, digits, dots and dashes",
             ));
         }
-        if self.handshake_timeout.is_zero() {
-            return Err(invalid("server.tls.handshake_timeout", "must be more than 0"));
-        }
         Ok(())
     }
 }
@@ -298,6 +360,47 @@ pub struct GateEntry {
     pub station: String,
     /// The gate's line (may be empty).
     pub line: String,
+}
+
+/// `[admission]`: how gate calls are admitted under overload (see
+/// `serve::admission`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Gate calls (unary taps and `Taps` streams) open at once; one more is refused
+    /// before its request is read.
+    pub max_in_flight: usize,
+    /// Share of its budget a card, phone-card or ticket entry may expect to spend before
+    /// its answer leaves; predicted to take longer, it is refused.
+    pub card_share: f64,
+    /// The same for a ride-code entry. Exits and retries may use the whole budget.
+    pub code_share: f64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 4096,
+            card_share: 0.8,
+            code_share: 0.6,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// Checks the settings; the error names the field.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_in_flight == 0 {
+            return Err(invalid("admission.max_in_flight", "must be more than 0"));
+        }
+        if !(self.code_share > 0.0 && self.code_share <= self.card_share && self.card_share <= 1.0) {
+            return Err(invalid(
+                "admission.code_share",
+                "must satisfy 0 < code_share <= card_share <= 1: cheaper, more urgent taps are shed last",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[deadline]`
@@ -628,12 +731,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.deadline.validate()?;
         self.identity.validate()?;
+        self.admission.validate()?;
         self.health.validate()?;
         self.ride_codes.validate().map_err(in_section("ride_codes"))?;
-        if self.ride_codes.max_code_bytes > self.server.max_request_bytes {
+        if self.ride_codes.max_code_bytes >= self.server.max_tap_bytes {
             return Err(invalid(
                 "ride_codes.max_code_bytes",
-                "must be between 1 and server.max_request_bytes",
+                "must be less than server.max_tap_bytes, so an oversize code still reaches the verifier",
             ));
         }
         self.links.validate()?;
@@ -794,6 +898,7 @@ mod tests {
             "[server]",
             "[server.tls]",
             "[deadline]",
+            "[admission]",
             "[identity]",
             "[ride_codes]",
             "[links]",
@@ -820,6 +925,20 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "deadline.margin: must be less than deadline.default_budget"
         );
+        for (toml, field) in [
+            (
+                "[admission]\ncode_share = 0.9\ncard_share = 0.8\n",
+                "admission.code_share",
+            ),
+            ("[admission]\nmax_in_flight = 0\n", "admission.max_in_flight"),
+            ("[server]\nstream_window_bytes = 1000\n", "server.stream_window_bytes"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[server]\nmax_tap_bytes = 4096\n", "ride_codes.max_code_bytes"),
+        ] {
+            let config = Config::from_toml(toml).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with(field), "{toml}: {err}");
+        }
         let config = Config::from_toml("[identity]\nsecret = \"short\"\n").unwrap();
         assert!(
             config

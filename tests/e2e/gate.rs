@@ -150,8 +150,8 @@ fn scenarios(issuers: &[Issuer], unary: bool) -> Vec<Scenario> {
             (Verdict::Deny, Reason::CodeOversize),
         ),
         scenario(
-            "1 MiB code",
-            tap(code(&"A".repeat(1 << 20))),
+            "20 KiB code",
+            tap(code(&"A".repeat(20 << 10))),
             (Verdict::Deny, Reason::CodeOversize),
         ),
         scenario(

@@ -12,6 +12,7 @@ mod gate;
 mod links;
 mod load;
 mod operations;
+mod overload;
 mod platform;
 mod rotation;
 mod shared;

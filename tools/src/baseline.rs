@@ -1,11 +1,13 @@
 //! The baseline server: ridegate's gRPC contract (`ridegate.v1.Gate`), transport
-//! settings ([`ridegate::serve::transport`], the very functions `ridegate serve` uses), routes and runtime, with a handler that answers at once with a constant
+//! ([`ridegate::serve::transport`], the very accept loop and limits `ridegate serve`
+//! uses), routes and runtime, with a handler that answers at once with a constant
 //! ALLOW — the same answer ridegate gives a green rider, the same size on the wire.
 //! Benchmarks report ridegate as a ratio to it, measured in the same run, so what they
 //! show is ridegate's own cost over the cost of the stack.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _};
@@ -88,14 +90,14 @@ pub async fn serve_baseline(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let gate = GateServer::new(BaselineGate::default()).max_decoding_message_size(config.max_request_bytes);
+    let gate = GateServer::new(BaselineGate::default()).max_decoding_message_size(config.max_tap_bytes);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ridegate_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection")?;
-    transport::server(config)
-        .add_routes(Routes::new(gate).add_service(reflection))
-        .serve_with_incoming_shutdown(transport::incoming(listener, config), shutdown)
+    let router = Routes::new(gate).add_service(reflection).into_axum_router();
+    transport::Transport::new(config, None, Arc::default())
+        .serve(listener, router, shutdown)
         .await
         .context("baseline server failed")
 }

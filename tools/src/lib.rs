@@ -7,6 +7,7 @@
 
 pub mod baseline;
 pub mod cli;
+pub mod drill;
 pub mod healthsim;
 pub mod load;
 pub mod population;

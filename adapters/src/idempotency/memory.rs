@@ -29,6 +29,11 @@ impl MemoryIdempotency {
     pub fn record_now(&self, request: RequestKey, kept: Kept, until: UnixMillis, now: UnixMillis) -> Option<Kept> {
         self.answers.insert_if_absent(request.0, kept, until, now)
     }
+
+    /// Whether an answer is kept for `request`.
+    pub fn holds(&self, request: RequestKey, now: UnixMillis) -> bool {
+        self.answers.get(&request.0, now).is_some()
+    }
 }
 
 impl IdempotencyStore for MemoryIdempotency {

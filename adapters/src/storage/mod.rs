@@ -30,7 +30,6 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -206,12 +205,23 @@ pub struct Restored {
     pub unreadable: u64,
 }
 
-/// The open database and its commit thread. Cheap to clone.
+/// The open database and its commit thread. Cheap to clone; the thread commits what
+/// is left and stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Storage {
     engine: Arc<Engine>,
-    ops: Sender<writer::Op>,
+    queue: Arc<writer::Queue>,
+    _owner: Arc<Owner>,
     path: Arc<Path>,
+}
+
+/// Closes the commit thread's queue when the last [`Storage`] goes.
+struct Owner(Arc<writer::Queue>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl std::fmt::Debug for Storage {
@@ -237,15 +247,16 @@ impl Storage {
             retries: keyspace("retries")?,
             db,
         });
-        let (ops, receiver) = std::sync::mpsc::channel();
-        let (thread_engine, write_behind) = (engine.clone(), settings.write_behind);
+        let queue = Arc::new(writer::Queue::default());
+        let (thread_engine, thread_queue, write_behind) = (engine.clone(), queue.clone(), settings.write_behind);
         std::thread::Builder::new()
             .name("ridegate-storage".into())
-            .spawn(move || writer::run(thread_engine, receiver, write_behind))
+            .spawn(move || writer::run(thread_engine, thread_queue, write_behind))
             .map_err(|e| StorageError::io(dir, e))?;
         Ok(Self {
             engine,
-            ops,
+            _owner: Arc::new(Owner(queue.clone())),
+            queue,
             path: Arc::from(path.as_path()),
         })
     }
@@ -264,20 +275,20 @@ impl Storage {
     /// it. Writes are committed in the order they were queued.
     pub fn write(&self, write: Write) -> Pending {
         let (ack, pending) = oneshot::channel();
-        // A closed commit thread drops the sender: the caller sees `Closed`.
-        let _ = self.ops.send(writer::Op::Write(write, Some(ack)));
+        // A commit thread that has gone drops the sender: the caller sees `Closed`.
+        self.queue.push(writer::Op::Write(write, Some(ack)));
         Pending(pending)
     }
 
     /// Queues `write` to be committed within the write-behind interval, without waiting.
     pub fn write_behind(&self, write: Write) {
-        let _ = self.ops.send(writer::Op::Write(write, None));
+        self.queue.push(writer::Op::Write(write, None));
     }
 
     /// Commits everything queued so far (at shutdown, and in tests).
     pub async fn flush(&self) -> Result<(), StorageError> {
         let (ack, pending) = oneshot::channel();
-        let _ = self.ops.send(writer::Op::Flush(ack));
+        self.queue.push(writer::Op::Flush(ack));
         Pending(pending).durable().await
     }
 

@@ -1,15 +1,16 @@
-//! The commit thread: the only writer of the database. Callers hand it writes over a
-//! channel; it gathers everything that is waiting into one atomic batch and commits it
-//! with fsync (group commit), then tells each acknowledged write's caller. Writes that
-//! need no acknowledgement (used codes, retry records) wait at most the write-behind
-//! interval for company before they are committed. Expired codes and retry records are
-//! swept out once a minute, inside a commit.
+//! The commit thread: the only writer of the database. Callers hand it writes through
+//! a [`Queue`]; it gathers everything that is waiting into one atomic batch and commits
+//! it with fsync (group commit), then tells each acknowledged write's caller. Writes
+//! that need no acknowledgement (used codes, retry records) wait at most the
+//! write-behind interval for company before they are committed, and do not wake the
+//! thread one by one. Expired codes and retry records are swept out once a minute,
+//! inside a commit.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fjall::{Keyspace, PersistMode};
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use super::records::{encode_code, encode_link, encode_retry, encode_status, expiry_of};
@@ -28,39 +29,101 @@ pub(super) enum Op {
     Flush(oneshot::Sender<Result<(), StorageError>>),
 }
 
-/// Runs until every sender is gone, committing what is left before it returns.
-pub(super) fn run(engine: Arc<Engine>, ops: Receiver<Op>, write_behind: Duration) {
-    let mut batch: Vec<Write> = Vec::new();
-    let mut acks: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
-    // When the oldest unacknowledged write in `batch` arrived.
-    let mut behind_since: Option<Instant> = None;
+/// The writes waiting for the commit thread. A write someone waits for wakes the
+/// thread at once; a write-behind only wakes it when it is the first one waiting (to
+/// start the interval), so taps that write behind never cost a thread switch each.
+#[derive(Default)]
+pub(super) struct Queue {
+    state: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    ops: Vec<Op>,
+    /// A write or flush is waited for: commit now.
+    urgent: bool,
+    /// When the oldest write-behind waiting arrived.
+    behind_since: Option<Instant>,
+    /// No more writes will come: commit what is left and stop.
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues `op`; see the type's description for when the thread wakes.
+    pub(super) fn push(&self, op: Op) {
+        let mut waiting = self.state.lock();
+        let wake = match &op {
+            Op::Write(_, None) => {
+                let first = waiting.behind_since.is_none();
+                waiting.behind_since.get_or_insert_with(Instant::now);
+                first
+            }
+            Op::Write(_, Some(_)) | Op::Flush(_) => {
+                waiting.urgent = true;
+                true
+            }
+        };
+        waiting.ops.push(op);
+        drop(waiting);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Tells the thread to commit what is left and stop.
+    pub(super) fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until a commit is due; returns the writes to commit and whether the queue
+    /// closed.
+    fn next(&self, write_behind: Duration) -> (Vec<Op>, bool) {
+        let mut waiting = self.state.lock();
+        loop {
+            let due = waiting.urgent
+                || waiting.closed
+                || waiting
+                    .behind_since
+                    .is_some_and(|since| since.elapsed() >= write_behind);
+            if due {
+                break;
+            }
+            match waiting.behind_since {
+                Some(since) => {
+                    let left = write_behind.saturating_sub(since.elapsed());
+                    let _ = self.wake.wait_for(&mut waiting, left);
+                }
+                None => self.wake.wait(&mut waiting),
+            }
+        }
+        waiting.urgent = false;
+        waiting.behind_since = None;
+        (std::mem::take(&mut waiting.ops), waiting.closed)
+    }
+}
+
+/// Runs until the queue closes, committing what is left before it returns.
+pub(super) fn run(engine: Arc<Engine>, queue: Arc<Queue>, write_behind: Duration) {
     // Sweep at the first commit: the database may hold records that expired while
     // ridegate was stopped.
     let mut last_sweep: Option<Instant> = None;
     loop {
-        let first = match behind_since {
-            None => ops.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(since) => ops.recv_timeout(write_behind.saturating_sub(since.elapsed())),
-        };
-        let closed = match first {
-            Ok(op) => {
-                take(op, &mut batch, &mut acks, &mut behind_since);
-                false
+        let (ops, closed) = queue.next(write_behind);
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut acks = Vec::new();
+            for op in ops.by_ref().take(MAX_BATCH) {
+                match op {
+                    Op::Write(write, ack) => {
+                        batch.push(write);
+                        acks.extend(ack);
+                    }
+                    Op::Flush(ack) => acks.push(ack),
+                }
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        while !closed && batch.len() < MAX_BATCH {
-            match ops.try_recv() {
-                Ok(op) => take(op, &mut batch, &mut acks, &mut behind_since),
-                Err(_) => break,
-            }
-        }
-        let due = closed
-            || !acks.is_empty()
-            || batch.len() >= MAX_BATCH
-            || behind_since.is_some_and(|since| since.elapsed() >= write_behind);
-        if due && (!batch.is_empty() || !acks.is_empty()) {
             let sweep = last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
             let result = commit(&engine, &batch, sweep);
             match &result {
@@ -72,34 +135,13 @@ pub(super) fn run(engine: Arc<Engine>, ops: Receiver<Op>, write_behind: Duration
                     "storage: a commit failed; the writes in it were not kept"
                 ),
             }
-            for ack in acks.drain(..) {
+            for ack in acks {
                 let _ = ack.send(result.clone());
             }
-            batch.clear();
-            behind_since = None;
         }
         if closed {
             return;
         }
-    }
-}
-
-fn take(
-    op: Op,
-    batch: &mut Vec<Write>,
-    acks: &mut Vec<oneshot::Sender<Result<(), StorageError>>>,
-    behind_since: &mut Option<Instant>,
-) {
-    match op {
-        Op::Write(write, Some(ack)) => {
-            batch.push(write);
-            acks.push(ack);
-        }
-        Op::Write(write, None) => {
-            batch.push(write);
-            behind_since.get_or_insert_with(Instant::now);
-        }
-        Op::Flush(ack) => acks.push(ack),
     }
 }
 

@@ -3,11 +3,13 @@
 
 mod messages;
 mod rules;
+mod urgency;
 
 use std::time::Duration;
 
 pub use messages::screen_message;
 pub use rules::Rules;
+pub use urgency::Urgency;
 
 use serde::{Deserialize, Serialize};
 

@@ -13,9 +13,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use ridegate_adapters::audit::{JsonLinesAudit, RedisStreamAudit};
 use ridegate_adapters::shared::SharedTier;
+use ridegate_core::decision::Urgency;
 use ridegate_core::model::Reason;
 
-use super::{BUCKETS_US, Metrics, VERDICTS, names, verdict_index, verdict_label};
+use super::{BUCKETS_US, ConnectionClosed, Metrics, VERDICTS, names, verdict_index, verdict_label};
 use crate::stores::{LinkBackend, StatusReader, StatusSource};
 
 /// Everything a scrape reads. Each part is shared with whoever updates it; nothing here
@@ -317,6 +318,47 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
         ),
     ] {
         counter(out, name, help, load(value))?;
+    }
+    counter(
+        out,
+        names::CONNECTIONS_REFUSED,
+        "Connections closed at once: server.max_connections were open.",
+        load(&m.connections_refused),
+    )?;
+    counter(
+        out,
+        names::ACCEPT_ERRORS,
+        "Failed accepts on the gate port.",
+        load(&m.accept_errors),
+    )?;
+    gauge(
+        out,
+        names::CONNECTIONS_OPEN,
+        "Connections open on the gate port.",
+        load(&m.connections_open),
+    )?;
+    let mut closed = out.encode_descriptor(
+        family(names::CONNECTIONS_CLOSED),
+        "Connections ridegate closed, by reason.",
+        None,
+        MetricType::Counter,
+    )?;
+    for why in ConnectionClosed::ALL {
+        closed
+            .encode_family(&[("reason", why.label())])?
+            .encode_counter::<NoLabelSet, _, u64>(&load(&m.connections_closed[why as usize]), None)?;
+    }
+    let mut shed = out.encode_descriptor(
+        family(names::SHED),
+        "Gate calls refused under overload (RESOURCE_EXHAUSTED), by kind.",
+        None,
+        MetricType::Counter,
+    )?;
+    shed.encode_family(&[("kind", "at_capacity")])?
+        .encode_counter::<NoLabelSet, _, u64>(&load(&m.shed_at_capacity), None)?;
+    for urgency in Urgency::ALL {
+        shed.encode_family(&[("kind", urgency.label())])?
+            .encode_counter::<NoLabelSet, _, u64>(&load(&m.shed[urgency.index()]), None)?;
     }
     // Per-bucket counts (the encoder makes them cumulative), the overflow under +Inf.
     let buckets: Vec<(f64, u64)> = BUCKETS_US

@@ -11,6 +11,9 @@ mod exposition;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use ridegate_core::decision::Urgency;
 use ridegate_core::model::{Answer, Reason, Verdict};
 
 pub use exposition::{Exposition, Sources};
@@ -105,6 +108,43 @@ pub mod names {
     /// Counter: taps refused for their gate (certificate of another gate, none, or a
     /// gate or place the registry does not have).
     pub const GATE_REFUSALS: &str = "ridegate_gate_refusals_total";
+
+    /// Counter: gate calls refused under overload (RESOURCE_EXHAUSTED), by kind:
+    /// `exit`, `retry`, `card_entry`, `code_entry`, or `at_capacity` (refused before
+    /// the tap was read, `admission.max_in_flight` open).
+    pub const SHED: &str = "ridegate_shed_calls_total";
+    /// Gauge: connections open on the gate port.
+    pub const CONNECTIONS_OPEN: &str = "ridegate_connections_open";
+    /// Counter: connections closed at once, `server.max_connections` open.
+    pub const CONNECTIONS_REFUSED: &str = "ridegate_connections_refused_total";
+    /// Counter: connections closed by ridegate, by reason: `handshake` (no TLS or HTTP/2
+    /// within `handshake_timeout`), `idle`, `age`.
+    pub const CONNECTIONS_CLOSED: &str = "ridegate_connections_closed_total";
+    /// Counter: failed accepts (EMFILE and the like back off).
+    pub const ACCEPT_ERRORS: &str = "ridegate_accept_errors_total";
+}
+
+/// Why ridegate closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClosed {
+    /// No TLS handshake or first HTTP/2 bytes within `server.handshake_timeout`.
+    Handshake,
+    /// No call open for `server.idle_timeout`.
+    Idle,
+    /// Older than `server.max_connection_age`.
+    Age,
+}
+
+impl ConnectionClosed {
+    const ALL: [Self; 3] = [Self::Handshake, Self::Idle, Self::Age];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Idle => "idle",
+            Self::Age => "age",
+        }
+    }
 }
 
 /// Latency bucket upper bounds, in microseconds.
@@ -143,6 +183,12 @@ pub struct Metrics {
     invalid: AtomicU64,
     tls_handshake_failures: AtomicU64,
     gate_refusals: AtomicU64,
+    shed: [AtomicU64; Urgency::ALL.len()],
+    shed_at_capacity: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_closed: [AtomicU64; ConnectionClosed::ALL.len()],
+    accept_errors: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -158,6 +204,12 @@ impl Default for Metrics {
             invalid: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             gate_refusals: AtomicU64::new(0),
+            shed: std::array::from_fn(|_| AtomicU64::new(0)),
+            shed_at_capacity: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_closed: std::array::from_fn(|_| AtomicU64::new(0)),
+            accept_errors: AtomicU64::new(0),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_us: AtomicU64::new(0),
         }
@@ -203,8 +255,49 @@ impl Metrics {
         self.gate_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one gate call refused under overload after its tap was read.
+    pub fn record_shed(&self, urgency: Urgency) {
+        self.shed[urgency.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one gate call refused before its tap was read, at `max_in_flight`.
+    pub fn record_shed_at_capacity(&self) {
+        self.shed_at_capacity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection open until the returned guard is dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// Counts one connection closed at once at the connection cap.
+    pub fn record_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection ridegate closed, and why.
+    pub fn record_connection_closed(&self, why: ConnectionClosed) {
+        self.connections_closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed accept.
+    pub fn record_accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Decisions counted so far with this verdict and reason.
     pub fn decisions(&self, verdict: Verdict, reason: Reason) -> u64 {
         self.decisions[verdict_index(verdict)][reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// A connection counted in [`names::CONNECTIONS_OPEN`] until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }

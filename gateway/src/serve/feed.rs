@@ -186,7 +186,8 @@ impl pb::health_feed_server::HealthFeed for FeedService {
             .into_inner()
             .then(move |batch| {
                 let this = this.clone();
-                async move { Ok(this.ingest_batch(batch?).await?) }
+                // A transport error (an oversize batch) as the one error map says.
+                async move { Ok(this.ingest_batch(batch.map_err(super::status::transport)?).await?) }
             })
             .scan(false, |ended, ack| {
                 let item = (!*ended).then_some(ack);

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Buf as _;
 use futures::{Stream, StreamExt as _};
 use prost::Message as _;
+use ridegate_core::decision::Urgency;
 use ridegate_proto::pb;
 use tokio::time::Instant;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
@@ -19,10 +20,12 @@ use tonic::codegen::{Body, BoxFuture, StdError};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstEncoder;
 
+use super::admission::{Admission, DecisionTime, Overloaded};
 use super::convert::{self, InvalidRequest};
 use super::deadline::{Deadlines, grpc_timeout};
 use super::gates::{GateAdmission, GateRefused};
 use super::tls::Peer;
+use super::transport::Arrived;
 use crate::authorize::Authorizer;
 
 /// Why a tap was not decided; `super::status` maps each to its status.
@@ -34,6 +37,9 @@ pub(super) enum TapRefused {
     /// The gate may not send it (its certificate, the registry).
     #[error(transparent)]
     Gate(#[from] GateRefused),
+    /// It could not be answered in time: refused so that others are.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
 }
 
 /// Serves gate controllers.
@@ -43,7 +49,8 @@ pub(super) struct GateService {
     deadlines: Deadlines,
     stream_concurrency: usize,
     draining: tokio::sync::watch::Receiver<bool>,
-    admission: GateAdmission,
+    gates: GateAdmission,
+    admission: Arc<Admission>,
 }
 
 impl GateService {
@@ -54,13 +61,15 @@ impl GateService {
         deadlines: Deadlines,
         stream_concurrency: usize,
         draining: tokio::sync::watch::Receiver<bool>,
-        admission: GateAdmission,
+        gates: GateAdmission,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             authorizer,
             deadlines,
             stream_concurrency,
             draining,
+            gates,
             admission,
         }
     }
@@ -74,10 +83,12 @@ impl GateService {
     ) -> Result<pb::AuthorizeResponse, TapRefused> {
         let request_id = message.request_id.clone();
         let mut request = convert::gate_request(message).inspect_err(|_| self.authorizer.record_invalid())?;
-        self.admission
+        self.gates
             .admit(peer, &mut request.gate)
             .inspect_err(|_| self.authorizer.record_gate_refused())?;
         let deadline = self.deadlines.answer_by(received, grpc_timeout, request.gate.budget);
+        let urgency = Urgency::of(&request, || self.authorizer.is_retry(&request));
+        self.admission.admit(urgency, received, deadline)?;
         let decided = self.authorizer.authorize(request, received, deadline).await;
         Ok(convert::response(request_id, decided))
     }
@@ -91,6 +102,7 @@ impl GateService {
                     request_id: String::new(),
                     code: Code::InvalidArgument as i32,
                     message: format!("malformed protobuf message: {problem}"),
+                    retry_after_ms: 0,
                 };
                 return pb::TapResult {
                     result: Some(pb::tap_result::Result::Error(error)),
@@ -107,6 +119,7 @@ impl GateService {
                     request_id,
                     code: status.code() as i32,
                     message: status.message().to_owned(),
+                    retry_after_ms: super::status::retry_pushback(&status),
                 })
             }
         };
@@ -123,15 +136,23 @@ impl pb::gate_server::Gate for GateService {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let received = Instant::now();
+        // When the call came off its connection (the transport stamps every call).
+        let received = request
+            .extensions()
+            .get::<Arrived>()
+            .map_or_else(Instant::now, |arrived| arrived.0);
         let timeout = grpc_timeout(request.metadata());
         let peer = request.extensions().get::<Peer>().cloned();
         let span = tracing::debug_span!("authorize");
         let _guard = span.enter();
-        Ok(Response::new(
-            self.decide(request.into_inner(), peer.as_ref(), received, timeout)
-                .await?,
-        ))
+        let started = Instant::now();
+        let answer = self
+            .decide(request.into_inner(), peer.as_ref(), received, timeout)
+            .await?;
+        let mut response = Response::new(answer);
+        // For admission: the decision is not time queued.
+        response.extensions_mut().insert(DecisionTime(started.elapsed()));
+        Ok(response)
     }
 
     type TapsStream = TapStream;

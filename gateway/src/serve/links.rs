@@ -284,7 +284,8 @@ impl pb::links_server::Links for LinkService {
         let results = request.into_inner().then(move |batch| {
             let (this, caller) = (this.clone(), caller.clone());
             async move {
-                let batch = batch?;
+                // A transport error (an oversize batch) as the one error map says.
+                let batch = batch.map_err(super::status::transport)?;
                 if batch.rows.len() > MAX_BATCH_ROWS {
                     return Err(super::convert::BatchTooLarge {
                         got: batch.rows.len(),

@@ -2,6 +2,7 @@
 //! graceful drain.
 
 mod admin;
+pub mod admission;
 mod auth;
 pub mod convert;
 mod deadline;
@@ -16,6 +17,7 @@ pub mod tls;
 pub mod transport;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use ridegate_adapters::shared::changes;
@@ -31,6 +33,7 @@ pub use convert::InvalidRequest;
 pub use deadline::{Deadlines, grpc_timeout};
 pub use feed::MAX_UPDATES;
 pub use links::MAX_BATCH_ROWS;
+pub use status::RETRY_PUSHBACK;
 
 /// The health-checking service name that reports whether the shared tier (Redis)
 /// answers. The gate service keeps serving while it does not, with degraded answers.
@@ -50,6 +53,8 @@ pub(crate) struct Services {
     feed: Option<feed::FeedService>,
     /// Turns caller tokens into callers for Links and HealthFeed.
     authenticator: auth::Authenticator,
+    /// Sheds gate calls that cannot be answered in time.
+    admission: Arc<admission::Admission>,
 }
 
 impl Services {
@@ -59,12 +64,17 @@ impl Services {
             default_budget: app.config.deadline.default_budget,
             margin: app.config.deadline.margin,
         };
+        let admission = Arc::new(admission::Admission::new(
+            app.config.admission.clone(),
+            app.authorizer.metrics().clone(),
+        ));
         let gate = gate::GateService::new(
             app.authorizer.clone(),
             deadlines,
             app.config.server.stream_concurrency,
             draining,
             gates::GateAdmission::new(app.config.server.tls.mutual(), app.config.gates.clone()),
+            admission.clone(),
         );
         let links = links::LinkService::new(
             app.links.clone(),
@@ -85,6 +95,7 @@ impl Services {
             links,
             feed,
             authenticator: auth::Authenticator::new(app.callers.clone(), app.clock.clone()),
+            admission,
         }
     }
 }
@@ -133,11 +144,12 @@ pub async fn serve(
     let reloader = Reloader::new(config.clone(), tls.clone(), callers, authorizer.clone())
         .spawn(reload_trigger, server_config.reload_interval);
 
-    let taps = gate::TapsRoute::new(services.gate.clone(), server_config.max_request_bytes);
+    let taps = gate::TapsRoute::new(services.gate.clone(), server_config.max_tap_bytes);
     let gate = GateServer::new(services.gate)
         // Big enough that an oversize QR text reaches the verifier and gets a DENY with
-        // CODE_OVERSIZE instead of a transport error.
-        .max_decoding_message_size(server_config.max_request_bytes);
+        // CODE_OVERSIZE instead of a transport error; small, as every tap in flight may
+        // hold this much.
+        .max_decoding_message_size(server_config.max_tap_bytes);
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -233,7 +245,15 @@ pub async fn serve(
     let router = routes
         .into_axum_router()
         // Taps with a decoder that answers an undecodable tap in place (see gate.rs).
-        .route_service("/ridegate.v1.Gate/Taps", taps);
+        .route_service("/ridegate.v1.Gate/Taps", taps)
+        // At most `admission.max_in_flight` gate calls open, checked before a request
+        // is read.
+        .layer(axum::middleware::from_fn_with_state(
+            services.admission,
+            admission::cap_gate_calls,
+        ))
+        // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
+        .layer(tower::util::MapResponseLayer::new(status::transport_headers));
     // Metrics and probes on their own listener, never on the gate port.
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let admin_task = admin
@@ -241,10 +261,6 @@ pub async fn serve(
         .transpose()?;
 
     let addr = listener.local_addr().context("listener address")?;
-    let failed = {
-        let metrics = authorizer.metrics().clone();
-        move || metrics.record_tls_handshake_failure()
-    };
     // The drain runs while the server keeps serving: NOT_SERVING first, then (after
     // `drain_delay`) open streams are told to finish and tonic stops accepting.
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -272,12 +288,10 @@ pub async fn serve(
         let _ = draining_tx.send(true);
         let _ = drained_tx.send(());
     };
-    let server = transport::server(&server_config)
-        // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
-        .layer(tower::util::MapResponseLayer::new(status::transport_headers))
-        .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(tls::incoming(listener, &server_config, tls.clone(), failed), drain);
-    tracing::info!(%addr, feed = config.health.feed_enabled, tls = tls.is_some(), "ridegate serving");
+    let transport = transport::Transport::new(&server_config, tls.clone(), authorizer.metrics().clone());
+    let max_connections = transport.max_connections();
+    let server = transport.serve(listener, router, drain);
+    tracing::info!(%addr, feed = config.health.feed_enabled, tls = tls.is_some(), max_connections, "ridegate serving");
 
     let grace_expired = async {
         if drained_rx.await.is_ok() {

@@ -12,6 +12,7 @@ use std::error::Error;
 use ridegate_adapters::link::LinkError;
 use tonic::{Code, Status};
 
+use super::admission::Overloaded;
 use super::auth::AuthError;
 use super::convert::{BatchTooLarge, InvalidRequest};
 use super::feed::FeedDenied;
@@ -67,7 +68,31 @@ impl From<TapRefused> for Status {
         match e {
             TapRefused::Invalid(e) => e.into(),
             TapRefused::Gate(e) => e.into(),
+            TapRefused::Overloaded(e) => e.into(),
         }
+    }
+}
+
+/// The gRPC metadata key of the retry hint: gRPC's own retry pushback (gRFC A6), in
+/// milliseconds.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// The retry hint a status carries, in milliseconds; 0 if none.
+pub(super) fn retry_pushback(status: &Status) -> u32 {
+    status
+        .metadata()
+        .get(RETRY_PUSHBACK)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Overloaded: RESOURCE_EXHAUSTED, with the retry hint in the metadata.
+impl From<Overloaded> for Status {
+    fn from(e: Overloaded) -> Self {
+        let mut status = Status::resource_exhausted(e.to_string());
+        let ms = u64::try_from(e.retry_after.as_millis()).unwrap_or(u64::MAX);
+        status.metadata_mut().insert(RETRY_PUSHBACK, ms.into());
+        status
     }
 }
 

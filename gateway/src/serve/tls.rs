@@ -1,14 +1,15 @@
 //! TLS and mutual TLS on the gate port, through rustls with the aws-lc-rs provider.
 //!
-//! Handshakes run beside the accept loop (a slow or hostile client never holds up the
-//! next one), each bounded by `handshake_timeout`. The server certificate, its key and
-//! the client CA live in one `rustls::ServerConfig` behind an [`ArcSwap`]: a reload
-//! builds a new one and swaps it in for the next handshake, so connections already open
-//! keep theirs, and a reload that fails validation keeps the old one.
+//! Handshakes run in each connection's own task (a slow or hostile client never holds
+//! up the next one), each bounded by `server.handshake_timeout` (see `transport`). The
+//! server certificate, its key and the client CA live in one `rustls::ServerConfig`
+//! behind an [`ArcSwap`]: a reload builds a new one and swaps it in for the next
+//! handshake, so connections already open keep theirs, and a reload that fails
+//! validation keeps the old one.
 //!
 //! A client certificate is read once per connection: the gate id its SAN URI
-//! `spiffe://<trust_domain>/gate/<gate_id>` names goes into [`Peer`], which tonic hands
-//! to every request on the connection as an extension.
+//! `spiffe://<trust_domain>/gate/<gate_id>` names goes into [`Peer`], which the
+//! transport hands to every request on the connection as an extension.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,18 +19,16 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use futures::{Stream, StreamExt as _};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::Connected;
 
-use crate::config::{ClientCertificates, ServerConfig, TlsConfig};
+use crate::config::{ClientCertificates, TlsConfig};
 
 /// Longest gate id a certificate may name, in bytes (as a request's `gate.gate_id`).
 const MAX_GATE_ID: usize = 64;
@@ -146,6 +145,14 @@ impl TlsState {
         &self.settings.trust_domain
     }
 
+    /// Runs the TLS handshake on `tcp` with the configuration of the moment; returns
+    /// the connection and the [`Peer`] its handshake proved. The caller bounds it in time.
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<(Conn, Peer)> {
+        let stream = TlsAcceptor::from(self.current.load_full()).accept(tcp).await?;
+        let peer = self.peer(&stream);
+        Ok((Conn::Tls(Box::new(stream)), peer))
+    }
+
     /// The connection's [`Peer`] from its handshake.
     fn peer(&self, stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Peer {
         let leaf = stream.get_ref().1.peer_certificates().and_then(|certs| certs.first());
@@ -251,30 +258,19 @@ fn build(settings: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
     Ok(config)
 }
 
-/// One accepted connection: plaintext, or TLS with what its handshake proved.
+/// One accepted connection: plaintext, or TLS.
 pub enum Conn {
     /// Plaintext TCP.
     Plain(TcpStream),
-    /// TLS over TCP, and the peer it proved to be.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Peer),
-}
-
-impl Connected for Conn {
-    type ConnectInfo = Peer;
-
-    fn connect_info(&self) -> Peer {
-        match self {
-            Self::Plain(_) => Peer::default(),
-            Self::Tls(_, peer) => peer.clone(),
-        }
-    }
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -283,7 +279,7 @@ impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -294,84 +290,30 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s, _) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s, _) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
-}
-
-/// The connections the server serves.
-pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
-
-/// Handshakes in progress at once; beyond it, accepting waits.
-const MAX_HANDSHAKES: usize = 1024;
-
-/// Connections from `listener` with ridegate's socket settings: plaintext, or through
-/// a TLS handshake with `tls`'s configuration of the moment. A failed handshake is
-/// logged (at debug: a port scan must not flood the log) and counted by the caller's
-/// `failed` hook, and never ends the stream.
-pub fn incoming(
-    listener: TcpListener,
-    config: &ServerConfig,
-    tls: Option<Arc<TlsState>>,
-    failed: impl Fn() + Send + Sync + 'static,
-) -> Incoming {
-    let tcp = super::transport::incoming(listener, config);
-    let Some(tls) = tls else {
-        return Box::pin(tcp.map(|conn| conn.map(Conn::Plain)));
-    };
-    let timeout = config.tls.handshake_timeout;
-    let failed = Arc::new(failed);
-    let handshakes = tcp
-        .map(move |conn| {
-            let (tls, failed) = (tls.clone(), failed.clone());
-            async move {
-                let tcp = match conn {
-                    Ok(tcp) => tcp,
-                    Err(e) => return Some(Err(e)),
-                };
-                let acceptor = TlsAcceptor::from(tls.current.load_full());
-                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let peer = tls.peer(&stream);
-                        Some(Ok(Conn::Tls(Box::new(stream), peer)))
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake refused");
-                        failed();
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        failed();
-                        None
-                    }
-                }
-            }
-        })
-        .buffer_unordered(MAX_HANDSHAKES)
-        .filter_map(std::future::ready);
-    Box::pin(handshakes)
 }
 
 #[cfg(test)]

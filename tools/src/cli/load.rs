@@ -60,6 +60,10 @@ pub(super) struct LoadArgs {
     /// Each call's deadline (sent as grpc-timeout).
     #[arg(short = 't', long, value_parser = humantime::parse_duration, default_value = "20s")]
     timeout: Duration,
+    /// Send the next request at once after a refusal, as ghz does, instead of waiting
+    /// the server's grpc-retry-pushback-ms plus jitter first, as a gate should.
+    #[arg(long)]
+    ignore_pushback: bool,
     /// The method: ridegate.v1.Gate/Authorize (also written ridegate.v1.Gate.Authorize).
     #[arg(long, default_value = AUTHORIZE)]
     call: String,
@@ -253,6 +257,7 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
         connections: args.connections,
         rps: (args.rps > 0.0).then_some(args.rps),
         timeout: args.timeout,
+        honor_pushback: !args.ignore_pushback,
         server_pid: args.server_pid,
         tls: match &args.tls_ca {
             Some(ca) => Some(

@@ -1,12 +1,13 @@
 //! The command line: `ridegate serve`, `ridegate demo`, `ridegate keys`,
-//! `ridegate health-sim`, and the load-testing tools `ridegate load`, `load-setup` and
-//! `baseline`.
+//! `ridegate health-sim`, the load-testing tools `ridegate load`, `load-setup` and
+//! `baseline`, and the transport drills `ridegate drill`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
 //! invalid configuration (the message names the field).
 
 mod cert;
 mod demo;
+mod drill;
 mod health_sim;
 mod keys;
 mod load;
@@ -52,6 +53,8 @@ enum Command {
     LoadSetup(load::LoadSetupArgs),
     /// Serve the baseline: ridegate's contract and stack, answering a constant at once.
     Baseline(load::BaselineArgs),
+    /// Transport drills: idle connections, unread calls, partial messages, with a probe.
+    Drill(drill::DrillArgs),
 }
 
 /// A failure with the exit code it should end the process with.
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Load(args) => load::run_load(args),
         Command::LoadSetup(args) => load::run_setup(args),
         Command::Baseline(args) => load::run_baseline(args),
+        Command::Drill(args) => drill::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

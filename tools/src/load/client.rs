@@ -64,6 +64,9 @@ impl Tls {
     }
 }
 
+/// How the message of a call that failed in the transport begins.
+pub(super) const TRANSPORT: &str = "transport: ";
+
 /// One HTTP/2 connection, shared by the workers assigned to it.
 #[derive(Clone)]
 pub(super) struct Connection {
@@ -81,14 +84,18 @@ pub(super) struct Reply {
     pub message: String,
     /// Verdict and reason, from an OK answer.
     pub answer: Option<(i32, i32)>,
+    /// The server's retry hint (`grpc-retry-pushback-ms`) with a refusal.
+    pub pushback: Option<std::time::Duration>,
 }
 
 impl Reply {
-    fn error(code: i32, message: impl Into<String>) -> Self {
+    /// A failed call.
+    pub(super) fn error(code: i32, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
             answer: None,
+            pushback: None,
         }
     }
 }
@@ -137,7 +144,7 @@ impl Connection {
     pub(super) async fn call(&mut self, body: Bytes) -> Reply {
         match self.exchange(body).await {
             Ok(reply) => reply,
-            Err(e) => Reply::error(14, format!("transport: {e}")),
+            Err(e) => Reply::error(14, format!("{TRANSPORT}{e}")),
         }
     }
 
@@ -168,7 +175,13 @@ impl Connection {
             .unwrap_or(2);
         if code != 0 {
             let message = field("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
-            return Ok(Reply::error(code, message));
+            let pushback = field(ridegate::serve::RETRY_PUSHBACK)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .map(std::time::Duration::from_millis);
+            return Ok(Reply {
+                pushback,
+                ..Reply::error(code, message)
+            });
         }
         let Some(answer) = decode_message(&data) else {
             return Ok(Reply::error(
@@ -180,6 +193,7 @@ impl Connection {
             code,
             message: String::new(),
             answer: Some((answer.verdict, answer.reason)),
+            pushback: None,
         })
     }
 }

@@ -3,8 +3,11 @@
 //! Requests are encoded (and their ride codes minted) before the timed phase. Then
 //! `concurrency` workers share `connections` HTTP/2 connections; each takes the next
 //! request number, waits for its slot when a rate is set, sends the request and records
-//! the answer. The run ends after `total` requests, after `duration`, or when the
-//! single-use ride codes are used up, whichever comes first.
+//! the answer. Like a gate, a worker whose call was refused under overload waits the
+//! server's `grpc-retry-pushback-ms` plus jitter before its next request (unless
+//! `--ignore-pushback`), and a broken connection is reopened. The run ends after
+//! `total` requests, after `duration`, or when the single-use ride codes are used up,
+//! whichever comes first.
 
 mod client;
 mod report;
@@ -45,6 +48,8 @@ pub struct Options {
     /// Each call's deadline, sent as `grpc-timeout` and enforced by the tool.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// After a refusal with a retry hint, wait that long plus jitter (as a gate does).
+    pub honor_pushback: bool,
     /// A process whose CPU time is reported per request (the server under test).
     pub server_pid: Option<u32>,
     /// TLS (and a client certificate) for the connections; none: plaintext.
@@ -69,29 +74,38 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
     );
     let mut connections = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        connections.push(
-            client::Connection::open(&options.target, &options.path, options.timeout, options.tls.as_ref())
-                .await
-                .with_context(|| format!("cannot connect to {}", options.target))?,
-        );
+        connections.push(tokio::sync::Mutex::new((0, open(options).await?)));
     }
+    let connections = Arc::new(connections);
     let limit = options.total.unwrap_or(u64::MAX);
     let next = Arc::new(AtomicU64::new(0));
-    let tallies: Vec<Tally> = (0..options.concurrency).map(|_| Tally::new()).collect();
+    // One tally per connection, shared by its workers: a histogram per worker would
+    // cost the tool more than the calls at thousands in flight.
+    let tallies: Arc<Vec<parking_lot::Mutex<Tally>>> = Arc::new(
+        (0..options.connections)
+            .map(|_| parking_lot::Mutex::new(Tally::new()))
+            .collect(),
+    );
     let server_before = options.server_pid.and_then(cpu_time);
     let client_before = cpu_time(std::process::id());
     let started_at = SystemTime::now();
     let started = Instant::now();
     let end = options.duration.map(|d| started + d);
-    let workers: Vec<_> = tallies
-        .into_iter()
-        .enumerate()
-        .map(|(w, mut tally)| {
-            let mut connection = connections[w % connections.len()].clone();
-            let (templates, next) = (templates.clone(), next.clone());
+    let workers: Vec<_> = (0..options.concurrency)
+        .map(|w| {
+            let slot = w % connections.len();
+            let (templates, next, connections, options, tallies) = (
+                templates.clone(),
+                next.clone(),
+                connections.clone(),
+                options.clone(),
+                tallies.clone(),
+            );
             let (rps, timeout) = (options.rps, options.timeout);
+            let mut jitter = Jitter::new(w as u64);
             tokio::spawn(async move {
-                let stop = loop {
+                let (mut generation, mut connection) = connections[slot].lock().await.clone();
+                loop {
                     if end.is_some_and(|end| Instant::now() >= end) {
                         break Stop::Time;
                     }
@@ -112,15 +126,27 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
                     let sent = Instant::now();
                     let reply = match tokio::time::timeout(timeout, connection.call(body)).await {
                         Ok(reply) => reply,
-                        Err(_) => client::Reply {
-                            code: 4,
-                            message: "deadline exceeded (the load tool's timeout)".into(),
-                            answer: None,
-                        },
+                        Err(_) => client::Reply::error(4, "deadline exceeded (the load tool's timeout)"),
                     };
-                    tally.record(sent.elapsed(), &reply);
-                };
-                (tally, stop)
+                    tallies[slot].lock().record(sent.elapsed(), &reply);
+                    // Back off as a gate would: after the server's hint, or a broken
+                    // connection (reopened by the first worker that finds it broken).
+                    let pause = match (reply.code, reply.pushback) {
+                        (8, Some(pushback)) if options.honor_pushback => Some(pushback + jitter.up_to(pushback)),
+                        (14, _) if reply.message.starts_with(client::TRANSPORT) => {
+                            (generation, connection) = reopen(&connections[slot], generation, &options).await;
+                            Some(RECONNECT_PAUSE)
+                        }
+                        _ => None,
+                    };
+                    if let Some(pause) = pause {
+                        let until = Instant::now() + pause;
+                        if end.is_some_and(|end| until >= end) {
+                            break Stop::Time;
+                        }
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
             })
         })
         .collect();
@@ -133,11 +159,11 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
     let client_cpu = since(client_before, cpu_time(std::process::id()));
     let end_reason = [Stop::RanOut, Stop::Time, Stop::Count]
         .into_iter()
-        .find(|stop| finished.iter().any(|(_, s)| s == stop))
+        .find(|stop| finished.contains(stop))
         .unwrap_or(Stop::Count);
     let mut tally = Tally::new();
-    for (worker_tally, _) in finished {
-        tally.merge(worker_tally);
+    for connection_tally in tallies.iter() {
+        tally.merge(std::mem::replace(&mut *connection_tally.lock(), Tally::new()));
     }
     let facts = RunFacts {
         name: options.path.trim_start_matches('/').to_owned(),
@@ -150,6 +176,50 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
         signature_checks: templates.signature_checks.clone(),
     };
     Ok(Report::new(tally, facts))
+}
+
+/// How long a worker waits after finding its connection broken.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+
+/// Opens one connection as `options` say.
+async fn open(options: &Options) -> anyhow::Result<client::Connection> {
+    client::Connection::open(&options.target, &options.path, options.timeout, options.tls.as_ref())
+        .await
+        .with_context(|| format!("cannot connect to {}", options.target))
+}
+
+/// The connection in `slot`, reopened if it is still the broken one of `generation`
+/// (another worker may have reopened it already). If it cannot be reopened, the broken
+/// one is kept, and the next call finds out again.
+async fn reopen(
+    slot: &tokio::sync::Mutex<(u64, client::Connection)>,
+    generation: u64,
+    options: &Options,
+) -> (u64, client::Connection) {
+    let mut held = slot.lock().await;
+    if held.0 == generation
+        && let Ok(Ok(fresh)) = tokio::time::timeout(options.timeout, open(options)).await
+    {
+        *held = (generation + 1, fresh);
+    }
+    held.clone()
+}
+
+/// Jitter for a worker's pauses (xorshift: spread, not secrecy).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A pause between 0 and `max`.
+    fn up_to(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        max.mul_f64((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
 }
 
 /// The lowest rate `--rps` accepts: one request in about 17 minutes.

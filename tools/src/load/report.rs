@@ -380,6 +380,7 @@ mod tests {
             code,
             message: if code == 0 { String::new() } else { "boom".into() },
             answer,
+            pushback: None,
         }
     }
 

@@ -286,6 +286,9 @@ pub struct SignatureCheck {
 pub struct Templates {
     frames: Vec<Bytes>,
     single_use: bool,
+    /// Leads every request id of this run, so that a server that saw an earlier run
+    /// does not take this one's requests for retries.
+    run: u16,
     /// Bare signature checks by kind, for the codes among the requests.
     pub signature_checks: Vec<SignatureCheck>,
 }
@@ -381,12 +384,14 @@ impl Templates {
         Ok(Self {
             frames,
             single_use: mix.has_codes(),
+            run: run_tag(),
             signature_checks,
         })
     }
 
-    /// The framed request for the `k`-th call, with request id `k` in hex; `None` once
-    /// the requests carry ride codes and all were sent (a code can be used once).
+    /// The framed request for the `k`-th call, with request id the run's tag and `k` in
+    /// hex; `None` once the requests carry ride codes and all were sent (a code can be
+    /// used once).
     pub fn request(&self, k: u64) -> Option<Bytes> {
         let len = self.frames.len() as u64;
         if len == 0 || (self.single_use && k >= len) {
@@ -394,7 +399,7 @@ impl Templates {
         }
         let template = &self.frames[(k % len) as usize];
         let mut frame = BytesMut::from(&template[..]);
-        let id = format!("{k:016x}");
+        let id = format!("{:04x}{:012x}", self.run, k & 0xffff_ffff_ffff);
         frame[REQUEST_ID_AT..REQUEST_ID_AT + REQUEST_ID_LEN].copy_from_slice(id.as_bytes());
         Some(frame.freeze())
     }
@@ -584,6 +589,14 @@ impl Generator<'_> {
     }
 }
 
+/// A tag that differs from one run to the next (the clock's nanoseconds).
+fn run_tag() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos >> 4) as u16
+}
+
 /// `message` as one length-prefixed gRPC message.
 pub(super) fn frame(message: &pb::AuthorizeRequest) -> Bytes {
     let encoded = message.encode_to_vec();
@@ -619,8 +632,9 @@ mod tests {
         let templates = Templates::build(&Source::Cards, "cards".parse().unwrap(), Shares::default(), 10, 1).unwrap();
         assert_eq!(templates.frames.len(), 10);
         let decode = |k| pb::AuthorizeRequest::decode(&templates.request(k).unwrap()[5..]).unwrap();
-        assert_eq!(decode(3).request_id, "0000000000000003");
-        assert_eq!(decode(13).request_id, "000000000000000d");
+        let run = format!("{:04x}", templates.run);
+        assert_eq!(decode(3).request_id, format!("{run}000000000003"));
+        assert_eq!(decode(13).request_id, format!("{run}00000000000d"));
         assert_eq!(decode(13).credential, decode(3).credential, "cards cycle");
         assert!(matches!(
             decode(0).credential,

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Overload: goodput and deadline misses as the requests in flight grow from what
+# saturates the server to 100× that — a thundering herd of gates after a partition
+# heals. ridegate (embedded default, pinned to one core) with `ridegate load` on the
+# other core, card taps with 10% exits, every call with a 200 ms deadline. The load tool
+# waits the server's grpc-retry-pushback-ms plus jitter after a refusal, as a gate
+# should (PUSHBACK=0: it sends again at once, as ghz does).
+#
+#   bench/overload.sh                               # part of bench/run.sh, or alone
+#   BEFORE=/path/to/older/ridegate bench/overload.sh  # and an older build, same run
+#   INFLIGHT="64 640 6400" ROUNDS=5 bench/overload.sh
+#
+# Writes its table into BENCHMARKS.md between the "bench/overload.sh" markers.
+# Needs: cargo, h2load (nghttp2-client), jq, taskset, curl.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-8}
+RIDERS=${RIDERS:-100000}
+INFLIGHT=${INFLIGHT:-"64 1000 4000 10000"}
+TIMEOUT=${TIMEOUT:-200ms}
+MAX_CONNS=${MAX_CONNS:-200}   # connections the load spreads over (as in issue 14's table)
+PUSHBACK=${PUSHBACK:-1}
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+BEFORE=${BEFORE:-}
+OUT=${OUT:-BENCHMARKS.md}
+
+need() { command -v "$1" >/dev/null || { echo "bench/overload.sh needs $1: $2" >&2; exit 2; }; }
+need h2load "apt-get install -y nghttp2-client"
+need jq "apt-get install -y jq"
+need taskset "apt-get install -y util-linux"
+need curl "apt-get install -y curl"
+
+cargo build --release --quiet
+B=$PWD/target/release/ridegate
+WORK=$(mktemp -d /tmp/ridegate-overload.XXXXXX)
+PIDS=()
+cleanup() { for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done; }
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+trap cleanup EXIT
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+median() { sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+# start NAME BINARY ARGS... : a server on the server core; sets ADDR, ADMIN and PID.
+start() {
+  local name=$1; shift
+  rm -f "$WORK/$name.ready"
+  taskset -c "$SERVER_CORE" "$@" --ready-file "$WORK/$name.ready" 2>"$WORK/$name.log" &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 1 1200); do
+    [ -s "$WORK/$name.ready" ] && break
+    kill -0 "$PID" 2>/dev/null || { cat "$WORK/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  ADDR=$(jq -r .addr "$WORK/$name.ready")
+  ADMIN=$(jq -r '.admin // empty' "$WORK/$name.ready")
+}
+
+# shed ADMIN: the shed counters by kind, as "kind=n ..." (empty for a build without them)
+shed() {
+  [ -n "$1" ] || return 0
+  curl -s "http://$1/metrics" | awk -F'[{}"= ]+' '/^ridegate_shed_calls_total\{/ { printf "%s=%s ", $3, $4 }'
+}
+
+# run NAME ADDR PID ADMIN N : one timed run at N in flight
+run() {
+  local name=$1 addr=$2 pid=$3 admin=$4 n=$5
+  local conns=$(( n < MAX_CONNS ? n : MAX_CONNS ))
+  local extra=()
+  [ "$PUSHBACK" = 1 ] || extra+=(--ignore-pushback)
+  local before after
+  before=$(shed "$admin")
+  taskset -c "$LOAD_CORE" "$B" load "$addr" --population "$WORK/pop" --mix cards --exits 0.1 --yellow 0 --red 0 \
+    --unlinked 0 --forged 0 -z "${SECS}s" -c "$n" --connections "$conns" -t "$TIMEOUT" --server-pid "$pid" \
+    -O json -o "$WORK/$name.json" ${extra[@]+"${extra[@]}"} 2>>"$WORK/load.log" || true
+  after=$(shed "$admin")
+  echo "$before" >"$WORK/$name.shed-before"; echo "$after" >"$WORK/$name.shed-after"
+  sleep 1   # let the server settle between runs
+}
+
+# fields FILE: ok_per_s p99_ms deadline_exceeded resource_exhausted other_errors
+fields() {
+  jq -r '(.statusCodeDistribution.OK // 0) as $ok
+    | [ ($ok / (.total / 1e9)),
+        ((.latencyDistribution // [] | map(select(.percentage == 99)) | .[0].latency // 0) / 1e6),
+        (.statusCodeDistribution.DeadlineExceeded // 0),
+        (.statusCodeDistribution.ResourceExhausted // 0),
+        (.count - $ok - (.statusCodeDistribution.DeadlineExceeded // 0) - (.statusCodeDistribution.ResourceExhausted // 0)),
+        ((.slowest // 0) / 1e6) ] | @tsv' "$1"
+}
+
+# shed_delta NAME KIND: how many of KIND the server shed during run NAME
+shed_delta() {
+  local b a
+  b=$(tr ' ' '\n' <"$WORK/$1.shed-before" | awk -F= -v k="$2" '$1 == k {print $2}')
+  a=$(tr ' ' '\n' <"$WORK/$1.shed-after" | awk -F= -v k="$2" '$1 == k {print $2}')
+  echo $(( ${a:-0} - ${b:-0} ))
+}
+
+log "population: $RIDERS riders"
+"$B" load-setup --out "$WORK/pop" --riders "$RIDERS" >/dev/null
+"$B" load --write-body "$WORK/body.bin"
+
+start baseline "$B" baseline --listen 127.0.0.1:0
+BASE_ADDR=$ADDR
+start ridegate "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  --data-dir "$WORK/data"
+RG_ADDR=$ADDR RG_PID=$PID RG_ADMIN=$ADMIN
+taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
+SERVERS=(rg)
+if [ -n "$BEFORE" ]; then
+  start before "$BEFORE" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --data-dir "$WORK/data-before"
+  OLD_ADDR=$ADDR OLD_PID=$PID OLD_ADMIN=$ADMIN
+  taskset -c "$LOAD_CORE" "$B" load "$OLD_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
+  SERVERS+=(old)
+fi
+
+for r in $(seq 1 "$ROUNDS"); do
+  log "round $r"
+  # The empty handler at 64 in flight with h2load: the stack's own ceiling.
+  taskset -c "$LOAD_CORE" h2load -D "$SECS" -c 64 -m 1 -t 1 -d "$WORK/body.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' "http://$BASE_ADDR/ridegate.v1.Gate/Authorize" \
+    >"$WORK/h2load-$r.txt" 2>&1
+  for n in $INFLIGHT; do
+    # Alternate which server goes first, round by round.
+    order=("${SERVERS[@]}"); [ $((r % 2)) -eq 0 ] && order=($(printf '%s\n' "${SERVERS[@]}" | tac))
+    for s in "${order[@]}"; do
+      case $s in
+        rg) run "rg-$n-$r" "$RG_ADDR" "$RG_PID" "$RG_ADMIN" "$n" ;;
+        old) run "old-$n-$r" "$OLD_ADDR" "$OLD_PID" "$OLD_ADMIN" "$n" ;;
+      esac
+    done
+  done
+done
+
+first=${INFLIGHT%% *}
+table() { # SERVER LABEL
+  local s=$1 label=$2
+  for n in $INFLIGHT; do
+    local ok ratio p99 slowest dl re other exits_shed entries_shed
+    ok=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f1; done | median)
+    ratio=$(for r in $(seq 1 "$ROUNDS"); do
+      awk -v a="$(fields "$WORK/$s-$n-$r.json" | cut -f1)" -v b="$(fields "$WORK/$s-$first-$r.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
+    done | median)
+    p99=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f2; done | median)
+    slowest=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f6; done | sort -g | tail -1)
+    dl=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f3; done | awk '{s+=$1} END {print s+0}')
+    re=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f4; done | awk '{s+=$1} END {print s+0}')
+    other=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f5; done | awk '{s+=$1} END {print s+0}')
+    exits_shed=0; entries_shed=0
+    for r in $(seq 1 "$ROUNDS"); do
+      exits_shed=$(( exits_shed + $(shed_delta "$s-$n-$r" exit) ))
+      entries_shed=$(( entries_shed + $(shed_delta "$s-$n-$r" card_entry) + $(shed_delta "$s-$n-$r" at_capacity) ))
+    done
+    printf '| %s | %s | %.0f | %.2f | %.1f ms | %.0f ms | %s | %s | %s | %s / %s |\n' \
+      "$label" "$n" "$ok" "$ratio" "$p99" "$slowest" "$dl" "$re" "$other" "$exits_shed" "$entries_shed"
+  done
+}
+
+H2_RPS=$(for r in $(seq 1 "$ROUNDS"); do awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt"; done | median)
+BASE_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
+  awk -v a="$(fields "$WORK/rg-$first-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+done | median)
+{
+  echo "<!-- bench/overload.sh: begin -->"
+  echo "### Overload (\`bench/overload.sh\`)"
+  echo
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ): server on core $SERVER_CORE, \`ridegate load\` on core $LOAD_CORE; card taps (10% exits),"
+  echo "deadline $TIMEOUT, up to $MAX_CONNS connections; $ROUNDS rounds of ${SECS} s, servers alternating; medians over rounds."
+  echo "Pushback honoured by the load tool: $([ "$PUSHBACK" = 1 ] && echo yes || echo 'no (ghz-like)'). *Ratio*: OK answers/s over the"
+  echo "same server's at $first in flight, per round, median. p99 and slowest are of OK answers (decided calls)."
+  echo "Deadline misses: calls the client gave up on at its deadline. Shed: exits / entries the server refused."
+  echo
+  echo "| build | in flight | OK answers/s | ratio | p99 | slowest | deadline misses | RESOURCE_EXHAUSTED | other errors | shed exits / entries |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  table rg "this build"
+  [ -n "$BEFORE" ] && table old "before ($(basename "$(dirname "$BEFORE")")/$(basename "$BEFORE"))"
+  echo
+  printf -- "- card taps at %s in flight: %.0f OK/s, %.2f of the empty handler under h2load (%.0f req/s) in the same run.\n" \
+    "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"
+  echo
+  echo "<!-- bench/overload.sh: end -->"
+} >"$WORK/section.md"
+
+if [ -f "$OUT" ] && grep -q '<!-- bench/overload.sh: begin -->' "$OUT"; then
+  awk -v section="$WORK/section.md" '
+    /<!-- bench\/overload.sh: begin -->/ { while ((getline line < section) > 0) print line; skip = 1; next }
+    /<!-- bench\/overload.sh: end -->/ { skip = 0; next }
+    !skip { print }' "$OUT" >"$WORK/out.md"
+  mv "$WORK/out.md" "$OUT"
+else
+  cat "$WORK/section.md" >>"$OUT"
+fi
+cat "$WORK/section.md"
+log "written to $OUT (raw runs in $WORK)"
