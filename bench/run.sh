@@ -7,6 +7,7 @@
 #   bench/run.sh                  # everything (about 15 minutes on 2 cores)
 #   ROUNDS=5 SECS=10 bench/run.sh # more rounds, longer runs
 #   MEMORY=0 bench/run.sh         # skip the 10M + 10M memory measurement
+#   OVERLOAD=0 DRILLS=0 bench/run.sh  # skip bench/overload.sh and bench/drills.sh
 #
 # Needs: cargo, h2load (nghttp2-client), jq, taskset (util-linux), redis-server.
 # Not part of CI: it takes long and only means something on an otherwise idle machine.
@@ -262,3 +263,8 @@ else
 fi
 cat "$WORK/section.md"
 log "written to $OUT (raw runs in $WORK)"
+
+# 6. Overload (64 to 10,000 calls in flight) and the transport drills: their own
+#    scripts, each writing its own section of the same file.
+if [ "${OVERLOAD:-1}" = 1 ]; then OUT=$OUT ROUNDS=$ROUNDS SECS=$SECS RIDERS=$RIDERS bench/overload.sh; fi
+if [ "${DRILLS:-1}" = 1 ]; then OUT=$OUT RIDERS=$RIDERS bench/drills.sh; fi

@@ -97,7 +97,12 @@ pub async fn serve_baseline(
         .context("reflection")?;
     let router = Routes::new(gate).add_service(reflection).into_axum_router();
     transport::Transport::new(config, None, Arc::default())
-        .serve(listener, router, shutdown)
+        .serve(
+            listener,
+            router,
+            |_: &mut http::Request<transport::Peeked>| None,
+            shutdown,
+        )
         .await
         .context("baseline server failed")
 }

@@ -28,6 +28,12 @@
 //!    At any moment the same prediction is compared with each share, so as load rises
 //!    ride-code entries are shed first, then card entries, and exits last: an exit is
 //!    never shed while an entry is admitted.
+//!
+//!    While calls are queueing, a unary tap is judged twice: first as it arrives, in its
+//!    connection's task ([`Admission::at_arrival`]: its kind and budget read from the
+//!    first bytes of its body, the prediction the time queued that 95 % of recent calls
+//!    stayed under), so that its refusal leaves before it waits behind the others; then
+//!    when its tap is decoded ([`Admission::admit`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,7 +47,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tonic::Status;
 
-use super::transport::{Arrived, Guarded};
+use super::deadline::{Deadlines, parse_grpc_timeout};
+use super::transport::{Arrived, Guarded, Peeked};
 use crate::config::AdmissionConfig;
 use crate::metrics::Metrics;
 use crate::telemetry::Throttled;
@@ -50,6 +57,8 @@ use crate::telemetry::Throttled;
 /// deciding is about as quick as refusing, and a gate with no time left still gets its
 /// answer rather than a refusal.
 const NO_QUEUE: Duration = Duration::from_millis(1);
+/// How fast the estimate of time queued fades without fresh samples.
+const FADE_HALF_LIFE: Duration = Duration::from_millis(100);
 /// The shortest and longest retry hint given with a refusal.
 const PUSHBACK: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
 
@@ -65,6 +74,7 @@ pub struct Overloaded {
 #[derive(Debug)]
 pub struct Admission {
     config: AdmissionConfig,
+    deadlines: Deadlines,
     load: Arc<Load>,
     metrics: Arc<Metrics>,
     log: Throttled,
@@ -72,7 +82,7 @@ pub struct Admission {
 
 /// What admission knows of the server's load: calls open, and recent means (weight
 /// 1/8 per sample), in ns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Load {
     open_calls: AtomicUsize,
     /// How long a call waited from arrival until its tap was looked at.
@@ -80,6 +90,53 @@ struct Load {
     /// How long a unary call spent from arrival until its answer was sent, less its
     /// decision: its time queued.
     queued_ns: AtomicU64,
+    /// The time queued that 95 % of recent calls stayed under (a running estimate).
+    queued_p95_ns: AtomicU64,
+    /// When `queued_ns` last had a sample, in ns after `epoch`: an estimate without
+    /// fresh samples (every call refused at arrival) fades, so admission recovers.
+    queued_at_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Load {
+    fn new() -> Self {
+        Self {
+            open_calls: AtomicUsize::new(0),
+            wait_ns: AtomicU64::new(0),
+            queued_ns: AtomicU64::new(0),
+            queued_p95_ns: AtomicU64::new(0),
+            queued_at_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn note_queued(&self, queued: Duration) {
+        let sample = nanos(queued);
+        ewma(&self.queued_ns, sample);
+        // A quantile by stochastic steps: up by 95 parts when a sample is above it,
+        // down by 5 when below, each part 1/1024 of the estimate (at least 1 µs).
+        let p95 = self.queued_p95_ns.load(Ordering::Relaxed);
+        let part = (p95 / 1024).max(1_000);
+        let next = if sample > p95 {
+            p95 + 95 * part
+        } else {
+            p95.saturating_sub(5 * part)
+        };
+        self.queued_p95_ns.store(next, Ordering::Relaxed);
+        self.queued_at_ns.store(nanos(self.epoch.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Recent time queued, on average, and at the 95th percentile; each halved for
+    /// every [`FADE_HALF_LIFE`] without a sample.
+    fn queued(&self) -> (Duration, Duration) {
+        let since = self
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(self.queued_at_ns.load(Ordering::Relaxed)));
+        let fade = 0.5f64.powf(since.as_secs_f64() / FADE_HALF_LIFE.as_secs_f64());
+        let read = |ns: &AtomicU64| Duration::from_nanos(ns.load(Ordering::Relaxed)).mul_f64(fade);
+        (read(&self.queued_ns), read(&self.queued_p95_ns))
+    }
 }
 
 /// How long a call's decision took: set on its response by the gate service, so that
@@ -89,10 +146,11 @@ pub struct DecisionTime(pub Duration);
 
 impl Admission {
     /// Admission under `config`, counting refusals into `metrics`.
-    pub fn new(config: AdmissionConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: AdmissionConfig, deadlines: Deadlines, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
-            load: Arc::default(),
+            deadlines,
+            load: Arc::new(Load::new()),
             metrics,
             log: Throttled::default(),
         }
@@ -124,11 +182,37 @@ impl Admission {
     /// `answer_by`, or refuses it if its answer is predicted to be late for its kind.
     pub fn admit(&self, urgency: Urgency, arrived: Instant, answer_by: Instant) -> Result<(), Overloaded> {
         let waited = Instant::now().saturating_duration_since(arrived);
-        let load = &self.load;
-        let recent_wait = ewma(&load.wait_ns, nanos(waited));
-        let recent = load.queued_ns.load(Ordering::Relaxed).max(recent_wait);
-        let predicted = waited + Duration::from_nanos(recent);
-        let budget = answer_by.saturating_duration_since(arrived);
+        let recent_wait = Duration::from_nanos(ewma(&self.load.wait_ns, nanos(waited)));
+        let predicted = waited + self.load.queued().0.max(recent_wait);
+        self.judge(urgency, predicted, answer_by.saturating_duration_since(arrived))
+    }
+
+    /// The gatekeeper, run in a call's connection task as it arrives: while calls are
+    /// queueing, a unary tap predicted to be late for its kind is refused here, before
+    /// it waits behind the others — its refusal leaves sooner, and the gate backs off
+    /// sooner. Without a queue, or when the tap cannot be read yet, it passes to
+    /// [`Admission::admit`].
+    pub fn at_arrival(&self, request: &mut http::Request<Peeked>) -> Option<Response> {
+        // Judged by the slow end of recent calls: a call admitted now must make its
+        // deadline even if it waits as long as they did.
+        let (mean, queued) = self.load.queued();
+        if mean <= NO_QUEUE || request.uri().path() != AUTHORIZE {
+            return None;
+        }
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
+        let tap = peek_tap(request.body_mut().peek()?)?;
+        let now = Instant::now();
+        let answer_by = self.deadlines.answer_by(now, timeout, tap.budget);
+        let refused = self.judge(tap.urgency, queued, answer_by.saturating_duration_since(now));
+        refused.err().map(|overloaded| Status::from(overloaded).into_http())
+    }
+
+    /// Refuses a tap of kind `urgency` predicted to take `predicted` when its kind may
+    /// use its share of `budget`.
+    fn judge(&self, urgency: Urgency, predicted: Duration, budget: Duration) -> Result<(), Overloaded> {
         let share = match urgency {
             Urgency::Exit | Urgency::Retry => 1.0,
             Urgency::CardEntry => self.config.card_share,
@@ -145,11 +229,11 @@ impl Admission {
         Ok(())
     }
 
-    /// The retry hint: about how long the backlog takes to clear, within
-    /// [`PUSHBACK`].
+    /// The retry hint: twice the recent time queued (about how long the backlog takes
+    /// to clear), within [`PUSHBACK`]. Longer hints were measured to leave the server
+    /// idle while the gates wait (bench/overload.sh, BENCHMARKS.md).
     fn pushback(&self) -> Duration {
-        let recent = Duration::from_nanos(self.load.queued_ns.load(Ordering::Relaxed));
-        (recent * 2).clamp(PUSHBACK.0, PUSHBACK.1)
+        (self.load.queued().0 * 2).clamp(PUSHBACK.0, PUSHBACK.1)
     }
 
     fn note(&self, urgency: Option<Urgency>, overloaded: Overloaded) {
@@ -166,6 +250,62 @@ impl Admission {
 
 /// The path prefix of gate calls.
 const GATE_CALLS: &str = "/ridegate.v1.Gate/";
+/// The path of unary taps.
+const AUTHORIZE: &str = "/ridegate.v1.Gate/Authorize";
+
+/// What admission reads of a tap at its arrival: its kind and its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TapPeek {
+    urgency: Urgency,
+    budget: Option<Duration>,
+}
+
+/// Reads the kind and budget of the tap in `frame` (one gRPC message, the start of a
+/// unary call's body) without decoding it whole; `None` if it is not all there or not
+/// well-formed (the service then decodes it and says what is wrong). A retry is not
+/// told apart here: that needs the request id's pseudonym.
+fn peek_tap(frame: &[u8]) -> Option<TapPeek> {
+    use bytes::Buf as _;
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let (&0, rest) = frame.split_first()? else {
+        return None;
+    };
+    let len = usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?;
+    let mut message = rest.get(4..4 + len)?;
+    let (mut exit, mut ride_code, mut budget) = (false, false, None);
+    while message.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut message).ok()?;
+        match (tag, wire_type) {
+            // GateContext: direction (4) and budget_ms (6).
+            (2, WireType::LengthDelimited) => {
+                let len = usize::try_from(decode_varint(&mut message).ok()?).ok()?;
+                let mut gate = message.get(..len)?;
+                message.advance(len);
+                while gate.has_remaining() {
+                    let (tag, wire_type) = decode_key(&mut gate).ok()?;
+                    match (tag, wire_type) {
+                        (4, WireType::Varint) => exit = decode_varint(&mut gate).ok()? == 2,
+                        (6, WireType::Varint) => {
+                            let ms = decode_varint(&mut gate).ok()?;
+                            budget = (ms > 0).then(|| Duration::from_millis(ms));
+                        }
+                        _ => skip_field(wire_type, tag, &mut gate, DecodeContext::default()).ok()?,
+                    }
+                }
+            }
+            _ => {
+                ride_code |= tag == 10;
+                skip_field(wire_type, tag, &mut message, DecodeContext::default()).ok()?;
+            }
+        }
+    }
+    let urgency = match (exit, ride_code) {
+        (true, _) => Urgency::Exit,
+        (false, true) => Urgency::CodeEntry,
+        (false, false) => Urgency::CardEntry,
+    };
+    Some(TapPeek { urgency, budget })
+}
 
 /// Middleware over the whole router: opens each gate call against `max_in_flight`
 /// before its request is read, and keeps it open until its answer (or its `Taps`
@@ -209,8 +349,7 @@ impl Drop for OpenCall {
     fn drop(&mut self) {
         self.load.open_calls.fetch_sub(1, Ordering::AcqRel);
         if let Some(arrived) = self.arrived {
-            let queued = arrived.elapsed().saturating_sub(self.decision);
-            ewma(&self.load.queued_ns, nanos(queued));
+            self.load.note_queued(arrived.elapsed().saturating_sub(self.decision));
         }
     }
 }
@@ -237,13 +376,70 @@ mod tests {
     use super::*;
 
     fn admission(max_in_flight: usize) -> Admission {
+        let deadlines = Deadlines {
+            default_budget: Duration::from_millis(200),
+            margin: Duration::from_millis(20),
+        };
         Admission::new(
             AdmissionConfig {
                 max_in_flight,
                 ..AdmissionConfig::default()
             },
+            deadlines,
             Arc::default(),
         )
+    }
+
+    fn framed(tap: &ridegate_proto::pb::AuthorizeRequest) -> Vec<u8> {
+        let message = prost::Message::encode_to_vec(tap);
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&message);
+        frame
+    }
+
+    #[test]
+    fn a_tap_s_kind_and_budget_are_read_without_decoding_it() {
+        use ridegate_proto::pb;
+        let tap = |direction: pb::Direction, credential, budget_ms| pb::AuthorizeRequest {
+            request_id: "r-1".into(),
+            gate: Some(pb::GateContext {
+                gate_id: "G1".into(),
+                station_id: "S1".into(),
+                line_id: "L1".into(),
+                direction: direction.into(),
+                tapped_at_unix_ms: 1_700_000_000_000,
+                budget_ms,
+            }),
+            credential: Some(credential),
+        };
+        let card = pb::authorize_request::Credential::Card(pb::Card {
+            medium: pb::CardMedium::Physical.into(),
+            number: "1000000000000001".into(),
+        });
+        let code = pb::authorize_request::Credential::RideCode(pb::RideCode {
+            qr_text: "x.y.z".into(),
+        });
+        for (request, urgency, budget) in [
+            (tap(pb::Direction::Exit, code.clone(), 0), Urgency::Exit, None),
+            (tap(pb::Direction::Entry, code, 150), Urgency::CodeEntry, Some(150)),
+            (tap(pb::Direction::Entry, card, 0), Urgency::CardEntry, None),
+        ] {
+            let peek = peek_tap(&framed(&request)).unwrap();
+            assert_eq!(peek.urgency, urgency);
+            assert_eq!(peek.budget, budget.map(Duration::from_millis));
+        }
+        // Cut short, compressed, or not protobuf: left to the service to judge.
+        let whole = framed(&tap(
+            pb::Direction::Exit,
+            pb::authorize_request::Credential::Card(pb::Card::default()),
+            0,
+        ));
+        assert_eq!(peek_tap(&whole[..whole.len() - 1]), None);
+        let mut compressed = whole.clone();
+        compressed[0] = 1;
+        assert_eq!(peek_tap(&compressed), None);
+        assert_eq!(peek_tap(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]), None);
     }
 
     #[test]
@@ -294,6 +490,17 @@ mod tests {
         assert!(first_shed[&Urgency::CodeEntry] < first_shed[&Urgency::CardEntry]);
         assert!(first_shed[&Urgency::CardEntry] < first_shed[&Urgency::Exit]);
         assert!(first_shed[&Urgency::CardEntry] < first_shed[&Urgency::Retry]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_estimate_fades_without_fresh_samples() {
+        let a = admission(10);
+        for _ in 0..64 {
+            a.load.note_queued(Duration::from_millis(300));
+        }
+        assert!(a.load.queued().0 > Duration::from_millis(250));
+        tokio::time::advance(FADE_HALF_LIFE * 10).await;
+        assert!(a.load.queued().0 < Duration::from_millis(1), "{:?}", a.load.queued());
     }
 
     #[tokio::test(start_paused = true)]

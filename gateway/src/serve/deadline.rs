@@ -33,7 +33,11 @@ impl Deadlines {
 /// The caller's `grpc-timeout`, if present and well-formed (1–8 digits and a unit
 /// `H`, `M`, `S`, `m`, `u` or `n`, per the gRPC HTTP/2 protocol).
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` header's value, as [`grpc_timeout`] reads it.
+pub(super) fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

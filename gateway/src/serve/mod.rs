@@ -66,6 +66,7 @@ impl Services {
         };
         let admission = Arc::new(admission::Admission::new(
             app.config.admission.clone(),
+            deadlines,
             app.authorizer.metrics().clone(),
         ));
         let gate = gate::GateService::new(
@@ -249,7 +250,7 @@ pub async fn serve(
         // At most `admission.max_in_flight` gate calls open, checked before a request
         // is read.
         .layer(axum::middleware::from_fn_with_state(
-            services.admission,
+            services.admission.clone(),
             admission::cap_gate_calls,
         ))
         // An oversize request is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
@@ -290,7 +291,12 @@ pub async fn serve(
     };
     let transport = transport::Transport::new(&server_config, tls.clone(), authorizer.metrics().clone());
     let max_connections = transport.max_connections();
-    let server = transport.serve(listener, router, drain);
+    // Taps predicted to be late are refused as they arrive, in the connection's task.
+    let gatekeeper = {
+        let admission = services.admission;
+        move |request: &mut http::Request<transport::Peeked>| admission.at_arrival(request)
+    };
+    let server = transport.serve(listener, router, gatekeeper, drain);
     tracing::info!(%addr, feed = config.health.feed_enabled, tls = tls.is_some(), max_connections, "ridegate serving");
 
     let grace_expired = async {

@@ -34,6 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::Either;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -130,14 +131,16 @@ impl Transport {
 
     /// Serves `service` on connections from `listener` until `shutdown` resolves; then
     /// stops accepting, sends every connection GOAWAY, and returns once all have closed.
-    pub async fn serve<S, B>(
+    pub async fn serve<S, B, G>(
         self,
         listener: TcpListener,
         service: S,
+        gatekeeper: G,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()>
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        G: Fn(&mut http::Request<Peeked>) -> Option<http::Response<B>> + Clone + Send + Sync + 'static,
+        S: tower::Service<http::Request<Peeked>, Response = http::Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
@@ -198,9 +201,10 @@ impl Transport {
                 drop(tcp);
                 continue;
             };
-            let (this, service, drain) = (this.clone(), service.clone(), drain_rx.clone());
+            let (this, service, gatekeeper, drain) =
+                (this.clone(), service.clone(), gatekeeper.clone(), drain_rx.clone());
             tokio::spawn(async move {
-                this.connection(tcp, service, drain).await;
+                this.connection(tcp, service, gatekeeper, drain).await;
                 drop(slot);
             });
         }
@@ -237,9 +241,10 @@ impl Transport {
     }
 
     /// Serves one connection until it ends, is drained, idles out or ages out.
-    async fn connection<S, B>(&self, tcp: TcpStream, service: S, mut drain: watch::Receiver<bool>)
+    async fn connection<S, B, G>(&self, tcp: TcpStream, service: S, gatekeeper: G, mut drain: watch::Receiver<bool>)
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        G: Fn(&mut http::Request<Peeked>) -> Option<http::Response<B>> + Send + Sync + 'static,
+        S: tower::Service<http::Request<Peeked>, Response = http::Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
@@ -287,12 +292,18 @@ impl Transport {
         };
         let calls = {
             let activity = activity.clone();
-            hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-                // hyper calls this in the connection's task as the headers are read.
+            hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                // hyper calls this in the connection's task as the headers are read: the
+                // call is stamped, and the gatekeeper may refuse it here, before it
+                // waits behind others for a worker.
+                let mut request = request.map(Peeked::new);
                 request.extensions_mut().insert(Arrived(Instant::now()));
                 request.extensions_mut().insert(peer.clone());
                 let open = activity.call_started();
-                let call = service.clone().oneshot(request);
+                let call = match gatekeeper(&mut request) {
+                    Some(refusal) => Either::Left(std::future::ready(Ok(refusal))),
+                    None => Either::Right(service.clone().oneshot(request)),
+                };
                 async move {
                     let response = call.await?;
                     Ok::<_, Infallible>(response.map(|body| Guarded::new(body, open)))
@@ -449,6 +460,68 @@ impl Drop for OpenCall {
             let ms = u64::try_from(activity.start.elapsed().as_millis()).unwrap_or(u64::MAX);
             activity.idle_since_ms.store(ms, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request body whose first frame may already have been read, in the connection's
+/// task, if it came with the headers ([`Peeked::peek`]); then the rest.
+#[derive(Debug)]
+pub struct Peeked {
+    first: Option<Result<Frame<Bytes>, hyper::Error>>,
+    peeked: bool,
+    rest: Incoming,
+}
+
+impl Peeked {
+    fn new(rest: Incoming) -> Self {
+        Self {
+            first: None,
+            peeked: false,
+            rest,
+        }
+    }
+
+    /// The body's first data, if it has arrived (looked for once, without waiting).
+    pub fn peek(&mut self) -> Option<&Bytes> {
+        if !self.peeked {
+            self.peeked = true;
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Some(frame)) = Pin::new(&mut self.rest).poll_frame(&mut cx) {
+                self.first = Some(frame);
+            }
+        }
+        self.first.as_ref()?.as_ref().ok()?.data_ref()
+    }
+}
+
+impl Body for Peeked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match this.first.take() {
+            Some(first) => Poll::Ready(Some(first)),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        if let Some(Ok(first)) = &self.first
+            && let Some(data) = first.data_ref()
+        {
+            let len = data.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + len);
+            }
+            hint.set_lower(hint.lower() + len);
+        }
+        hint
     }
 }
 
