@@ -55,7 +55,7 @@ drill unread unread -c 100 -s 1000
 drill partial partial -c 100 -s 1000 --declare-bytes 1900000 --send-bytes 65536
 
 row() {
-  jq -r --arg label "$2" '[$label, .opened, .closedByServer, .callsStarted, .callsRefused,
+  jq -r --arg name "$2" '[$name, .opened, .closedByServer, .callsStarted, .callsRefused,
       "\(.probesAnswered)/\(.probes)", (.probeMaxMs | floor), (.serverRssBeforeMib | floor),
       (.serverRssPeakMib | floor), (.serverRssAfterMib | floor)] | "| " + (map(tostring) | join(" | ")) + " |"' "$WORK/$1.json"
 }
@@ -66,7 +66,7 @@ row() {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ): the release binary, embedded default, $RIDERS riders, open files limited to 1,024;"
   echo "each drill held $HOLD while a probe tapped every 100 ms (a new connection every 10th tap)."
   echo
-  echo "| drill | connections opened | closed by the server | calls started | refused at once | probes answered in 1 s | slowest probe (ms) | RSS before (MiB) | peak | after |"
+  echo "| drill | connections opened | closed by the server | calls sent | refused at once | probes answered in 1 s | slowest probe (ms) | RSS before (MiB) | peak | after |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
   row idle "1,100 idle TCP connections"
   row unread "100 × 1,000 calls never read"

@@ -123,7 +123,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
     let opened = held.len();
     let (probes, probes_answered, probe_max) = probe_while(&options.target, options.hold, &rss).await;
-    let closed_by_server = held.iter().filter(|h| h.closed()).count();
+    let mut closed_by_server = 0;
+    for h in &held {
+        closed_by_server += usize::from(h.closed().await);
+    }
     let peak = probe_max.1;
     drop(held);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -153,14 +156,25 @@ enum Held {
 
 impl Held {
     /// Whether the server has closed it.
-    fn closed(&self) -> bool {
+    async fn closed(&self) -> bool {
         match self {
             Self::Tcp(tcp) => {
-                let mut byte = [0u8; 1];
-                match tcp.try_read(&mut byte) {
-                    Ok(0) => true,
-                    Ok(_) => false,
-                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                // Past what the server sent (its HTTP/2 SETTINGS), the end of the stream
+                // is the server's FIN (an error, its reset).
+                let mut buf = [0u8; 4096];
+                loop {
+                    if tokio::time::timeout(Duration::from_millis(5), tcp.readable())
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    match tcp.try_read(&mut buf) {
+                        Ok(0) => return true,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return true,
+                    }
                 }
             }
             Self::H2 { driver, .. } => driver.is_finished(),
@@ -201,11 +215,11 @@ async fn open_calls(
         streams.push(stream);
         responses.push(response);
     }
-    // Answered at once with an error status: refused (too large, overloaded).
-    for response in responses {
-        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(20), response).await
-            && response.headers().get("grpc-status").is_some_and(|s| s != "0")
-        {
+    // Answered within a second with an error status: refused (too large, overloaded).
+    let mut responses: futures::stream::FuturesUnordered<_> = responses.into_iter().collect();
+    let until = Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(response)) = tokio::time::timeout_at(until, futures::StreamExt::next(&mut responses)).await {
+        if response.is_ok_and(|r| r.headers().get("grpc-status").is_some_and(|s| s != "0")) {
             refused += 1;
         }
     }

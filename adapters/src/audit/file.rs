@@ -77,11 +77,14 @@ impl AuditSettings {
     }
 }
 
-/// An appended audit file that fsyncs on a timer and rotates itself.
+/// An appended audit file that fsyncs on a timer and rotates itself. A path that is not
+/// a regular file (`/dev/null`, a named pipe) is written to, never fsynced or rotated.
 #[derive(Debug)]
 pub struct AuditFile {
     path: PathBuf,
     out: BufWriter<File>,
+    /// A regular file: fsync and rotation apply.
+    regular: bool,
     settings: AuditSettings,
     /// Bytes in the current file.
     bytes: u64,
@@ -98,11 +101,13 @@ impl AuditFile {
     pub fn open(settings: AuditSettings) -> std::io::Result<Self> {
         let path = PathBuf::from(&settings.path);
         let file = append(&path)?;
-        let bytes = file.metadata()?.len();
+        let metadata = file.metadata()?;
+        let bytes = metadata.len();
         let now = std::time::Instant::now();
         Ok(Self {
             path,
             out: BufWriter::with_capacity(1 << 16, file),
+            regular: metadata.is_file(),
             settings,
             bytes,
             opened: now,
@@ -146,7 +151,7 @@ impl AuditOutput for AuditFile {
         }
         let by_size = self.settings.rotate_bytes > 0 && self.bytes >= self.settings.rotate_bytes;
         let by_age = !self.settings.rotate_age.is_zero() && self.opened.elapsed() >= self.settings.rotate_age;
-        if self.bytes > 0 && (by_size || by_age) {
+        if self.regular && self.bytes > 0 && (by_size || by_age) {
             self.rotate()?;
         }
         Ok(())
@@ -154,7 +159,9 @@ impl AuditOutput for AuditFile {
 
     fn sync(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        if self.regular {
+            self.out.get_ref().sync_data()?;
+        }
         self.synced = std::time::Instant::now();
         self.dirty = false;
         Ok(())
@@ -242,6 +249,24 @@ mod tests {
             assert_eq!(text.len(), 122, "whole lines only: {text:?}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dev_null_is_written_never_fsynced_or_rotated() {
+        let mut file = AuditFile::open(AuditSettings {
+            path: "/dev/null".into(),
+            fsync_interval: Duration::ZERO,
+            rotate_bytes: 1,
+            ..AuditSettings::default()
+        })
+        .unwrap();
+        for _ in 0..3 {
+            file.write_all(b"a line\n").unwrap();
+            // fsync on /dev/null is EINVAL; a rename would move the device.
+            file.maintain().unwrap();
+        }
+        file.sync().unwrap();
+        assert!(Path::new("/dev/null").exists());
     }
 
     #[test]

@@ -11,12 +11,12 @@
 //! 2. **The deadline.** Each call is stamped as its headers come off the connection
 //!    ([`Arrived`](super::transport::Arrived)). When its tap has been read, the time it
 //!    will have spent queued in this process by the time its answer is sent is
-//!    predicted — what it has waited so far, plus how long recent calls spent queued
-//!    from arrival until their answer was sent, their decision itself left out (which
-//!    also covers the wait before a call is stamped: a request waits about as long to
-//!    be read as an answer waits to leave) — and compared with the share of its budget
-//!    its kind may use. The decision itself is not predicted: it answers by the
-//!    deadline whatever its back ends do, and a slow back end costs no capacity.
+//!    predicted — what it has waited so far, plus the recent time queued (twice a call's
+//!    wait from arrival to being looked at: an answer waits about as long to leave as
+//!    its request waited to be read) — and compared with the share of its budget its
+//!    kind may use. The decision itself is not predicted: it answers by the deadline
+//!    whatever its back ends do, and a slow back end costs no capacity. Nor is a
+//!    client's reading of its answer: one that never reads cannot make others late.
 //!    Below 1 ms of predicted queueing nothing is shed: there is no queue to speak of.
 //!
 //!    | kind | share of the budget |
@@ -48,7 +48,7 @@ use axum::response::Response;
 use tonic::Status;
 
 use super::deadline::{Deadlines, parse_grpc_timeout};
-use super::transport::{Arrived, Guarded, Peeked};
+use super::transport::{Guarded, Peeked};
 use crate::config::AdmissionConfig;
 use crate::metrics::Metrics;
 use crate::telemetry::Throttled;
@@ -85,10 +85,8 @@ pub struct Admission {
 #[derive(Debug)]
 struct Load {
     open_calls: AtomicUsize,
-    /// How long a call waited from arrival until its tap was looked at.
-    wait_ns: AtomicU64,
-    /// How long a unary call spent from arrival until its answer was sent, less its
-    /// decision: its time queued.
+    /// How long a call will have spent queued in this process by the time its answer
+    /// is sent: twice its wait from arrival until its tap was looked at.
     queued_ns: AtomicU64,
     /// The time queued that 95 % of recent calls stayed under (a running estimate).
     queued_p95_ns: AtomicU64,
@@ -102,7 +100,6 @@ impl Load {
     fn new() -> Self {
         Self {
             open_calls: AtomicUsize::new(0),
-            wait_ns: AtomicU64::new(0),
             queued_ns: AtomicU64::new(0),
             queued_p95_ns: AtomicU64::new(0),
             queued_at_ns: AtomicU64::new(0),
@@ -139,11 +136,6 @@ impl Load {
     }
 }
 
-/// How long a call's decision took: set on its response by the gate service, so that
-/// admission can leave it out of the call's time queued.
-#[derive(Debug, Clone, Copy)]
-pub struct DecisionTime(pub Duration);
-
 impl Admission {
     /// Admission under `config`, counting refusals into `metrics`.
     pub fn new(config: AdmissionConfig, deadlines: Deadlines, metrics: Arc<Metrics>) -> Self {
@@ -157,10 +149,8 @@ impl Admission {
     }
 
     /// Opens a gate call, or refuses it when `max_in_flight` are open already. The
-    /// call counts as open until the returned guard is dropped; given when a unary call
-    /// `arrived`, the guard also times it until its answer is sent (see
-    /// [`OpenCall::decided_in`]).
-    pub fn open_call(&self, arrived: Option<Instant>) -> Result<OpenCall, Overloaded> {
+    /// call counts as open until the returned guard is dropped.
+    pub fn open_call(&self) -> Result<OpenCall, Overloaded> {
         let open = self.load.open_calls.fetch_add(1, Ordering::AcqRel);
         if open >= self.config.max_in_flight {
             self.load.open_calls.fetch_sub(1, Ordering::AcqRel);
@@ -171,19 +161,17 @@ impl Admission {
             self.note(None, overloaded);
             return Err(overloaded);
         }
-        Ok(OpenCall {
-            load: self.load.clone(),
-            arrived,
-            decision: Duration::ZERO,
-        })
+        Ok(OpenCall(self.load.clone()))
     }
 
     /// Admits a tap of kind `urgency` that arrived at `arrived` and must be answered by
     /// `answer_by`, or refuses it if its answer is predicted to be late for its kind.
     pub fn admit(&self, urgency: Urgency, arrived: Instant, answer_by: Instant) -> Result<(), Overloaded> {
         let waited = Instant::now().saturating_duration_since(arrived);
-        let recent_wait = Duration::from_nanos(ewma(&self.load.wait_ns, nanos(waited)));
-        let predicted = waited + self.load.queued().0.max(recent_wait);
+        // Its answer waits about as long to leave as it waited to be looked at: twice
+        // the wait is its time queued (whether or not its client reads the answer).
+        self.load.note_queued(waited * 2);
+        let predicted = waited + self.load.queued().0;
         self.judge(urgency, predicted, answer_by.saturating_duration_since(arrived))
     }
 
@@ -314,43 +302,25 @@ pub(super) async fn cap_gate_calls(State(admission): State<Arc<Admission>>, requ
     let Some(method) = request.uri().path().strip_prefix(GATE_CALLS) else {
         return next.run(request).await;
     };
-    // Unary calls are timed until their answer is sent; a Taps stream is not one call.
-    let arrived = (method == "Authorize")
-        .then(|| request.extensions().get::<Arrived>().map(|a| a.0))
-        .flatten();
-    match admission.open_call(arrived) {
+    match admission.open_call() {
         Err(overloaded) => Status::from(overloaded).into_http(),
-        Ok(mut open) => {
-            let response = next.run(request).await;
-            if let Some(decision) = response.extensions().get::<DecisionTime>() {
-                open.decided_in(decision.0);
-            }
-            response.map(|body| axum::body::Body::new(Guarded::new(body, open)))
-        }
+        // A unary call is done with its answer: what is left is the transport's, and a
+        // client that never reads it must not hold a slot.
+        Ok(_open) if method == "Authorize" => next.run(request).await,
+        Ok(open) => next
+            .run(request)
+            .await
+            .map(|body| axum::body::Body::new(Guarded::new(body, open))),
     }
 }
 
-/// A gate call counted as open (and, for a unary call, timed) until dropped.
+/// A gate call counted as open until dropped.
 #[derive(Debug)]
-pub struct OpenCall {
-    load: Arc<Load>,
-    arrived: Option<Instant>,
-    decision: Duration,
-}
-
-impl OpenCall {
-    /// Notes how long the call's decision took, to leave out of its time queued.
-    pub fn decided_in(&mut self, decision: Duration) {
-        self.decision = decision;
-    }
-}
+pub struct OpenCall(Arc<Load>);
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
-        self.load.open_calls.fetch_sub(1, Ordering::AcqRel);
-        if let Some(arrived) = self.arrived {
-            self.load.note_queued(arrived.elapsed().saturating_sub(self.decision));
-        }
+        self.0.open_calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -445,11 +415,11 @@ mod tests {
     #[test]
     fn calls_beyond_the_cap_are_refused_until_one_closes() {
         let a = admission(2);
-        let first = a.open_call(None).unwrap();
-        let _second = a.open_call(None).unwrap();
-        assert!(a.open_call(None).is_err());
+        let first = a.open_call().unwrap();
+        let _second = a.open_call().unwrap();
+        assert!(a.open_call().is_err());
         drop(first);
-        assert!(a.open_call(None).is_ok());
+        assert!(a.open_call().is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -506,8 +476,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refusal_carries_a_bounded_retry_hint() {
         let a = admission(1);
-        let _open = a.open_call(None).unwrap();
-        let refused = a.open_call(None).unwrap_err();
+        let _open = a.open_call().unwrap();
+        let refused = a.open_call().unwrap_err();
         assert!(refused.retry_after >= PUSHBACK.0 && refused.retry_after <= PUSHBACK.1);
         assert!(refused.to_string().contains("grpc-retry-pushback-ms"));
     }

@@ -20,7 +20,7 @@ use tonic::codegen::{Body, BoxFuture, StdError};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstEncoder;
 
-use super::admission::{Admission, DecisionTime, Overloaded};
+use super::admission::{Admission, Overloaded};
 use super::convert::{self, InvalidRequest};
 use super::deadline::{Deadlines, grpc_timeout};
 use super::gates::{GateAdmission, GateRefused};
@@ -145,14 +145,10 @@ impl pb::gate_server::Gate for GateService {
         let peer = request.extensions().get::<Peer>().cloned();
         let span = tracing::debug_span!("authorize");
         let _guard = span.enter();
-        let started = Instant::now();
-        let answer = self
-            .decide(request.into_inner(), peer.as_ref(), received, timeout)
-            .await?;
-        let mut response = Response::new(answer);
-        // For admission: the decision is not time queued.
-        response.extensions_mut().insert(DecisionTime(started.elapsed()));
-        Ok(response)
+        Ok(Response::new(
+            self.decide(request.into_inner(), peer.as_ref(), received, timeout)
+                .await?,
+        ))
     }
 
     type TapsStream = TapStream;
