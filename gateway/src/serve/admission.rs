@@ -108,11 +108,14 @@ impl Load {
     }
 
     fn note_queued(&self, queued: Duration) {
+        // What faded while no samples came stays faded.
+        let (mean, p95) = self.queued();
         let sample = nanos(queued);
+        self.queued_ns.store(nanos(mean), Ordering::Relaxed);
         ewma(&self.queued_ns, sample);
         // A quantile by stochastic steps: up by 95 parts when a sample is above it,
         // down by 5 when below, each part 1/1024 of the estimate (at least 1 µs).
-        let p95 = self.queued_p95_ns.load(Ordering::Relaxed);
+        let p95 = nanos(p95);
         let part = (p95 / 1024).max(1_000);
         let next = if sample > p95 {
             p95 + 95 * part
@@ -471,6 +474,13 @@ mod tests {
         assert!(a.load.queued().0 > Duration::from_millis(250));
         tokio::time::advance(FADE_HALF_LIFE * 10).await;
         assert!(a.load.queued().0 < Duration::from_millis(1), "{:?}", a.load.queued());
+        // A fresh sample starts from the faded estimate, not from before the pause.
+        a.load.note_queued(Duration::from_micros(100));
+        let (mean, p95) = a.load.queued();
+        assert!(
+            mean < Duration::from_millis(1) && p95 < Duration::from_millis(1),
+            "{mean:?} {p95:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
