@@ -16,6 +16,7 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
+. bench/section.sh
 
 HOLD=${HOLD:-30s}
 RIDERS=${RIDERS:-100000}
@@ -77,14 +78,6 @@ row() {
   echo "<!-- bench/drills.sh: end -->"
 } >"$WORK/section.md"
 
-if [ -f "$OUT" ] && grep -q '<!-- bench/drills.sh: begin -->' "$OUT"; then
-  awk -v section="$WORK/section.md" '
-    /<!-- bench\/drills.sh: begin -->/ { while ((getline line < section) > 0) print line; skip = 1; next }
-    /<!-- bench\/drills.sh: end -->/ { skip = 0; next }
-    !skip { print }' "$OUT" >"$WORK/out.md"
-  mv "$WORK/out.md" "$OUT"
-else
-  cat "$WORK/section.md" >>"$OUT"
-fi
+write_section drills.sh "$WORK/section.md" "$OUT"
 cat "$WORK/section.md"
 log "written to $OUT (raw results in $WORK)"

@@ -15,6 +15,7 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
+. bench/section.sh
 
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-8}
@@ -187,14 +188,6 @@ done | median)
   echo "<!-- bench/overload.sh: end -->"
 } >"$WORK/section.md"
 
-if [ -f "$OUT" ] && grep -q '<!-- bench/overload.sh: begin -->' "$OUT"; then
-  awk -v section="$WORK/section.md" '
-    /<!-- bench\/overload.sh: begin -->/ { while ((getline line < section) > 0) print line; skip = 1; next }
-    /<!-- bench\/overload.sh: end -->/ { skip = 0; next }
-    !skip { print }' "$OUT" >"$WORK/out.md"
-  mv "$WORK/out.md" "$OUT"
-else
-  cat "$WORK/section.md" >>"$OUT"
-fi
+write_section overload.sh "$WORK/section.md" "$OUT"
 cat "$WORK/section.md"
 log "written to $OUT (raw runs in $WORK)"

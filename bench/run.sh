@@ -14,6 +14,7 @@
 set -euo pipefail
 export LC_ALL=C   # decimal points for printf, sort and awk
 cd "$(dirname "$0")/.."
+. bench/section.sh
 
 ROUNDS=${ROUNDS:-3}          # alternating baseline/ridegate pairs per scenario
 SECS=${SECS:-8}              # seconds per run
@@ -252,15 +253,7 @@ pass() { if awk "BEGIN{exit !($1)}"; then echo "met"; else echo "**missed**"; fi
   echo "<!-- bench/run.sh: end -->"
 } >"$WORK/section.md"
 
-if [ -f "$OUT" ] && grep -q '<!-- bench/run.sh: begin -->' "$OUT"; then
-  awk -v section="$WORK/section.md" '
-    /<!-- bench\/run.sh: begin -->/ { while ((getline line < section) > 0) print line; skip = 1; next }
-    /<!-- bench\/run.sh: end -->/ { skip = 0; next }
-    !skip { print }' "$OUT" >"$WORK/out.md"
-  mv "$WORK/out.md" "$OUT"
-else
-  cat "$WORK/section.md" >>"$OUT"
-fi
+write_section run.sh "$WORK/section.md" "$OUT"
 cat "$WORK/section.md"
 log "written to $OUT (raw runs in $WORK)"
 
