@@ -167,15 +167,24 @@ impl Admission {
         Ok(OpenCall(self.load.clone()))
     }
 
-    /// Admits a tap of kind `urgency` that arrived at `arrived` and must be answered by
-    /// `answer_by`, or refuses it if its answer is predicted to be late for its kind.
-    pub fn admit(&self, urgency: Urgency, arrived: Instant, answer_by: Instant) -> Result<(), Overloaded> {
+    /// Admits a tap that arrived at `arrived` and must be answered by `answer_by`, or
+    /// refuses it if its answer is predicted to be late for its kind. `urgency` is asked
+    /// only while calls are queueing.
+    pub fn admit(
+        &self,
+        urgency: impl FnOnce() -> Urgency,
+        arrived: Instant,
+        answer_by: Instant,
+    ) -> Result<(), Overloaded> {
         let waited = Instant::now().saturating_duration_since(arrived);
         // Its answer waits about as long to leave as it waited to be looked at: twice
         // the wait is its time queued (whether or not its client reads the answer).
         self.load.note_queued(waited * 2);
         let predicted = waited + self.load.queued().0;
-        self.judge(urgency, predicted, answer_by.saturating_duration_since(arrived))
+        if predicted <= NO_QUEUE {
+            return Ok(());
+        }
+        self.judge(urgency(), predicted, answer_by.saturating_duration_since(arrived))
     }
 
     /// The gatekeeper, run in a call's connection task as it arrives: while calls are
@@ -430,8 +439,9 @@ mod tests {
         let a = admission(10);
         let arrived = Instant::now();
         for urgency in Urgency::ALL {
-            a.admit(urgency, arrived, arrived + Duration::from_millis(180)).unwrap();
-            a.admit(urgency, arrived, arrived).unwrap();
+            a.admit(|| urgency, arrived, arrived + Duration::from_millis(180))
+                .unwrap();
+            a.admit(|| urgency, arrived, arrived).unwrap();
         }
     }
 
@@ -446,7 +456,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(waited_ms)).await;
             let admitted: Vec<bool> = Urgency::ALL
                 .iter()
-                .map(|&u| a.admit(u, arrived, arrived + budget).is_ok())
+                .map(|&u| a.admit(|| u, arrived, arrived + budget).is_ok())
                 .collect();
             // Never a less urgent kind admitted while a more urgent one is shed.
             for (i, more_urgent) in admitted.iter().enumerate() {

@@ -87,8 +87,11 @@ impl GateService {
             .admit(peer, &mut request.gate)
             .inspect_err(|_| self.authorizer.record_gate_refused())?;
         let deadline = self.deadlines.answer_by(received, grpc_timeout, request.gate.budget);
-        let urgency = Urgency::of(&request, || self.authorizer.is_retry(&request));
-        self.admission.admit(urgency, received, deadline)?;
+        self.admission.admit(
+            || Urgency::of(&request, || self.authorizer.is_retry(&request)),
+            received,
+            deadline,
+        )?;
         let decided = self.authorizer.authorize(request, received, deadline).await;
         Ok(convert::response(request_id, decided))
     }
