@@ -133,7 +133,12 @@ impl Load {
             .epoch
             .elapsed()
             .saturating_sub(Duration::from_nanos(self.queued_at_ns.load(Ordering::Relaxed)));
-        let fade = 0.5f64.powf(since.as_secs_f64() / FADE_HALF_LIFE.as_secs_f64());
+        // Samples come every few microseconds under load: fade only after a real pause.
+        let fade = if since < Duration::from_millis(1) {
+            1.0
+        } else {
+            0.5f64.powf(since.as_secs_f64() / FADE_HALF_LIFE.as_secs_f64())
+        };
         let read = |ns: &AtomicU64| Duration::from_nanos(ns.load(Ordering::Relaxed)).mul_f64(fade);
         (read(&self.queued_ns), read(&self.queued_p95_ns))
     }
