@@ -59,6 +59,28 @@ async fn closed_within(tcp: &mut TcpStream, within: Duration) -> Option<Duration
 }
 
 /// Polls `metric` until `done` holds for its value (up to `within`); the last value.
+/// A gateway that takes three connections at most, with one green rider's card, once
+/// the connection of its own start-up checks has gone.
+async fn capped_at_three() -> Gateway {
+    let (gateway, _) = GatewayBuilder::new()
+        .server("max_connections = 3")
+        .card("1000000000000001", 1)
+        .status(1, GREEN)
+        .start()
+        .await;
+    wait_open(&gateway, 0).await;
+    gateway
+}
+
+/// Waits (up to 5 s) until `n` connections are open on the gate port.
+async fn wait_open(gateway: &Gateway, n: u32) {
+    let open = wait_metric(gateway, "ridegate_connections_open", Duration::from_secs(5), |v| {
+        v == f64::from(n)
+    })
+    .await;
+    assert_eq!(open, f64::from(n), "connections open");
+}
+
 async fn wait_metric(gateway: &Gateway, metric: &str, within: Duration, done: impl Fn(f64) -> bool) -> f64 {
     let until = Instant::now() + within;
     loop {
@@ -227,28 +249,13 @@ async fn taps_and_link_batches_have_their_own_size_limits() {
 /// the three goes away, a gate connects and gets its answer.
 #[tokio::test]
 async fn a_connection_over_the_cap_is_closed_at_once_and_a_freed_slot_is_used_again() {
-    let (gateway, _) = GatewayBuilder::new()
-        .server("max_connections = 3")
-        .card("1000000000000001", 1)
-        .status(1, GREEN)
-        .start()
-        .await;
-    // The start-up health checks' connection is gone before the test takes the slots.
-    let open = wait_metric(&gateway, "ridegate_connections_open", Duration::from_secs(5), |v| {
-        v == 0.0
-    })
-    .await;
-    assert_eq!(open, 0.0);
+    let gateway = capped_at_three().await;
 
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(greeted(&gateway.addr).await);
     }
-    let open = wait_metric(&gateway, "ridegate_connections_open", Duration::from_secs(5), |v| {
-        v == 3.0
-    })
-    .await;
-    assert_eq!(open, 3.0);
+    wait_open(&gateway, 3).await;
 
     let mut fourth = TcpStream::connect(&gateway.addr).await.expect("the kernel accepts");
     let _ = fourth.write_all(PREFACE).await;
@@ -275,26 +282,12 @@ async fn a_connection_over_the_cap_is_closed_at_once_and_a_freed_slot_is_used_ag
 /// is closed.
 #[tokio::test]
 async fn at_the_cap_the_oldest_silent_connection_makes_way_for_a_gate() {
-    let (gateway, _) = GatewayBuilder::new()
-        .server("max_connections = 3")
-        .card("1000000000000001", 1)
-        .status(1, GREEN)
-        .start()
-        .await;
-    let open = wait_metric(&gateway, "ridegate_connections_open", Duration::from_secs(5), |v| {
-        v == 0.0
-    })
-    .await;
-    assert_eq!(open, 0.0);
+    let gateway = capped_at_three().await;
     let mut silent = Vec::new();
     for _ in 0..3 {
         silent.push(TcpStream::connect(&gateway.addr).await.expect("connect"));
     }
-    let open = wait_metric(&gateway, "ridegate_connections_open", Duration::from_secs(5), |v| {
-        v == 3.0
-    })
-    .await;
-    assert_eq!(open, 3.0);
+    wait_open(&gateway, 3).await;
     let answer = answer_within(&gateway.addr, Duration::from_secs(2), "1000000000000001")
         .await
         .expect("a gate is answered although silent connections held every slot");
