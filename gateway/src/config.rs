@@ -247,9 +247,11 @@ impl ServerConfig {
             ("server.handshake_timeout", self.handshake_timeout),
             ("server.idle_timeout", self.idle_timeout),
             ("server.max_connection_age", self.max_connection_age),
+            ("server.max_connection_age_grace", self.max_connection_age_grace),
         ] {
-            if value.is_zero() {
-                return Err(invalid(field, "must be more than 0"));
+            // A year at most: deadlines are instants, and an instant cannot be that far.
+            if value.is_zero() || value > Duration::from_secs(365 * 24 * 3600) {
+                return Err(invalid(field, "must be more than 0 and at most a year"));
             }
         }
         if self.stream_concurrency == 0 {
@@ -933,6 +935,10 @@ mod tests {
             ("[admission]\nmax_in_flight = 0\n", "admission.max_in_flight"),
             ("[server]\nstream_window_bytes = 1000\n", "server.stream_window_bytes"),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_connection_age = \"1000000y\"\n",
+                "server.max_connection_age",
+            ),
             ("[server]\nmax_tap_bytes = 4096\n", "ride_codes.max_code_bytes"),
         ] {
             let config = Config::from_toml(toml).unwrap();
