@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &[
     "proto/ridegate/v1/gate.proto",
+    "proto/ridegate/v1/gate_state.proto",
     "proto/ridegate/v1/health_feed.proto",
     "proto/ridegate/v1/links.proto",
     "proto/ridegate/v1/platform.proto",

@@ -206,7 +206,67 @@ pub const MIN_SECRET_BYTES: usize = 16;
 #[derive(Clone)]
 pub struct Pseudonymizer {
     keyed: Hmac<Sha256>,
-    sip_key: [u8; 16],
+    credentials: CredentialHasher,
+}
+
+/// The keyed hashes of what a gate is shown — credentials and ride codes — under the
+/// credential key, a SipHash key derived from the secret. It is all an offline gate
+/// needs to find a credential in the gate state feed; it cannot compute identity
+/// pseudonyms, which are keyed by the secret itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialHasher {
+    key: [u8; 16],
+}
+
+impl fmt::Debug for CredentialHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CredentialHasher(..)")
+    }
+}
+
+impl CredentialHasher {
+    fn new(key: [u8; 16]) -> Self {
+        Self { key }
+    }
+
+    /// The key as 32 hex characters, for handing to gates.
+    pub fn key_hex(&self) -> String {
+        hex_str(&hex16(&self.key)).to_owned()
+    }
+
+    /// A hasher under the key [`CredentialHasher::key_hex`] gave.
+    pub fn from_hex(key: &str) -> Result<Self, InvalidHexId> {
+        parse_hex16(key).map(Self::new)
+    }
+
+    /// The id of a credential.
+    pub fn credential(&self, key: &LinkKey<'_>) -> CredentialId {
+        let id = match key {
+            LinkKey::RideAccount { issuer, account } => {
+                self.sip(b"ride-account", &[issuer.as_bytes(), account.as_bytes()])
+            }
+            LinkKey::Card { number } => self.sip(b"card", &[number.as_bytes()]),
+            LinkKey::Ticket { kind, number } => self.sip(b"ticket", &[kind.label().as_bytes(), number.as_bytes()]),
+        };
+        CredentialId(id)
+    }
+
+    /// The single-use key of a ride code.
+    pub fn code(&self, form: &[u8], scope: &[u8], jti: &str) -> CodeKey {
+        CodeKey(self.sip(b"code", &[form, scope, jti.as_bytes()]))
+    }
+
+    /// SipHash-2-4-128 over a domain and length-prefixed parts.
+    fn sip(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+        use std::hash::Hasher as _;
+        let mut h = siphasher::sip128::SipHasher24::new_with_key(&self.key);
+        h.write(domain);
+        for part in parts {
+            h.write(&(part.len() as u64).to_le_bytes());
+            h.write(part);
+        }
+        siphasher::sip128::Hasher128::finish128(&h).as_bytes()
+    }
 }
 
 impl fmt::Debug for Pseudonymizer {
@@ -243,10 +303,15 @@ impl Pseudonymizer {
         };
         let mut this = Self {
             keyed,
-            sip_key: [0; 16],
+            credentials: CredentialHasher::new([0; 16]),
         };
-        this.sip_key = this.mac(b"siphash-key", &[]);
+        this.credentials = CredentialHasher::new(this.mac(b"siphash-key", &[]));
         this
+    }
+
+    /// The hashes of credentials and codes alone, for gates.
+    pub fn credentials(&self) -> &CredentialHasher {
+        &self.credentials
     }
 
     /// The pseudonym of a validated resident ID.
@@ -256,19 +321,7 @@ impl Pseudonymizer {
 
     /// The id of a credential.
     pub fn credential(&self, key: &LinkKey<'_>) -> CredentialId {
-        let id = match key {
-            LinkKey::RideAccount { issuer, account } => {
-                self.sip(b"ride-account", &[issuer.as_bytes(), account.as_bytes()])
-            }
-            LinkKey::Card { number } => self.sip(b"card", &[number.as_bytes()]),
-            LinkKey::Ticket { kind, number } => self.sip(b"ticket", &[kind.label().as_bytes(), number.as_bytes()]),
-        };
-        CredentialId(id)
-    }
-
-    /// The single-use key of a ride code.
-    pub fn code(&self, form: &[u8], scope: &[u8], jti: &str) -> CodeKey {
-        CodeKey(self.sip(b"code", &[form, scope, jti.as_bytes()]))
+        self.credentials.credential(key)
     }
 
     /// What a tap asked, for telling a gate's retry from another tap that reuses its
@@ -333,16 +386,9 @@ impl Pseudonymizer {
         RequestKey(self.sip(b"request", &[gate_id.as_bytes(), request_id.as_bytes()]))
     }
 
-    /// SipHash-2-4-128 over a domain and length-prefixed parts.
+    /// SipHash-2-4-128 under the credential key.
     fn sip(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-        use std::hash::Hasher as _;
-        let mut h = siphasher::sip128::SipHasher24::new_with_key(&self.sip_key);
-        h.write(domain);
-        for part in parts {
-            h.write(&(part.len() as u64).to_le_bytes());
-            h.write(part);
-        }
-        siphasher::sip128::Hasher128::finish128(&h).as_bytes()
+        self.credentials.sip(domain, parts)
     }
 
     /// HMAC over a domain and length-prefixed parts, so no two inputs collide by
@@ -633,8 +679,11 @@ mod tests {
     fn domains_and_parts_do_not_collide() {
         let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
         assert_ne!(p.request("ab", "c"), p.request("a", "bc"));
-        assert_ne!(p.code(b"a", b"", "b").0, p.request("a", "b").0);
-        assert_ne!(p.code(b"issuer", b"ab", "c"), p.code(b"issuer", b"a", "bc"));
+        assert_ne!(p.credentials().code(b"a", b"", "b").0, p.request("a", "b").0);
+        assert_ne!(
+            p.credentials().code(b"issuer", b"ab", "c"),
+            p.credentials().code(b"issuer", b"a", "bc")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod lines;
 pub mod link;
+pub mod observe;
 pub mod replay;
 pub mod settings;
 pub mod shared;

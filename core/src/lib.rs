@@ -7,7 +7,8 @@
 //! - [`clock`]: wall-clock time, injectable;
 //! - [`decision`]: the rules ([`decision::Rules`], which configuration deserializes
 //!   into) and [`decision::Rules::decide`], one pure function from the facts about a
-//!   tap to its outcome.
+//!   tap to its outcome;
+//! - [`gate_state`]: the entry an offline gate keeps per linked credential.
 //!
 //! No runtime, no wire types, no I/O: the server, a gate-side library and a replay tool
 //! all link this crate and reach the same answer from the same facts.
@@ -17,4 +18,5 @@
 pub mod clock;
 pub mod credential;
 pub mod decision;
+pub mod gate_state;
 pub mod model;

@@ -27,8 +27,10 @@ use ridegate_adapters::storage::{Storage, Write, identity_secret};
 use ridegate_core::clock::Clock;
 
 use crate::authorize::{Authorizer, Parts};
+use crate::brake::MassDenyBrake;
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
+use crate::gate_state::{GateConfig, GateStateFeed};
 use crate::import::{self, StartupImport};
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
@@ -76,6 +78,10 @@ pub struct App {
     pub(crate) clock: Clock,
     /// Rows of the data files still to be written into the shared tier.
     pub(crate) import: Option<StartupImport>,
+    /// The feed offline-capable gates follow, on the embedded store.
+    pub(crate) gate_state: Option<Arc<GateStateFeed>>,
+    /// The mass-deny brake on pushed statuses.
+    pub(crate) brake: Arc<MassDenyBrake>,
 }
 
 impl App {
@@ -202,6 +208,29 @@ impl App {
                 IdempotencyBackend::Shared(RedisIdempotency::new(tier.clone())),
             ),
         };
+        // Gates follow the embedded store from here on, the files imported below
+        // included.
+        let gate_state = match (&links, &status_source, &platform) {
+            (
+                LinkBackend::Memory(l) | LinkBackend::Durable(l, _),
+                StatusSource::Memory(h) | StatusSource::Durable(h, _),
+                None,
+            ) => Some(GateStateFeed::start(
+                l.clone(),
+                h.clone(),
+                GateConfig {
+                    rules: config.policy.clone(),
+                    issuers: specs.clone(),
+                    limits: config.ride_codes,
+                    credential_key: pseudonymizer.credentials().key_hex(),
+                },
+                config.gate_state,
+                storage.as_ref().map(|_| config.storage.data_dir.as_path()),
+                clock.clone(),
+            )),
+            _ => None,
+        };
+        let brake = Arc::new(MassDenyBrake::new(config.health.brake));
         if let Some(remote) = platform {
             status_source = StatusSource::Platform {
                 remote,
@@ -276,6 +305,8 @@ impl App {
             status_reader: status_reader.clone(),
             shared: shared.clone(),
             replay_fallbacks,
+            brake: brake.clone(),
+            gate_state: gate_state.clone(),
         }));
         let link_rules = LinkRules {
             full_card_digits: config.links.full_card_digits,
@@ -300,6 +331,8 @@ impl App {
             reload_trigger: None,
             clock,
             import,
+            gate_state,
+            brake,
         })
     }
 

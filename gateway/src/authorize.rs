@@ -19,18 +19,20 @@ use arc_swap::ArcSwap;
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
 use ridegate_adapters::idempotency::{Kept, MemoryIdempotency};
-use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, TapFingerprint, random_bytes};
+use ridegate_adapters::ids::{
+    CodeKey, CredentialId, IdentityId, Pseudonymizer, RequestKey, TapFingerprint, random_bytes,
+};
 use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
 use ridegate_core::clock::{Clock, millis};
 use ridegate_core::credential::{Credential, CredentialKind, LinkKey};
-use ridegate_core::model::{Answer, DecisionId, Reason, UnixMillis};
+use ridegate_core::model::{Answer, DecisionId, Reason, UnixMillis, Verdict};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::stores::{Claimed, IdempotencyBackend, LinkBackend, ReplayBackend, StatusReader};
 use crate::telemetry::Throttled;
-use ridegate_core::decision::{CredentialCheck, GateRequest, HealthView, Outcome, Rules, Subject, Tap};
+use ridegate_core::decision::{CredentialCheck, GateContext, GateRequest, HealthView, Outcome, Rules, Subject, Tap};
 
 /// An answer and whether it was a stored one given again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,25 @@ pub struct Decided {
     pub answer: Answer,
     /// True when it was stored for an earlier request with the same id.
     pub retry: bool,
+}
+
+/// A decision a gate library made while ridegate was unreachable, as it uploaded it.
+#[derive(Debug, Clone)]
+pub struct OfflineRecord {
+    /// The gate; `tapped_at` is when it decided, by its clock.
+    pub gate: GateContext,
+    /// What was shown.
+    pub credential_kind: CredentialKind,
+    /// The ride code's issuer, if a code verified.
+    pub issuer: Option<Arc<str>>,
+    /// The ride code's single-use key and until when it is valid, if one was accepted.
+    pub code: Option<(CodeKey, UnixMillis)>,
+    /// What the gate did.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// Age of the gate's state when it decided.
+    pub state_age_ms: i64,
 }
 
 /// Hands out decision ids: a random 16-bit process prefix and a 48-bit counter.
@@ -210,6 +231,63 @@ impl Authorizer {
         Decided { answer, retry: false }
     }
 
+    /// Records a decision a gate library made offline: into the audit trail (marked
+    /// offline), and its ride code, if any, into the single-use guard, so the code is
+    /// refused from now on. Returns, for a code, whether this was its first use (false:
+    /// it had been used elsewhere too, which is counted). The same gate uploading the
+    /// same decision again is no second use.
+    pub async fn record_offline(&self, record: OfflineRecord, deadline: Instant) -> Option<bool> {
+        let now = self.clock.now();
+        let first_use = match record.code {
+            Some((code, until)) => {
+                let owner = self
+                    .pseudonymizer
+                    .request(&record.gate.gate_id, &format!("offline:{}", record.gate.tapped_at.0));
+                let claimed = self.replay.claim_by(code, owner, until, now, deadline).await;
+                let first = claimed.claim != Claim::Replayed;
+                if !first {
+                    self.metrics.record_offline_code_reused();
+                }
+                Some(first)
+            }
+            None => None,
+        };
+        let mode = self.rules.mode(&record.gate.station_id, &record.gate.line_id);
+        let GateContext {
+            gate_id,
+            station_id,
+            line_id,
+            direction,
+            tapped_at,
+            ..
+        } = record.gate;
+        self.audit.record(AuditEvent {
+            at: tapped_at,
+            gate_id,
+            station_id,
+            line_id,
+            direction,
+            tapped_at,
+            credential_kind: record.credential_kind,
+            issuer: record.issuer,
+            credential: None,
+            identity: None,
+            answer: Answer {
+                verdict: record.verdict,
+                reason: record.reason,
+                decision_id: self.ids.next(),
+                degraded: false,
+                status_age_ms: Some(record.state_age_ms),
+                mode,
+                shadow: None,
+            },
+            retry: false,
+            offline: true,
+            latency_us: 0,
+        });
+        first_use
+    }
+
     /// Whether this instance has answered `request`'s request id before: a retry, which
     /// costs a lookup rather than a decision.
     pub fn is_retry(&self, request: &GateRequest) -> bool {
@@ -271,7 +349,7 @@ impl Authorizer {
                     code = verified;
                     trace.issuer = Some(code.issuer.clone());
                     trace.code_valid_until = Some(code.valid_until);
-                    let key = code.code_key(&self.pseudonymizer);
+                    let key = code.code_key(self.pseudonymizer.credentials());
                     let code_tap = self
                         .pseudonymizer
                         .code_tap(key, gate.direction, &gate.station_id, &gate.line_id);
@@ -373,6 +451,7 @@ impl Authorizer {
             identity: trace.identity,
             answer,
             retry,
+            offline: false,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         });
     }

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::brake::BrakeConfig;
+use crate::gate_state::GateStateConfig;
 use jsonwebtoken::jwk::JwkSet;
 use ridegate_adapters::audit::AuditSettings;
 use ridegate_adapters::caller::CallerSettings;
@@ -107,6 +109,8 @@ pub struct Config {
     pub storage: StorageSettings,
     /// Where decisions are recorded.
     pub audit: AuditSettings,
+    /// The feed offline-capable gates follow (`[gate_state]`).
+    pub gate_state: GateStateConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -639,6 +643,8 @@ pub struct HealthConfig {
     /// The health-code platform (`[health.platform]`), when statuses come from it over
     /// the network.
     pub platform: RemoteSettings,
+    /// The mass-deny brake on pushed statuses (`[health.brake]`).
+    pub brake: BrakeConfig,
 }
 
 impl Default for HealthConfig {
@@ -652,6 +658,7 @@ impl Default for HealthConfig {
             feed_enabled: false,
             refresh_ahead: 0.8,
             platform: RemoteSettings::default(),
+            brake: BrakeConfig::default(),
         }
     }
 }
@@ -671,6 +678,7 @@ impl HealthConfig {
             return Err(invalid("health.refresh_ahead", "must be between 0 and 1"));
         }
         self.platform.validate().map_err(in_section("health.platform"))?;
+        self.brake.validate().map_err(in_section("health.brake"))?;
         if self.platform.is_configured() && self.file.is_some() {
             return Err(invalid(
                 "health.file",
@@ -747,6 +755,7 @@ impl Config {
         self.redis.validate().map_err(in_section("redis"))?;
         self.storage.validate().map_err(in_section("storage"))?;
         self.audit.validate().map_err(in_section("audit"))?;
+        self.gate_state.validate().map_err(in_section("gate_state"))?;
         self.server.validate()?;
         for (id, issuer) in &self.issuers {
             issuer.validate(id)?;

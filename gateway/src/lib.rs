@@ -10,8 +10,10 @@
 
 pub mod app;
 pub mod authorize;
+pub mod brake;
 pub mod cache;
 pub mod config;
+pub mod gate_state;
 pub mod import;
 pub mod linking;
 pub mod metrics;

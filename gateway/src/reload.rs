@@ -20,6 +20,7 @@ use ridegate_adapters::credential::ride_code::RideCodeVerifier;
 
 use crate::authorize::Authorizer;
 use crate::config::{Config, ConfigError};
+use crate::gate_state::GateStateFeed;
 use crate::serve::tls::TlsState;
 
 /// Something that asks for a reload (SIGHUP, in `ridegate serve`).
@@ -47,6 +48,8 @@ pub(crate) struct Reloader {
     tls: Option<Arc<TlsState>>,
     callers: Arc<ArcSwap<CallerVerifier>>,
     authorizer: Arc<Authorizer>,
+    /// The gate state feed, which hands issuer keys to gates.
+    gate_state: Option<Arc<GateStateFeed>>,
     /// The key-set files, and their modification times when last loaded.
     key_files: Vec<PathBuf>,
     loaded: parking_lot::Mutex<Vec<Option<SystemTime>>>,
@@ -60,13 +63,14 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 impl Reloader {
-    /// A reloader for what `config` names, swapping into `tls`, `callers` and
-    /// `authorizer`.
+    /// A reloader for what `config` names, swapping into `tls`, `callers`,
+    /// `authorizer` and `gate_state`.
     pub(crate) fn new(
         config: Config,
         tls: Option<Arc<TlsState>>,
         callers: Arc<ArcSwap<CallerVerifier>>,
         authorizer: Arc<Authorizer>,
+        gate_state: Option<Arc<GateStateFeed>>,
     ) -> Self {
         let key_files: Vec<PathBuf> = config
             .callers
@@ -88,6 +92,7 @@ impl Reloader {
             tls,
             callers,
             authorizer,
+            gate_state,
             key_files,
             loaded,
         }
@@ -112,6 +117,9 @@ impl Reloader {
         let caller_keys = callers.key_count();
         self.callers.store(Arc::new(callers));
         self.authorizer.replace_verifier(issuers);
+        if let Some(feed) = &self.gate_state {
+            feed.replace_issuers(specs);
+        }
         Ok((caller_keys, issuer_keys))
     }
 

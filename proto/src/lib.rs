@@ -31,7 +31,14 @@ mod tests {
             .filter(|f| f.package() == "ridegate.v1")
             .flat_map(|f| f.service.iter().map(|s| s.name().to_owned()))
             .collect();
-        for wanted in ["Gate", "HealthFeed", "Links", "HealthPlatform", "HealthSimulator"] {
+        for wanted in [
+            "Gate",
+            "GateState",
+            "HealthFeed",
+            "Links",
+            "HealthPlatform",
+            "HealthSimulator",
+        ] {
             assert!(
                 services.iter().any(|s| s == wanted),
                 "{wanted} missing from {services:?}"

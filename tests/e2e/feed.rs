@@ -270,3 +270,69 @@ async fn an_ingest_stream_needs_a_health_platform_or_back_end_token() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn the_mass_deny_brake_holds_a_flood_of_red_until_an_operator_confirms() {
+    const RIDERS: u64 = 20;
+    let card_of = |person: u64| format!("50{person:014}");
+    let mut builder = GatewayBuilder::new()
+        .feed()
+        .toml("[health.brake]\nmax_share = 0.1\nmin_turns = 2\nwindow = \"10m\"");
+    for person in 0..RIDERS {
+        builder = builder
+            .card(&card_of(person), 60_000 + person)
+            .status(60_000 + person, GREEN);
+    }
+    let (gateway, _) = builder.start().await;
+    let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
+    let mut feed = HealthFeedClient::new(gateway.channel().await);
+    let red_all = || pb::PublishRequest {
+        updates: (0..RIDERS)
+            .map(|p| update(by_id_number(60_000 + p), pb::HealthColour::Red, now()))
+            .collect(),
+    };
+    // 10% of 20 riders may turn within the window: 2 pass, 18 are held, not applied,
+    // and each is reported with why.
+    let published = feed.publish(authed(red_all(), &token)).await.unwrap().into_inner();
+    assert_eq!(published.applied, 2);
+    assert_eq!(published.rejected.len(), 18);
+    assert!(
+        published.rejected[0].reason.contains("mass-deny brake"),
+        "{}",
+        published.rejected[0].reason
+    );
+    assert_eq!(gateway.metric("ridegate_brake_engaged").await, 1.0);
+    assert_eq!(gateway.metric("ridegate_brake_held").await, 18.0);
+    let mut gate = gateway.gate().await;
+    let mut red = 0;
+    for person in 0..RIDERS {
+        let answer = gate.authorize(tap(card(&card_of(person)))).await.unwrap().into_inner();
+        red += usize::from(outcome(&answer) == (Verdict::Deny, Reason::HealthRed));
+    }
+    assert_eq!(red, 2, "held changes do not reach the gates");
+    assert!(gateway.log().contains("mass-deny brake engaged"));
+    // Going green is never held.
+    let green = pb::PublishRequest {
+        updates: vec![update(by_id_number(60_000), pb::HealthColour::Green, now())],
+    };
+    assert_eq!(
+        feed.publish(authed(green, &token)).await.unwrap().into_inner().applied,
+        1
+    );
+
+    // The operator checks and confirms; the platform sends the held changes again.
+    let confirmed = gateway.admin_post("/brake/confirm").await;
+    assert!(
+        confirmed.contains("200 OK") && confirmed.contains("held=18"),
+        "{confirmed}"
+    );
+    assert_eq!(gateway.metric("ridegate_brake_engaged").await, 0.0);
+    let published = feed.publish(authed(red_all(), &token)).await.unwrap().into_inner();
+    assert_eq!((published.applied, published.rejected.len()), (20, 0));
+    let answer = gate
+        .authorize(tap(card(&card_of(RIDERS - 1))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&answer), (Verdict::Deny, Reason::HealthRed));
+}

@@ -11,6 +11,7 @@ mod feed;
 mod gate;
 mod links;
 mod load;
+mod offline;
 mod operations;
 mod overload;
 mod platform;

@@ -616,6 +616,11 @@ impl Gateway {
         http_get(&self.admin, path).await
     }
 
+    /// `POST path` on the admin listener: the whole HTTP/1.1 response.
+    pub async fn admin_post(&self, path: &str) -> String {
+        http_request(&self.admin, "POST", path).await
+    }
+
     /// The value of an unlabelled metric (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
         let page = self.metrics().await;
@@ -697,11 +702,17 @@ impl Gateway {
 /// `GET path` from `addr` over HTTP/1.1: the whole response, or what the server sent
 /// before closing (empty if it refused).
 pub async fn http_get(addr: &str, path: &str) -> String {
+    http_request(addr, "GET", path).await
+}
+
+/// `method path` (no body) to `addr` over HTTP/1.1: the whole response, or what the
+/// server sent before closing (empty if it refused).
+pub async fn http_request(addr: &str, method: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
         return String::new();
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     if tcp.write_all(request.as_bytes()).await.is_err() {
         return String::new();
     }

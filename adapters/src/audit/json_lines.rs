@@ -187,6 +187,7 @@ mod tests {
                 shadow: Some((Verdict::Deny, Reason::HealthRed)),
             },
             retry: false,
+            offline: false,
             latency_us: 9,
         }
     }

@@ -70,6 +70,10 @@ pub struct AuditEvent {
     pub answer: Answer,
     /// The answer was a stored one, given again to a retry.
     pub retry: bool,
+    /// Decided by a gate library while ridegate was unreachable, and uploaded later:
+    /// `at` is the gate's time of the decision, and `status_age_ms` the age of its state.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
     /// Time from receiving the request to having the answer, in microseconds.
     pub latency_us: u64,
 }

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::{HealthSource, SourceError};
 use crate::ids::{IdHasher, IdentityId};
+use crate::observe::Observer;
 use ridegate_core::model::HealthStatus;
 
 const SHARDS: usize = 64;
@@ -23,6 +24,8 @@ pub enum Applied {
 /// Statuses held in memory.
 pub struct MemoryHealth {
     shards: Box<[RwLock<HashMap<IdentityId, HealthStatus, IdHasher>>]>,
+    /// Told of each identity whose status changed.
+    changes: Observer<IdentityId>,
 }
 
 impl Default for MemoryHealth {
@@ -31,6 +34,7 @@ impl Default for MemoryHealth {
             shards: (0..SHARDS)
                 .map(|_| RwLock::new(HashMap::with_hasher(IdHasher)))
                 .collect(),
+            changes: Observer::default(),
         }
     }
 }
@@ -54,13 +58,20 @@ impl MemoryHealth {
     /// Stores `status` unless a status set later is already held.
     pub fn put(&self, identity: IdentityId, status: HealthStatus) -> Applied {
         let mut shard = self.shard(&identity).write();
-        match shard.get(&identity) {
-            Some(held) if held.set_at > status.set_at => Applied::Older,
-            _ => {
-                shard.insert(identity, status);
-                Applied::Stored
-            }
+        let (applied, changed) = match shard.get(&identity) {
+            Some(held) if held.set_at > status.set_at => (Applied::Older, false),
+            _ => (Applied::Stored, shard.insert(identity, status) != Some(status)),
+        };
+        drop(shard);
+        if changed {
+            self.changes.notify(identity);
         }
+        applied
+    }
+
+    /// Where changes are announced: see [`Observer`].
+    pub fn changes(&self) -> &Observer<IdentityId> {
+        &self.changes
     }
 
     /// Makes room for about `expected` more statuses at once (before a large load).

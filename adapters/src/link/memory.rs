@@ -14,6 +14,7 @@ use super::{CredentialClass, LinkError, LinkRecord, LinkStore, Linked, SecondCar
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdHasher, IdentityId};
 use crate::link::Consent;
+use crate::observe::Observer;
 use ridegate_core::model::UnixMillis;
 
 const SHARDS: usize = 64;
@@ -131,6 +132,8 @@ pub struct MemoryLinks {
     writer: Mutex<HashMap<IdentityId, Held, IdHasher>>,
     names: RwLock<Names>,
     second_card: SecondCard,
+    /// Told of each credential newly linked (to someone else, too) or unlinked.
+    changes: Observer<CredentialId>,
 }
 
 impl Default for MemoryLinks {
@@ -155,6 +158,7 @@ impl MemoryLinks {
             writer: Mutex::new(HashMap::with_hasher(IdHasher)),
             names: RwLock::new(Names::default()),
             second_card,
+            changes: Observer::default(),
         }
     }
 
@@ -226,6 +230,15 @@ impl MemoryLinks {
                 index.insert(record.identity, Held::One(credential));
             }
         }
+        drop(index);
+        match &outcome {
+            Linked::Refreshed => {}
+            Linked::New => self.changes.notify(credential),
+            Linked::Replaced { previous, .. } => {
+                self.changes.notify(*previous);
+                self.changes.notify(credential);
+            }
+        }
         Ok(outcome)
     }
 
@@ -262,6 +275,8 @@ impl MemoryLinks {
         let mut index = self.writer.lock();
         let stored = self.shard(credential).write().remove(credential)?;
         Self::unindex(&mut index, stored.identity, credential);
+        drop(index);
+        self.changes.notify(*credential);
         Some(self.expand(&stored))
     }
 
@@ -289,7 +304,7 @@ impl MemoryLinks {
     /// how many.
     pub fn sweep_expired(&self, now: UnixMillis) -> usize {
         let mut index = self.writer.lock();
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.write();
             let expired: Vec<(CredentialId, IdentityId)> = shard
@@ -300,10 +315,31 @@ impl MemoryLinks {
             for (credential, identity) in expired {
                 shard.remove(&credential);
                 Self::unindex(&mut index, identity, &credential);
-                removed += 1;
+                removed.push(credential);
             }
         }
-        removed
+        drop(index);
+        for credential in &removed {
+            self.changes.notify(*credential);
+        }
+        removed.len()
+    }
+
+    /// Calls `visit` with every live link's credential and identity, one shard at a
+    /// time (a shard is read-locked while it is visited).
+    pub fn for_each_live(&self, now: UnixMillis, mut visit: impl FnMut(CredentialId, IdentityId)) {
+        for shard in self.shards.iter() {
+            for (credential, stored) in shard.read().iter() {
+                if stored.is_live(now) {
+                    visit(*credential, stored.identity);
+                }
+            }
+        }
+    }
+
+    /// Where changes are announced: see [`Observer`].
+    pub fn changes(&self) -> &Observer<CredentialId> {
+        &self.changes
     }
 
     /// How many credentials are linked (live or not yet swept).

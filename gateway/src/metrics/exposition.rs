@@ -17,6 +17,8 @@ use ridegate_core::decision::Urgency;
 use ridegate_core::model::Reason;
 
 use super::{BUCKETS_US, ConnectionClosed, Metrics, VERDICTS, names, verdict_index, verdict_label};
+use crate::brake::MassDenyBrake;
+use crate::gate_state::GateStateFeed;
 use crate::stores::{LinkBackend, StatusReader, StatusSource};
 
 /// Everything a scrape reads. Each part is shared with whoever updates it; nothing here
@@ -38,6 +40,10 @@ pub struct Sources {
     pub shared: Option<Arc<SharedTier>>,
     /// Ride-code claims decided locally because Redis did not answer.
     pub replay_fallbacks: Arc<AtomicU64>,
+    /// The mass-deny brake on pushed statuses.
+    pub brake: Arc<MassDenyBrake>,
+    /// The gate state feed, on the embedded store.
+    pub gate_state: Option<Arc<GateStateFeed>>,
 }
 
 impl fmt::Debug for Sources {
@@ -75,6 +81,33 @@ impl Collector for Sources {
     fn encode(&self, mut out: DescriptorEncoder<'_>) -> fmt::Result {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         encode_decisions(&self.decisions, &mut out)?;
+        let brake = self.brake.status();
+        gauge(
+            &mut out,
+            names::BRAKE_ENGAGED,
+            "1 while the mass-deny brake holds status changes.",
+            u64::from(brake.engaged),
+        )?;
+        gauge(
+            &mut out,
+            names::BRAKE_HELD,
+            "Status changes held since the mass-deny brake engaged.",
+            brake.held,
+        )?;
+        if let Some(feed) = &self.gate_state {
+            gauge(
+                &mut out,
+                names::GATE_STATE_VERSION,
+                "The gate state feed's latest version.",
+                feed.current(),
+            )?;
+            counter(
+                &mut out,
+                names::GATE_STATE_SNAPSHOTS,
+                "Gate state snapshots sent to followers that could not resume.",
+                feed.snapshots_taken(),
+            )?;
+        }
         gauge(
             &mut out,
             names::AUDIT_PENDING,
@@ -301,6 +334,11 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
             &m.request_id_conflicts,
         ),
         (
+            names::OFFLINE_CODES_REUSED,
+            "Ride codes uploaded as used offline that had been used elsewhere too.",
+            &m.offline_codes_reused,
+        ),
+        (
             names::SHADOW_REFUSALS,
             "Shadow-mode taps that enforcement would have refused.",
             &m.shadow_refusals,
@@ -427,6 +465,8 @@ mod tests {
             status_reader: StatusReader::Embedded(statuses),
             shared: None,
             replay_fallbacks: Arc::default(),
+            brake: Arc::new(MassDenyBrake::new(crate::brake::BrakeConfig::default())),
+            gate_state: None,
         })
     }
 

@@ -28,6 +28,16 @@ pub mod names {
     pub const RETRIES: &str = "ridegate_retried_requests_total";
     /// Counter: taps that reused a request id kept for a different tap (decided afresh).
     pub const REQUEST_ID_CONFLICTS: &str = "ridegate_request_id_conflicts_total";
+    /// Counter: ride codes uploaded as used offline that had been used elsewhere too.
+    pub const OFFLINE_CODES_REUSED: &str = "ridegate_offline_codes_reused_total";
+    /// Gauge: status changes held since the mass-deny brake engaged.
+    pub const BRAKE_HELD: &str = "ridegate_brake_held";
+    /// Gauge: 1 while the mass-deny brake holds changes.
+    pub const BRAKE_ENGAGED: &str = "ridegate_brake_engaged";
+    /// Counter: gate state snapshots sent (followers that could not resume).
+    pub const GATE_STATE_SNAPSHOTS: &str = "ridegate_gate_state_snapshots_total";
+    /// Gauge: the gate state feed's latest version.
+    pub const GATE_STATE_VERSION: &str = "ridegate_gate_state_version";
     /// Counter: shadow-mode taps that enforcement would have refused.
     pub const SHADOW_REFUSALS: &str = "ridegate_shadow_refusals_total";
     /// Counter: requests rejected as malformed.
@@ -179,6 +189,7 @@ pub struct Metrics {
     degraded: AtomicU64,
     retries: AtomicU64,
     request_id_conflicts: AtomicU64,
+    offline_codes_reused: AtomicU64,
     shadow_refusals: AtomicU64,
     invalid: AtomicU64,
     tls_handshake_failures: AtomicU64,
@@ -200,6 +211,7 @@ impl Default for Metrics {
             degraded: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             request_id_conflicts: AtomicU64::new(0),
+            offline_codes_reused: AtomicU64::new(0),
             shadow_refusals: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
@@ -238,6 +250,11 @@ impl Metrics {
     /// Counts one tap that reused a request id kept for a different tap.
     pub fn record_request_id_conflict(&self) {
         self.request_id_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one ride code uploaded as used offline that had been used elsewhere.
+    pub fn record_offline_code_reused(&self) {
+        self.offline_codes_reused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one malformed request.

@@ -1,6 +1,7 @@
 //! The admin listener, apart from the gate port: `GET /metrics` (Prometheus text),
 //! `/readyz` (200 while serving, 503 once draining, so a load balancer moves traffic
-//! away) and `/livez` (200 while the process runs). Operators' tools only: it is bound
+//! away), `/livez` (200 while the process runs), `GET /brake` (the mass-deny brake's
+//! state) and `POST /brake/confirm` (an operator lets held changes through). Operators' tools only: it is bound
 //! to loopback unless configured otherwise, and never shares the gate port.
 
 use std::sync::Arc;
@@ -8,11 +9,17 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::brake::MassDenyBrake;
 use crate::metrics::Exposition;
 
 /// The admin routes over `exposition`; `/readyz` follows `ready`.
-pub(super) fn router(exposition: Arc<Exposition>, ready: tokio::sync::watch::Receiver<bool>) -> axum::Router {
-    use axum::routing::get;
+pub(super) fn router(
+    exposition: Arc<Exposition>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    brake: Arc<MassDenyBrake>,
+) -> axum::Router {
+    use axum::routing::{get, post};
+    let confirm = brake.clone();
     axum::Router::new()
         .route(
             "/metrics",
@@ -35,6 +42,20 @@ pub(super) fn router(exposition: Arc<Exposition>, ready: tokio::sync::watch::Rec
             }),
         )
         .route("/livez", get(|| async { "live\n" }))
+        .route(
+            "/brake",
+            get(move || {
+                let status = brake.status();
+                async move { format!("engaged={} held={}\n", status.engaged, status.held) }
+            }),
+        )
+        .route(
+            "/brake/confirm",
+            post(move || {
+                let before = confirm.confirm();
+                async move { format!("confirmed: was engaged={} held={}\n", before.engaged, before.held) }
+            }),
+        )
 }
 
 /// Serves `router` on `listener` until the task is aborted.

@@ -71,10 +71,7 @@ pub fn gate_request(request: pb::AuthorizeRequest) -> Result<GateRequest, Invali
             return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID} bytes")));
         }
         let gate = request.gate.ok_or_else(|| invalid("gate", "is required"))?;
-        let direction = match known("gate.direction", gate.direction, pb::Direction::Unspecified)? {
-            pb::Direction::Exit => Direction::Exit,
-            _ => Direction::Entry,
-        };
+        let direction = direction("gate.direction", gate.direction)?;
         let gate = GateContext {
             gate_id: name("gate.gate_id", gate.gate_id, true)?,
             station_id: name("gate.station_id", gate.station_id, false)?,
@@ -114,15 +111,42 @@ fn credential(credential: Option<pb::authorize_request::Credential>) -> Result<C
             let number = TicketNumber::parse(&ticket.number).map_err(|e| invalid("ticket.number", e.to_string()))?;
             Credential::Ticket { kind, number }
         }
-        Some(C::Uncovered(uncovered)) => Credential::Uncovered(
-            match known("uncovered.kind", uncovered.kind, pb::UncoveredKind::Unspecified)? {
-                pb::UncoveredKind::DigitalRmbWearable => UncoveredKind::DigitalRmbWearable,
-                pb::UncoveredKind::PrepaidETicket => UncoveredKind::PrepaidETicket,
-                pb::UncoveredKind::AirRailTicket => UncoveredKind::AirRailTicket,
-                _ => UncoveredKind::BankCard,
-            },
-        ),
+        Some(C::Uncovered(uncovered)) => Credential::Uncovered(uncovered_kind("uncovered.kind", uncovered.kind)?),
     })
+}
+
+/// A direction from the wire.
+pub(super) fn direction(field: &'static str, raw: i32) -> Result<Direction, InvalidRequest> {
+    Ok(match known(field, raw, pb::Direction::Unspecified)? {
+        pb::Direction::Exit => Direction::Exit,
+        _ => Direction::Entry,
+    })
+}
+
+/// A credential outside the scheme from the wire.
+pub(super) fn uncovered_kind(field: &'static str, raw: i32) -> Result<UncoveredKind, InvalidRequest> {
+    Ok(match known(field, raw, pb::UncoveredKind::Unspecified)? {
+        pb::UncoveredKind::DigitalRmbWearable => UncoveredKind::DigitalRmbWearable,
+        pb::UncoveredKind::PrepaidETicket => UncoveredKind::PrepaidETicket,
+        pb::UncoveredKind::AirRailTicket => UncoveredKind::AirRailTicket,
+        _ => UncoveredKind::BankCard,
+    })
+}
+
+/// A verdict from the wire (what a gate library decided offline).
+pub(super) fn verdict_from(field: &'static str, raw: i32) -> Result<Verdict, InvalidRequest> {
+    [Verdict::Allow, Verdict::Deny, Verdict::Assist]
+        .into_iter()
+        .find(|v| verdict(*v) as i32 == raw)
+        .ok_or_else(|| invalid(field, format!("unknown value {raw}")))
+}
+
+/// A reason from the wire (what a gate library decided offline).
+pub(super) fn reason_from(field: &'static str, raw: i32) -> Result<Reason, InvalidRequest> {
+    Reason::ALL
+        .into_iter()
+        .find(|r| reason(*r) as i32 == raw)
+        .ok_or_else(|| invalid(field, format!("unknown value {raw}")))
 }
 
 /// A card medium from the wire (`card.medium`).

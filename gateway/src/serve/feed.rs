@@ -5,16 +5,19 @@
 //! reported as rejected, so the publisher can send it again: nothing is lost silently.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt as _};
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::health::{Applied, parse_update};
 use ridegate_adapters::ids::Pseudonymizer;
+use ridegate_core::model::Colour;
 use ridegate_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::AuthError;
 use super::convert::BatchTooLarge;
+use crate::brake::{Held, MassDenyBrake};
 use crate::stores::{StatusReader, StatusSource, StoreError};
 
 /// Most updates per `Publish` call or `Ingest` batch.
@@ -26,20 +29,37 @@ pub(super) struct FeedService {
     statuses: StatusSource,
     cache: StatusReader,
     pseudonymizer: Pseudonymizer,
+    brake: Arc<MassDenyBrake>,
 }
 
 impl FeedService {
-    /// A feed writing into `statuses` and refreshing `cache`.
-    pub(super) fn new(statuses: StatusSource, cache: StatusReader, pseudonymizer: Pseudonymizer) -> Self {
+    /// A feed writing into `statuses` and refreshing `cache`, behind `brake`.
+    pub(super) fn new(
+        statuses: StatusSource,
+        cache: StatusReader,
+        pseudonymizer: Pseudonymizer,
+        brake: Arc<MassDenyBrake>,
+    ) -> Self {
         Self {
             statuses,
             cache,
             pseudonymizer,
+            brake,
         }
     }
 
     async fn apply(&self, update: pb::StatusUpdate) -> Result<(), UpdateRejected> {
         let (identity, status) = parse_update(&self.pseudonymizer, update).map_err(UpdateRejected::Invalid)?;
+        // A rider turning from green to non-green passes the brake first (on the
+        // embedded store, where the status held is known).
+        if let Some(store) = self.statuses.embedded()
+            && status.colour != Colour::Green
+            && store
+                .get(&identity)
+                .is_some_and(|held| held.colour == Colour::Green && held.set_at <= status.set_at)
+        {
+            self.brake.admit_turn(store.len()).map_err(UpdateRejected::Held)?;
+        }
         let applied = self
             .statuses
             .put(identity, status)
@@ -122,6 +142,9 @@ enum UpdateRejected {
     /// The store did not take it.
     #[error("not stored: {0}")]
     NotStored(StoreError),
+    /// The mass-deny brake holds it.
+    #[error("not stored: {0}")]
+    Held(Held),
 }
 
 /// Why a feed call, or an ingest batch, is refused; `super::status` maps each to its

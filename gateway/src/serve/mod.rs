@@ -8,6 +8,7 @@ pub mod convert;
 mod deadline;
 mod feed;
 mod gate;
+mod gate_state;
 mod gates;
 mod links;
 mod status;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use ridegate_adapters::shared::changes;
 use ridegate_proto::pb::gate_server::GateServer;
+use ridegate_proto::pb::gate_state_server::GateStateServer;
 use ridegate_proto::pb::health_feed_server::HealthFeedServer;
 use ridegate_proto::pb::links_server::LinksServer;
 use tokio::net::TcpListener;
@@ -51,6 +53,8 @@ pub(crate) struct Services {
     links: links::LinkService,
     /// `ridegate.v1.HealthFeed` behind `authenticator`, when enabled.
     feed: Option<feed::FeedService>,
+    /// `ridegate.v1.GateState`.
+    gate_state: gate_state::GateStateService,
     /// Turns caller tokens into callers for Links and HealthFeed.
     authenticator: auth::Authenticator,
     /// Sheds gate calls that cannot be answered in time.
@@ -89,12 +93,16 @@ impl Services {
                 app.status_source.clone(),
                 app.status_reader.clone(),
                 app.pseudonymizer.clone(),
+                app.brake.clone(),
             )
         });
+        let gate_state =
+            gate_state::GateStateService::new(app.gate_state.clone(), app.authorizer.clone(), app.clock.clone());
         Self {
             gate,
             links,
             feed,
+            gate_state,
             authenticator: auth::Authenticator::new(app.callers.clone(), app.clock.clone()),
             admission,
         }
@@ -138,12 +146,20 @@ pub async fn serve(
         authorizer,
         callers,
         reload_trigger,
+        gate_state,
+        brake,
         ..
     } = app;
     let server_config = config.server.clone();
     // Keys and certificates rotate without a restart.
-    let reloader = Reloader::new(config.clone(), tls.clone(), callers, authorizer.clone())
-        .spawn(reload_trigger, server_config.reload_interval);
+    let reloader = Reloader::new(
+        config.clone(),
+        tls.clone(),
+        callers,
+        authorizer.clone(),
+        gate_state.clone(),
+    )
+    .spawn(reload_trigger, server_config.reload_interval);
 
     let taps = gate::TapsRoute::new(services.gate.clone(), server_config.max_tap_bytes);
     let gate = GateServer::new(services.gate)
@@ -162,7 +178,11 @@ pub async fn serve(
         .add_service(health_service)
         // Server reflection (v1 and v1alpha): grpcurl and ghz work without .proto files.
         .add_service(reflection().build_v1().context("reflection v1")?)
-        .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
+        .add_service(reflection().build_v1alpha().context("reflection v1alpha")?)
+        // Offline-capable gates follow their state and upload what they decided.
+        .add_service(
+            GateStateServer::new(services.gate_state).max_decoding_message_size(server_config.max_request_bytes),
+        );
     // Links and HealthFeed answer only callers with a valid token.
     routes = routes.add_service(InterceptedService::new(
         LinksServer::new(services.links).max_decoding_message_size(server_config.max_request_bytes),
@@ -258,7 +278,7 @@ pub async fn serve(
     // Metrics and probes on their own listener, never on the gate port.
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let admin_task = admin
-        .map(|listener| admin::spawn(listener, admin::router(exposition, ready_rx)))
+        .map(|listener| admin::spawn(listener, admin::router(exposition, ready_rx, brake)))
         .transpose()?;
 
     let addr = listener.local_addr().context("listener address")?;
@@ -330,6 +350,10 @@ pub async fn serve(
             error = &e as &dyn std::error::Error,
             "storage: the last writes could not be kept"
         );
+    }
+    // Gates resume without a snapshot after this restart.
+    if let Some(feed) = &gate_state {
+        feed.keep_mark();
     }
     tracing::info!("stopped");
     if let Some(failed) = import_failure.lock().take() {

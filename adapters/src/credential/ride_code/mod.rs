@@ -58,7 +58,7 @@ use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "test-util"))]
 pub use keys::SigningKey;
@@ -66,7 +66,7 @@ pub use keys::{KeyError, SigningAlg, VerifyingKey};
 #[cfg(any(test, feature = "test-util"))]
 pub use mint::{CodeMinter, DeviceCodeMinter, MintError};
 
-use crate::ids::{CodeKey, Pseudonymizer};
+use crate::ids::{CodeKey, CredentialHasher};
 use crate::settings::{InvalidSetting, invalid};
 use ridegate_core::clock::millis;
 use ridegate_core::model::{Reason, UnixMillis};
@@ -76,8 +76,9 @@ pub const CODE_TYP: &str = "rc+jwt";
 /// `typ` header of a device certificate.
 pub const CERT_TYP: &str = "rc-cert+jwt";
 
-/// One issuer of ride codes, as configured.
-#[derive(Debug, Clone)]
+/// One issuer of ride codes, as configured (and as the gate state feed hands it to
+/// gates).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IssuerSpec {
     /// Short stable id, the `iss` claim of its codes (for example `alipay`).
     pub id: String,
@@ -91,7 +92,7 @@ pub struct IssuerSpec {
 
 /// How one issuer's codes are checked: the checks in `[issuers.<id>]` of the
 /// configuration (where its keys come from is the configuration's business).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IssuerSettings {
     /// Algorithms its codes and certificates may use: `ES256`, `EdDSA`.
@@ -138,7 +139,7 @@ impl IssuerSettings {
 }
 
 /// Knobs that apply to every issuer: `[ride_codes]` in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VerifierLimits {
     /// Longest QR text accepted, in bytes.
@@ -298,10 +299,10 @@ impl VerifiedCode {
     /// a device-signed code (so the same code under another certificate — reissued,
     /// signed by the issuer's other key, or for another account — is the same code), the
     /// issuer and `jti` of an issuer-signed one.
-    pub fn code_key(&self, pseudonymizer: &Pseudonymizer) -> CodeKey {
+    pub fn code_key(&self, hasher: &CredentialHasher) -> CodeKey {
         match &self.device_key {
-            Some(thumbprint) => pseudonymizer.code(b"device", thumbprint, &self.jti),
-            None => pseudonymizer.code(b"issuer", self.issuer.as_bytes(), &self.jti),
+            Some(thumbprint) => hasher.code(b"device", thumbprint, &self.jti),
+            None => hasher.code(b"issuer", self.issuer.as_bytes(), &self.jti),
         }
     }
 }

@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 
 use super::*;
+use crate::ids::Pseudonymizer;
 
 const NOW: UnixMillis = UnixMillis(1_900_000_000_000);
 const LIFETIME: Duration = Duration::from_secs(30);
@@ -130,8 +131,8 @@ fn code_keys_differ_by_jti_and_form() {
     let a = verify(&f, &f.alipay.code("acct-1", "j-1", NOW, LIFETIME).unwrap()).unwrap();
     let b = verify(&f, &f.alipay.code("acct-1", "j-2", NOW, LIFETIME).unwrap()).unwrap();
     let c = verify(&f, &f.phone.code("j-1", NOW, LIFETIME).unwrap()).unwrap();
-    assert_ne!(a.code_key(&p), b.code_key(&p));
-    assert_ne!(a.code_key(&p), c.code_key(&p));
+    assert_ne!(a.code_key(p.credentials()), b.code_key(p.credentials()));
+    assert_ne!(a.code_key(p.credentials()), c.code_key(p.credentials()));
 }
 
 #[test]
@@ -154,7 +155,11 @@ fn a_device_code_is_the_same_code_under_any_certificate_for_its_key() {
             .device_certificate(account, cert_id, &phone_key, NOW, Duration::from_secs(3600))
             .unwrap();
         let moved = verify(&f, &format!("{other}~{signed}")).unwrap();
-        assert_eq!(moved.code_key(&p), verify(&f, &code).unwrap().code_key(&p), "{cert_id}");
+        assert_eq!(
+            moved.code_key(p.credentials()),
+            verify(&f, &code).unwrap().code_key(p.credentials()),
+            "{cert_id}"
+        );
     }
 }
 

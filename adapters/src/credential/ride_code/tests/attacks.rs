@@ -177,7 +177,7 @@ fn a_malleated_ecdsa_signature_is_the_same_code() {
     assert_ne!(twin, code);
     let (a, b) = (verify(&f, &code).unwrap(), verify(&f, &twin).unwrap());
     // It verifies (ECDSA is malleable), but single use is keyed by jti, not signature.
-    assert_eq!(a.code_key(&p), b.code_key(&p));
+    assert_eq!(a.code_key(p.credentials()), b.code_key(p.credentials()));
 }
 
 #[test]

@@ -1,0 +1,512 @@
+//! The gate state feed's source: a versioned log of what changed in the embedded
+//! stores, and the entries an offline gate keeps (see [`ridegate_core::gate_state`]).
+//!
+//! The stores announce every changed credential and identity ([`Observer`]); each
+//! announcement gets the next version. A follower that holds version `v` is sent the
+//! changes after `v` as a delta whose entries are read from the stores when it is sent
+//! — the state now, never an older one — so a delta applied twice, or after a snapshot
+//! that already held it, changes nothing. A follower too far behind (its version has
+//! left the log, or belongs to another epoch) gets a snapshot, taken at the version
+//! read before the stores are walked: whatever changes while they are walked comes
+//! again as a delta.
+//!
+//! The epoch and version survive a clean stop (SIGTERM) through a mark in the data
+//! directory, so gates resume without a snapshot after a routine restart; after a crash,
+//! or without a data directory, a new epoch begins and followers take a snapshot.
+//!
+//! [`Observer`]: ridegate_adapters::observe::Observer
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use ridegate_adapters::credential::ride_code::{IssuerSpec, VerifierLimits};
+use ridegate_adapters::health::MemoryHealth;
+use ridegate_adapters::ids::{CredentialId, IdentityId, random_bytes};
+use ridegate_adapters::link::MemoryLinks;
+use ridegate_adapters::settings::InvalidSetting;
+use ridegate_core::clock::Clock;
+use ridegate_core::decision::Rules;
+use ridegate_core::gate_state::{CredentialTag, Entry, EntryStatus};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// The file that keeps the epoch and version across a clean stop.
+const MARK_FILE: &str = "gate-state.json";
+
+/// `[gate_state]`: the feed offline-capable gates follow.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateStateConfig {
+    /// Changes kept for followers to resume from; one further behind gets a snapshot.
+    pub log_capacity: usize,
+    /// How often an idle follower is told its state is current.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Entries per snapshot chunk (13 bytes each).
+    pub chunk_entries: usize,
+}
+
+impl GateStateConfig {
+    /// Checks what the types alone do not.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (field, zero) in [
+            ("log_capacity", self.log_capacity == 0),
+            ("heartbeat", self.heartbeat.is_zero()),
+            ("chunk_entries", self.chunk_entries == 0),
+        ] {
+            if zero {
+                return Err(InvalidSetting {
+                    field,
+                    problem: "must be more than 0",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for GateStateConfig {
+    fn default() -> Self {
+        Self {
+            log_capacity: 262_144,
+            heartbeat: Duration::from_secs(1),
+            chunk_entries: 65_536,
+        }
+    }
+}
+
+/// What changed: the entries to send are read from the stores when a delta is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A credential was linked, relinked or unlinked.
+    Credential(CredentialId),
+    /// An identity's status changed: every credential linked to it.
+    Identity(IdentityId),
+    /// The policy or the issuers' keys changed.
+    Config,
+}
+
+#[derive(Default)]
+struct Log {
+    version: u64,
+    /// `(version, change)`, oldest first.
+    changes: VecDeque<(u64, Change)>,
+}
+
+/// What a gate needs besides entries (the `config_json` of the feed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateConfig {
+    /// The decision rules (`[policy]`).
+    pub rules: Rules,
+    /// The ride-code issuers: their public keys and checks.
+    pub issuers: Vec<IssuerSpec>,
+    /// The ride-code limits.
+    pub limits: VerifierLimits,
+    /// The credential key, 32 hex characters.
+    pub credential_key: String,
+}
+
+/// A snapshot's entries and the version they are current at.
+pub struct Snapshot {
+    /// The feed's epoch.
+    pub epoch: u64,
+    /// The version it was taken at.
+    pub version: u64,
+    /// The configuration document.
+    pub config_json: Arc<String>,
+    /// Every linked credential's entry, encoded.
+    pub entries: Vec<u8>,
+}
+
+/// The changes after a version, as a follower is sent them.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// The last version it covers.
+    pub version: u64,
+    /// Entries to set, encoded.
+    pub set: Vec<u8>,
+    /// Tags no longer linked, encoded.
+    pub removed: Vec<u8>,
+    /// The configuration, when it changed.
+    pub config_json: Option<Arc<String>>,
+}
+
+/// The feed's source over the embedded link and status stores.
+pub struct GateStateFeed {
+    epoch: u64,
+    links: Arc<MemoryLinks>,
+    health: Arc<MemoryHealth>,
+    clock: Clock,
+    config_json: ArcSwap<String>,
+    gate_config: Mutex<GateConfig>,
+    log: Mutex<Log>,
+    version: watch::Sender<u64>,
+    settings: GateStateConfig,
+    mark: Option<PathBuf>,
+    /// Snapshots taken for followers (each one a follower that could not resume).
+    snapshots: AtomicU64,
+}
+
+impl std::fmt::Debug for GateStateFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GateStateFeed(epoch {}, version {})", self.epoch, self.current())
+    }
+}
+
+/// The epoch and version kept over a clean stop.
+#[derive(Debug, Serialize, Deserialize)]
+struct Mark {
+    epoch: u64,
+    version: u64,
+}
+
+impl GateStateFeed {
+    /// A feed over `links` and `health`, listening to their changes from now on. With a
+    /// data directory, the epoch and version of a clean stop are taken up (and the mark
+    /// removed, so a crash from here on starts a new epoch).
+    pub fn start(
+        links: Arc<MemoryLinks>,
+        health: Arc<MemoryHealth>,
+        config: GateConfig,
+        settings: GateStateConfig,
+        data_dir: Option<&Path>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let mark = data_dir.map(|dir| dir.join(MARK_FILE));
+        let kept = mark.as_deref().and_then(take_mark);
+        let (epoch, version) = match kept {
+            Some(Mark { epoch, version }) => (epoch, version),
+            // Never 0: a follower's 0 means "none".
+            None => (u64::from_le_bytes(random_bytes::<8>()) | 1, 0),
+        };
+        let feed = Arc::new(Self {
+            epoch,
+            links,
+            health,
+            clock,
+            config_json: ArcSwap::from_pointee(encode_config(&config)),
+            gate_config: Mutex::new(config),
+            log: Mutex::new(Log {
+                version,
+                changes: VecDeque::new(),
+            }),
+            version: watch::Sender::new(version),
+            settings,
+            mark,
+            snapshots: AtomicU64::new(0),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&feed);
+        feed.links.changes().set({
+            let weak = weak.clone();
+            move |credential| {
+                if let Some(feed) = weak.upgrade() {
+                    feed.record(Change::Credential(credential));
+                }
+            }
+        });
+        feed.health.changes().set(move |identity| {
+            if let Some(feed) = weak.upgrade() {
+                feed.record(Change::Identity(identity));
+            }
+        });
+        feed
+    }
+
+    /// The feed's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The latest version.
+    pub fn current(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &GateStateConfig {
+        &self.settings
+    }
+
+    /// Wakes on every new version.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Takes new issuer key sets (reloaded): followers get the configuration again.
+    pub fn replace_issuers(&self, issuers: Vec<IssuerSpec>) {
+        let mut config = self.gate_config.lock();
+        config.issuers = issuers;
+        self.config_json.store(Arc::new(encode_config(&config)));
+        drop(config);
+        self.record(Change::Config);
+    }
+
+    /// Whether a follower at `from_version` of `epoch` can resume from the log.
+    pub fn resumable(&self, epoch: u64, from_version: u64) -> bool {
+        if epoch != self.epoch || from_version == 0 {
+            return false;
+        }
+        let log = self.log.lock();
+        let oldest = log.changes.front().map_or(log.version + 1, |(v, _)| *v);
+        from_version <= log.version && from_version + 1 >= oldest
+    }
+
+    /// Snapshots taken so far.
+    pub fn snapshots_taken(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    /// Every linked credential's entry, at the version read before the walk.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        let version = self.current();
+        let config_json = self.config_json.load_full();
+        let now = self.clock.now();
+        let mut entries = Vec::with_capacity(self.links.len() * ridegate_core::gate_state::ENTRY_BYTES);
+        self.links.for_each_live(now, |credential, identity| {
+            self.entry(credential, identity).encode(&mut entries);
+        });
+        Snapshot {
+            epoch: self.epoch,
+            version,
+            config_json,
+            entries,
+        }
+    }
+
+    /// The changes after `from_version`, at most `max` of them, read as the stores hold
+    /// them now; `None` when the log no longer holds them (the follower needs a
+    /// snapshot).
+    pub fn delta_after(&self, from_version: u64, max: usize) -> Option<Delta> {
+        let changes: Vec<(u64, Change)> = {
+            let log = self.log.lock();
+            let oldest = log.changes.front().map_or(log.version + 1, |(v, _)| *v);
+            if from_version + 1 < oldest || from_version > log.version {
+                return None;
+            }
+            let skip = usize::try_from(from_version + 1 - oldest).unwrap_or(usize::MAX);
+            log.changes.iter().skip(skip).take(max).copied().collect()
+        };
+        let Some(&(version, _)) = changes.last() else {
+            return Some(Delta {
+                version: from_version,
+                ..Delta::default()
+            });
+        };
+        let now = self.clock.now();
+        let mut credentials = HashSet::new();
+        let mut config = false;
+        for (_, change) in changes {
+            match change {
+                Change::Credential(c) => {
+                    credentials.insert(c);
+                }
+                Change::Identity(i) => credentials.extend(self.links.links_of_now(&i, now).into_iter().map(|(c, _)| c)),
+                Change::Config => config = true,
+            }
+        }
+        let mut delta = Delta {
+            version,
+            config_json: config.then(|| self.config_json.load_full()),
+            ..Delta::default()
+        };
+        for credential in credentials {
+            match self.links.resolve_now(&credential, now) {
+                Some(identity) => self.entry(credential, identity).encode(&mut delta.set),
+                None => delta.removed.extend_from_slice(&CredentialTag::of(&credential.0).0),
+            }
+        }
+        Some(delta)
+    }
+
+    /// Keeps the epoch and version for the next start (at a clean stop).
+    pub fn keep_mark(&self) {
+        let Some(path) = &self.mark else { return };
+        let mark = Mark {
+            epoch: self.epoch,
+            version: self.current(),
+        };
+        let written = serde_json::to_vec(&mark)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_durably(path, &bytes));
+        if let Err(e) = written {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                path = %path.display(),
+                "gate state: the feed's version could not be kept; gates will take a snapshot after the restart"
+            );
+        }
+    }
+
+    fn entry(&self, credential: CredentialId, identity: IdentityId) -> Entry {
+        Entry {
+            tag: CredentialTag::of(&credential.0),
+            status: self.health.get(&identity).as_ref().map(EntryStatus::of),
+        }
+    }
+
+    fn record(&self, change: Change) {
+        let mut log = self.log.lock();
+        log.version += 1;
+        let version = log.version;
+        log.changes.push_back((version, change));
+        while log.changes.len() > self.settings.log_capacity {
+            log.changes.pop_front();
+        }
+        drop(log);
+        self.version.send_replace(version);
+    }
+}
+
+/// The configuration document gates are sent.
+fn encode_config(config: &GateConfig) -> String {
+    // Plain data (strings, numbers, maps with string keys): serializing cannot fail.
+    serde_json::to_string(config).unwrap_or_default()
+}
+
+/// Reads and removes the mark of a clean stop.
+fn take_mark(path: &Path) -> Option<Mark> {
+    let bytes = std::fs::read(path).ok()?;
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "gate state: cannot remove the mark; starting a new epoch"
+        );
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, then renamed.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use ridegate_adapters::caller::CallerKind;
+    use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord};
+    use ridegate_core::gate_state::ENTRY_BYTES;
+    use ridegate_core::model::{Colour, HealthStatus, UnixMillis};
+
+    use super::*;
+
+    const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
+
+    fn link(identity: u8) -> LinkRecord {
+        LinkRecord {
+            identity: IdentityId([identity; 16]),
+            class: CredentialClass::PhysicalCard,
+            issuer: None,
+            tail: *b"1234",
+            linked_at: NOW,
+            linked_by: CallerKind::BackEnd,
+            caller_id: Arc::from("test"),
+            staff_operator_id: None,
+            consent: Consent::BulkProgramme,
+            valid_until: None,
+        }
+    }
+
+    fn status(colour: Colour, set_at: i64) -> HealthStatus {
+        HealthStatus {
+            colour,
+            set_at: UnixMillis(set_at),
+            negative_test_at: None,
+        }
+    }
+
+    fn feed(capacity: usize, dir: Option<&Path>) -> (Arc<GateStateFeed>, Arc<MemoryLinks>, Arc<MemoryHealth>) {
+        let (links, health) = (Arc::new(MemoryLinks::default()), Arc::new(MemoryHealth::default()));
+        let config = GateConfig {
+            rules: Rules::default(),
+            issuers: Vec::new(),
+            limits: VerifierLimits::default(),
+            credential_key: "00".repeat(16),
+        };
+        let settings = GateStateConfig {
+            log_capacity: capacity,
+            ..GateStateConfig::default()
+        };
+        let feed = GateStateFeed::start(links.clone(), health.clone(), config, settings, dir, Clock::manual(NOW));
+        (feed, links, health)
+    }
+
+    fn entries(bytes: &[u8]) -> Vec<Entry> {
+        let mut all = Entry::decode_all(bytes).unwrap();
+        all.sort_by_key(|e| e.tag);
+        all
+    }
+
+    #[test]
+    fn a_snapshot_holds_every_linked_credential_and_deltas_carry_the_state_now() {
+        let (feed, links, health) = feed(100, None);
+        links.link_now(CredentialId([1; 16]), &link(7)).unwrap();
+        links.link_now(CredentialId([2; 16]), &link(8)).unwrap();
+        health.put(IdentityId([7; 16]), status(Colour::Green, 1));
+        let snapshot = feed.snapshot();
+        assert_eq!(snapshot.version, 3);
+        assert_eq!(snapshot.entries.len(), 2 * ENTRY_BYTES);
+        let got = entries(&snapshot.entries);
+        assert_eq!(got[0].status.unwrap().colour, Colour::Green);
+        assert_eq!(got[1].status, None, "no record for identity 8");
+
+        // Turned red, then unlinked another credential: one delta with both.
+        health.put(IdentityId([7; 16]), status(Colour::Red, 2));
+        links.unlink_now(&CredentialId([2; 16]));
+        assert!(feed.resumable(feed.epoch(), 3));
+        let delta = feed.delta_after(3, 100).unwrap();
+        assert_eq!(delta.version, 5);
+        let set = entries(&delta.set);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].tag, CredentialTag([1; 8]));
+        assert_eq!(set[0].status.unwrap().colour, Colour::Red);
+        assert_eq!(Entry::decode_tags(&delta.removed).unwrap(), [CredentialTag([2; 8])]);
+        // Current: an empty delta at the same version.
+        assert_eq!(feed.delta_after(5, 100).unwrap().version, 5);
+        // Another epoch, or a version from the future, is not resumed.
+        assert!(!feed.resumable(feed.epoch() ^ 2, 3));
+        assert!(feed.delta_after(9, 100).is_none());
+    }
+
+    #[test]
+    fn a_follower_whose_version_left_the_log_needs_a_snapshot() {
+        let (feed, links, _) = feed(2, None);
+        for i in 1..=4u8 {
+            links.link_now(CredentialId([i; 16]), &link(i)).unwrap();
+        }
+        // Versions 3 and 4 are kept: a follower at 2 resumes, one at 1 cannot.
+        assert!(feed.resumable(feed.epoch(), 2));
+        assert!(!feed.resumable(feed.epoch(), 1));
+        assert!(feed.delta_after(1, 10).is_none());
+        assert_eq!(entries(&feed.delta_after(2, 10).unwrap().set).len(), 2);
+        // At most `max` changes per delta.
+        assert_eq!(feed.delta_after(2, 1).unwrap().version, 3);
+    }
+
+    #[test]
+    fn the_epoch_and_version_survive_a_clean_stop_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (feed1, links, _) = feed(10, Some(dir.path()));
+        links.link_now(CredentialId([1; 16]), &link(1)).unwrap();
+        feed1.keep_mark();
+        let (epoch, version) = (feed1.epoch(), feed1.current());
+        let (feed2, _, _) = feed(10, Some(dir.path()));
+        assert_eq!((feed2.epoch(), feed2.current()), (epoch, version));
+        assert!(feed2.resumable(epoch, version), "nothing changed since: resumed");
+        // No mark kept this time (a crash): a new epoch.
+        let (feed3, _, _) = feed(10, Some(dir.path()));
+        assert_ne!(feed3.epoch(), epoch);
+        assert_eq!(feed3.current(), 0);
+    }
+}

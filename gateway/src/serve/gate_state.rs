@@ -1,0 +1,238 @@
+//! `ridegate.v1.GateState`: the feed offline-capable gates follow, and the upload of
+//! what they decided offline. Served on the gate port to gates, like `Gate` (with
+//! mutual TLS on, only to clients with a gate certificate).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt as _};
+use ridegate_adapters::ids::CodeKey;
+use ridegate_core::clock::Clock;
+use ridegate_core::credential::CredentialKind;
+use ridegate_core::decision::GateContext;
+use ridegate_core::model::UnixMillis;
+use ridegate_proto::pb;
+use ridegate_proto::pb::offline_decision::CredentialKind as WireKind;
+use ridegate_proto::pb::state_update::Kind;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, InvalidRequest};
+use crate::authorize::{Authorizer, OfflineRecord};
+use crate::gate_state::GateStateFeed;
+
+/// Most changes one delta carries.
+const MAX_DELTA_CHANGES: usize = 10_000;
+/// Messages queued for one follower before the feed waits for it.
+const FOLLOWER_QUEUE: usize = 8;
+
+/// Serves the feed and takes uploads.
+#[derive(Clone)]
+pub(super) struct GateStateService {
+    feed: Option<Arc<GateStateFeed>>,
+    authorizer: Arc<Authorizer>,
+    clock: Clock,
+}
+
+impl GateStateService {
+    /// The service over `feed` (none without the embedded store), recording uploads
+    /// through `authorizer`.
+    pub(super) fn new(feed: Option<Arc<GateStateFeed>>, authorizer: Arc<Authorizer>, clock: Clock) -> Self {
+        Self {
+            feed,
+            authorizer,
+            clock,
+        }
+    }
+}
+
+/// The follower's stream.
+pub(super) type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::StateUpdate, Status>> + Send>>;
+
+/// Sends `feed` to one follower from `from_version` of `epoch`: a snapshot unless that
+/// can be resumed, then deltas as versions come, and a heartbeat when idle. Returns when
+/// the follower goes.
+async fn follow(
+    feed: Arc<GateStateFeed>,
+    clock: Clock,
+    mut epoch_and_version: (u64, u64),
+    out: mpsc::Sender<Result<pb::StateUpdate, Status>>,
+) {
+    let send = |kind: Kind| {
+        let out = out.clone();
+        async move { out.send(Ok(pb::StateUpdate { kind: Some(kind) })).await.is_ok() }
+    };
+    let mut versions = feed.subscribe();
+    let heartbeat = feed.settings().heartbeat;
+    let chunk_bytes = feed.settings().chunk_entries * ridegate_core::gate_state::ENTRY_BYTES;
+    loop {
+        let (epoch, version) = epoch_and_version;
+        if !feed.resumable(epoch, version) || epoch != feed.epoch() {
+            let snapshot = feed.snapshot();
+            let entries = snapshot.entries.len() / ridegate_core::gate_state::ENTRY_BYTES;
+            let begin = Kind::Begin(pb::SnapshotBegin {
+                epoch: snapshot.epoch,
+                version: snapshot.version,
+                config_json: snapshot.config_json.to_string(),
+                entries: entries as u64,
+            });
+            if !send(begin).await {
+                return;
+            }
+            for chunk in snapshot
+                .entries
+                .chunks(chunk_bytes.max(ridegate_core::gate_state::ENTRY_BYTES))
+            {
+                if !send(Kind::Chunk(pb::EntryChunk {
+                    entries: chunk.to_vec(),
+                }))
+                .await
+                {
+                    return;
+                }
+            }
+            if !send(Kind::End(pb::SnapshotEnd {
+                version: snapshot.version,
+            }))
+            .await
+            {
+                return;
+            }
+            epoch_and_version = (snapshot.epoch, snapshot.version);
+            continue;
+        }
+        // Deltas until the follower is current, then wait for the next version.
+        match feed.delta_after(version, MAX_DELTA_CHANGES) {
+            None => epoch_and_version = (0, 0),
+            Some(delta) if delta.version > version => {
+                let sent = send(Kind::Delta(pb::Delta {
+                    version: delta.version,
+                    set: delta.set,
+                    removed: delta.removed,
+                    config_json: delta.config_json.map(|c| c.to_string()).unwrap_or_default(),
+                }))
+                .await;
+                if !sent {
+                    return;
+                }
+                epoch_and_version.1 = delta.version;
+            }
+            Some(_) => {
+                let woke = tokio::time::timeout(heartbeat, versions.changed()).await;
+                if matches!(woke, Ok(Err(_))) {
+                    return; // the feed is gone: shutting down
+                }
+                if woke.is_err() {
+                    let beat = Kind::Heartbeat(pb::Heartbeat {
+                        version,
+                        sent_at_ms: clock.now().0,
+                    });
+                    if !send(beat).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An uploaded decision, validated.
+fn offline_record(decision: pb::OfflineDecision) -> Result<OfflineRecord, InvalidRequest> {
+    let invalid = |field: &'static str, problem: &'static str| InvalidRequest {
+        field,
+        problem: problem.into(),
+    };
+    if decision.gate_id.is_empty() {
+        return Err(invalid("gate_id", "is required"));
+    }
+    let direction = convert::direction("direction", decision.direction)?;
+    let credential_kind = match decision.credential_kind {
+        Some(WireKind::RideCode(_)) => CredentialKind::RideCode,
+        Some(WireKind::Card(medium)) => CredentialKind::Card(convert::card_medium(medium)?),
+        Some(WireKind::Ticket(kind)) => CredentialKind::Ticket(convert::ticket_kind(kind)?),
+        Some(WireKind::Uncovered(kind)) => CredentialKind::Uncovered(convert::uncovered_kind("uncovered", kind)?),
+        None => return Err(invalid("credential_kind", "is required")),
+    };
+    let verdict = convert::verdict_from("verdict", decision.verdict)?;
+    let reason = convert::reason_from("reason", decision.reason)?;
+    let code = match decision.code_key.len() {
+        0 => None,
+        16 => {
+            let mut key = [0; 16];
+            key.copy_from_slice(&decision.code_key);
+            Some((CodeKey(key), UnixMillis(decision.code_valid_until_ms)))
+        }
+        _ => return Err(invalid("code_key", "must be 16 bytes")),
+    };
+    Ok(OfflineRecord {
+        gate: GateContext {
+            gate_id: decision.gate_id,
+            station_id: decision.station_id,
+            line_id: decision.line_id,
+            direction,
+            tapped_at: UnixMillis(decision.decided_at_ms),
+            budget: None,
+        },
+        credential_kind,
+        issuer: (!decision.issuer.is_empty()).then(|| Arc::from(decision.issuer.as_str())),
+        code,
+        verdict,
+        reason,
+        state_age_ms: decision.state_age_ms,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::gate_state_server::GateState for GateStateService {
+    type FollowStream = UpdateStream;
+
+    async fn follow(&self, request: Request<pb::FollowRequest>) -> Result<Response<UpdateStream>, Status> {
+        let Some(feed) = self.feed.clone() else {
+            return Err(Status::failed_precondition(
+                "the gate state feed is served on the embedded store only (no [redis], no [health.platform])",
+            ));
+        };
+        let pb::FollowRequest {
+            group,
+            from_version,
+            epoch,
+        } = request.into_inner();
+        tracing::info!(
+            %group,
+            from_version,
+            resumes = feed.resumable(epoch, from_version),
+            "gate state follower connected"
+        );
+        let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+        tokio::spawn(follow(feed, self.clock.clone(), (epoch, from_version), tx));
+        let updates = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) });
+        Ok(Response::new(Box::pin(updates)))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::OfflineDecision>>,
+    ) -> Result<Response<pb::UploadSummary>, Status> {
+        let mut decisions = request.into_inner();
+        let mut summary = pb::UploadSummary::default();
+        while let Some(decision) = decisions.next().await {
+            let record = offline_record(decision?).map_err(Status::from)?;
+            let had_code = record.code.is_some();
+            let deadline = Instant::now() + std::time::Duration::from_secs(1);
+            let first_use = self.authorizer.record_offline(record, deadline).await;
+            summary.recorded += 1;
+            if had_code {
+                summary.codes += 1;
+                summary.codes_used_twice += u64::from(first_use == Some(false));
+            }
+        }
+        tracing::info!(
+            recorded = summary.recorded,
+            codes = summary.codes,
+            codes_used_twice = summary.codes_used_twice,
+            "offline decisions uploaded"
+        );
+        Ok(Response::new(summary))
+    }
+}

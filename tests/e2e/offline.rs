@@ -1,0 +1,238 @@
+//! Offline gates: the gate library (`ridegate-gate`) follows the real binary's
+//! `GateState` feed, keeps deciding — the same verdicts and reasons, marked offline —
+//! while ridegate is stopped, resumes without a snapshot when it returns, and uploads
+//! what it decided, whose ride codes ridegate then refuses.
+
+use std::time::{Duration, Instant};
+
+use ridegate_adapters::test_util::{CallerKind, SigningAlg, synthetic_resident_id};
+use ridegate_core::clock::Clock;
+use ridegate_core::credential::{CardMedium, CardNumber, Credential};
+use ridegate_core::decision::{GateContext, GateRequest};
+use ridegate_core::model::{Direction, Reason as CoreReason, UnixMillis, Verdict as CoreVerdict};
+use ridegate_gate::{GateSettings, OfflineAnswer, OfflineGate};
+use ridegate_proto::pb::gate_state_client::GateStateClient;
+use ridegate_proto::pb::health_feed_client::HealthFeedClient;
+use ridegate_proto::pb::{self, Reason, Verdict};
+
+use ridegate_tests::codes;
+use ridegate_tests::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn offline_tap(gate_id: &str, credential: Credential) -> GateRequest {
+    GateRequest {
+        request_id: String::new(),
+        gate: GateContext {
+            gate_id: gate_id.into(),
+            station_id: "s1".into(),
+            line_id: "l1".into(),
+            direction: Direction::Entry,
+            tapped_at: UnixMillis(now()),
+            budget: None,
+        },
+        credential,
+    }
+}
+
+fn offline_card(number: &str) -> Credential {
+    Credential::Card {
+        medium: CardMedium::Physical,
+        number: CardNumber::parse(number).unwrap(),
+    }
+}
+
+fn said(answer: OfflineAnswer) -> (CoreVerdict, CoreReason) {
+    assert!(answer.offline);
+    (answer.verdict, answer.reason)
+}
+
+async fn publish(gateway: &Gateway, person: u64, colour: pb::HealthColour) {
+    let token = gateway.token(CallerKind::HealthPlatform, "health-platform", None);
+    let update = pb::StatusUpdate {
+        subject: Some(pb::status_update::Subject::IdNumber(synthetic_resident_id(person))),
+        colour: colour.into(),
+        set_at_unix_ms: now(),
+        negative_test_at_unix_ms: now() - 3_600_000,
+    };
+    let published = HealthFeedClient::new(gateway.channel().await)
+        .publish(authed(pb::PublishRequest { updates: vec![update] }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(published.applied, 1, "{:?}", published.rejected);
+}
+
+/// Waits up to 10 s for `done`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} never happened");
+}
+
+#[tokio::test]
+async fn a_gate_library_decides_while_ridegate_is_stopped_then_resumes_and_uploads() {
+    let port = free_port();
+    let builder = GatewayBuilder::new()
+        .feed()
+        .issuer("yitongxing", SigningAlg::Es256)
+        .card("1000000000000001", 1)
+        .status(1, GREEN)
+        .card("1000000000000002", 2)
+        .status(2, GREEN)
+        .account("yitongxing", "acct-3", 3)
+        .status(3, GREEN)
+        .arg("--listen")
+        .arg(&format!("127.0.0.1:{port}"));
+    let (gateway, issuers) = builder.start().await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let settings = GateSettings {
+        retry_every: Duration::from_millis(100),
+        ..GateSettings::new(format!("http://127.0.0.1:{port}"), state_dir.path())
+    };
+    let gate = OfflineGate::open(settings, Clock::System).unwrap();
+    let follower = gate.follow();
+    eventually("the snapshot", || gate.status().entries == 3).await;
+
+    // Rider 2 turns red while the gate follows: the change reaches it.
+    let version = gate.status().version;
+    let pushed = Instant::now();
+    publish(&gateway, 2, pb::HealthColour::Red).await;
+    eventually("the change at the gate", || gate.status().version > version).await;
+    let reached_in = pushed.elapsed();
+    assert!(reached_in < Duration::from_secs(2), "{reached_in:?}");
+    let before_stop = gate.status();
+
+    // ridegate stops: the gate decides alone.
+    let (exit, stopped) = gateway.terminate().await;
+    assert!(exit.success());
+    let qr = codes::valid(&issuers[0].minter, "acct-3");
+    let answers = [
+        said(
+            gate.decide(&offline_tap("g1", offline_card("1000000000000001")))
+                .unwrap(),
+        ),
+        said(
+            gate.decide(&offline_tap("g1", offline_card("1000000000000002")))
+                .unwrap(),
+        ),
+        said(
+            gate.decide(&offline_tap("g1", offline_card("1000000000000009")))
+                .unwrap(),
+        ),
+        said(
+            gate.decide(&offline_tap("g1", Credential::RideCode(qr.clone())))
+                .unwrap(),
+        ),
+        said(
+            gate.decide(&offline_tap("g2", Credential::RideCode(qr.clone())))
+                .unwrap(),
+        ),
+    ];
+    assert_eq!(
+        answers,
+        [
+            (CoreVerdict::Allow, CoreReason::HealthGreen),
+            (CoreVerdict::Deny, CoreReason::HealthRed),
+            (CoreVerdict::Assist, CoreReason::NotLinked),
+            (CoreVerdict::Allow, CoreReason::HealthGreen),
+            (CoreVerdict::Deny, CoreReason::CodeReplayed),
+        ]
+    );
+    assert_eq!(gate.status().pending_uploads, 5);
+
+    // ridegate returns on the same port and data directory: the gate resumes from its
+    // version (no snapshot) and uploads.
+    let gateway = stopped.restart(&builder).await;
+    eventually("the upload", || gate.status().pending_uploads == 0).await;
+    let after = gate.status();
+    assert_eq!(
+        after.epoch, before_stop.epoch,
+        "same epoch: resumed, not a new snapshot"
+    );
+    assert!(after.version >= before_stop.version);
+    assert_eq!(
+        gateway.metric("ridegate_gate_state_snapshots_total").await,
+        0.0,
+        "the restarted ridegate sent no snapshot"
+    );
+    let offline: Vec<serde_json::Value> = gateway.audit().into_iter().filter(|e| e["offline"] == true).collect();
+    assert_eq!(offline.len(), 5, "every offline decision is in the audit trail");
+    assert!(
+        offline
+            .iter()
+            .any(|e| e["reason"] == "code_replayed" && e["gate_id"] == "g2")
+    );
+    // The code used offline is refused online.
+    let online = gateway
+        .gate()
+        .await
+        .authorize(tap(code(&qr)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&online), (Verdict::Deny, Reason::CodeReplayed));
+    follower.abort();
+}
+
+#[tokio::test]
+async fn a_follower_from_another_epoch_gets_a_snapshot_and_a_bad_upload_is_refused() {
+    let builder = GatewayBuilder::new().card("1000000000000001", 1).status(1, GREEN);
+    let (gateway, _) = builder.start().await;
+    let mut client = GateStateClient::new(gateway.channel().await);
+    let mut updates = client
+        .follow(pb::FollowRequest {
+            group: "line-1".into(),
+            from_version: 42,
+            epoch: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::StateUpdate {
+        kind: Some(pb::state_update::Kind::Begin(begin)),
+    }) = updates.message().await.unwrap()
+    else {
+        panic!("a snapshot first");
+    };
+    assert_eq!(begin.entries, 1);
+    let config: serde_json::Value = serde_json::from_str(&begin.config_json).unwrap();
+    assert_eq!(config["credential_key"].as_str().unwrap().len(), 32);
+    let Some(pb::StateUpdate {
+        kind: Some(pb::state_update::Kind::Chunk(chunk)),
+    }) = updates.message().await.unwrap()
+    else {
+        panic!("its entries");
+    };
+    assert_eq!(chunk.entries.len(), 13);
+    // No raw card number anywhere in what a gate is sent.
+    assert!(!begin.config_json.contains("1000000000000001"));
+    // Then the end, and heartbeats while nothing changes.
+    assert!(matches!(
+        updates.message().await.unwrap().and_then(|u| u.kind),
+        Some(pb::state_update::Kind::End(_))
+    ));
+    assert!(matches!(
+        updates.message().await.unwrap().and_then(|u| u.kind),
+        Some(pb::state_update::Kind::Heartbeat(_))
+    ));
+
+    // An upload that is not a decision is refused with the field named.
+    let bad = pb::OfflineDecision {
+        gate_id: "g1".into(),
+        direction: pb::Direction::Entry.into(),
+        ..pb::OfflineDecision::default()
+    };
+    let refused = client.upload(tokio_stream::iter(vec![bad])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("credential_kind"), "{}", refused.message());
+}
