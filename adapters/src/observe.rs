@@ -4,8 +4,10 @@
 
 use std::sync::OnceLock;
 
-/// The listener of one store; nothing is called until one is set. It is called after
-/// the store's locks are released, on the writer's thread: it must be quick.
+/// The listener of one store; nothing is called until one is set. It is called on the
+/// writer's thread after the store's own locks are released (a caller may still hold
+/// its own, such as the durable store's order lock): it must be quick and must not
+/// write to the store.
 pub struct Observer<T>(OnceLock<Box<dyn Fn(T) + Send + Sync>>);
 
 impl<T> Default for Observer<T> {

@@ -173,9 +173,13 @@ impl Disk {
         }
         let deltas = read_all(&dir.join("deltas.bin"))?;
         let mut r = Reader(&deltas);
+        let mut deltas_good = 0;
         while !r.is_empty() {
             match decode(&mut r) {
-                Some(delta) => records.push(delta),
+                Some(delta) => {
+                    records.push(delta);
+                    deltas_good = deltas.len() - r.0.len();
+                }
                 None => break, // torn by a crash while appending
             }
         }
@@ -196,10 +200,18 @@ impl Disk {
         while let Some(one) = r.bytes() {
             offline.push(one.to_vec());
         }
+        let offline_good = offline_bytes.len() - r.0.len();
+        // A record torn by a crash is cut off, so what is appended next can be read.
+        let open_at = |name: &str, good: usize| -> Result<File, GateError> {
+            let path = dir.join(name);
+            let file = append(&path)?;
+            file.set_len(good as u64).map_err(|e| io(&path, e))?;
+            Ok(file)
+        };
         let disk = Disk {
-            deltas: append(&dir.join("deltas.bin"))?,
-            codes: append(&dir.join("codes.bin"))?,
-            offline: append(&dir.join("offline.bin"))?,
+            deltas: open_at("deltas.bin", deltas_good)?,
+            codes: open_at("codes.bin", code_bytes.len() - code_bytes.len() % 24)?,
+            offline: open_at("offline.bin", offline_good)?,
             dir: dir.to_owned(),
         };
         Ok(Opened {

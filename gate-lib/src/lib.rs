@@ -163,18 +163,27 @@ impl OfflineGate {
         let opened = Disk::open(&settings.state_dir)?;
         let mut disk = opened.disk;
         let mut state = State::default();
-        for record in opened.records {
-            if !record.config.is_empty() {
-                state.config = Some(Loaded::parse(&record.config)?);
+        let mut records = opened.records.into_iter();
+        if let Some(snapshot) = records.next() {
+            state.config = Some(Loaded::parse(&snapshot.config)?);
+            state.epoch = snapshot.epoch;
+            state.version = snapshot.version;
+            state.confirmed_at = Some(snapshot.confirmed_at);
+            state.entries = snapshot.set.iter().map(|e| (e.tag, e.status)).collect();
+        }
+        // Deltas after the state file's version, of its epoch (older ones are left over
+        // from before the state file was last replaced).
+        for delta in records {
+            if delta.epoch != state.epoch || delta.version <= state.version {
+                continue;
             }
-            if record.epoch != state.epoch {
-                state.entries.clear();
+            if !delta.config.is_empty() {
+                state.config = Some(Loaded::parse(&delta.config)?);
             }
-            state.epoch = record.epoch;
-            state.version = record.version;
-            state.confirmed_at = Some(record.confirmed_at);
-            state.entries.extend(record.set.iter().map(|e| (e.tag, e.status)));
-            for tag in &record.removed {
+            state.version = delta.version;
+            state.confirmed_at = Some(delta.confirmed_at);
+            state.entries.extend(delta.set.iter().map(|e| (e.tag, e.status)));
+            for tag in &delta.removed {
                 state.entries.remove(tag);
             }
         }
@@ -352,10 +361,15 @@ impl OfflineGate {
             reason: wire_reason(answer.reason),
             state_age_ms: answer.state_age_ms.unwrap_or(-1),
             credential_kind: Some(credential_kind),
+            decision_id: random_bytes::<16>().to_vec(),
+            degraded: answer.degraded,
+            mode: wire_mode(answer.mode),
         };
         let encoded = decision.encode_to_vec();
+        // Pending, then disk: the order `upload` takes them in too.
+        let mut pending = self.0.pending.lock();
         self.0.disk.lock().append_offline(&encoded)?;
-        self.0.pending.lock().push(encoded);
+        pending.push(encoded);
         Ok(())
     }
 
@@ -406,7 +420,7 @@ impl OfflineGate {
     /// One connection: upload, then follow until the stream breaks.
     async fn follow_once(&self) -> Result<(), GateError> {
         let channel = self.connect().await?;
-        self.upload(channel.clone()).await?;
+        self.upload_now(channel.clone()).await;
         let (epoch, version) = {
             let state = self.0.state.read();
             (state.epoch, state.version)
@@ -432,8 +446,9 @@ impl OfflineGate {
             };
             match kind {
                 Kind::Begin(begin) => {
+                    // Grown as chunks come; the count is only checked at the end.
                     let capacity = usize::try_from(begin.entries).unwrap_or(0).saturating_mul(ENTRY_BYTES);
-                    snapshot = Some((begin, Vec::with_capacity(capacity.min(1 << 30))));
+                    snapshot = Some((begin, Vec::with_capacity(capacity.min(MAX_PREALLOCATED))));
                 }
                 Kind::Chunk(chunk) => match &mut snapshot {
                     Some((_, entries)) => entries.extend_from_slice(&chunk.entries),
@@ -446,6 +461,11 @@ impl OfflineGate {
                     if end.version != begin.version {
                         return Err(GateError::Feed("a snapshot ended at another version".into()));
                     }
+                    if entries.len() as u64 != begin.entries.saturating_mul(ENTRY_BYTES as u64) {
+                        return Err(GateError::Feed(
+                            "a snapshot's entries do not add up to its count".into(),
+                        ));
+                    }
                     self.apply_snapshot(&begin, &entries)?;
                 }
                 Kind::Delta(delta) => self.apply_delta(&delta)?,
@@ -457,7 +477,7 @@ impl OfflineGate {
                 }
             }
             if !self.0.pending.lock().is_empty() {
-                self.upload(channel.clone()).await?;
+                self.upload_now(channel.clone()).await;
             }
         }
     }
@@ -517,20 +537,18 @@ impl OfflineGate {
         if delta.version <= state.version {
             return Ok(());
         }
+        let held_before = state.held.len();
         let held = state.apply(&set, &removed, &self.0.settings.brake, now);
         state.version = delta.version;
         state.confirmed_at = Some(now);
         if let Some(config) = config {
             state.config = Some(config);
         }
-        // What was applied goes to the deltas file; what was held, to the held file.
-        let applied: Vec<u8> = {
-            let mut out = Vec::with_capacity(set.len() * ENTRY_BYTES);
-            for entry in set.iter().filter(|e| !state.held.contains_key(&e.tag)) {
-                entry.encode(&mut out);
-            }
-            out
-        };
+        // What was applied goes to the deltas file; what is held, to the held file.
+        let mut applied = Vec::with_capacity(set.len() * ENTRY_BYTES);
+        for entry in set.iter().filter(|e| !state.held.contains_key(&e.tag)) {
+            entry.encode(&mut applied);
+        }
         let record = Stored {
             epoch: state.epoch,
             version: delta.version,
@@ -539,17 +557,22 @@ impl OfflineGate {
             set: Vec::new(),
             removed: Vec::new(),
         };
-        let held_entries = encode_held(&state);
-        let compact = {
+        let held_entries = (held_before > 0 || !state.held.is_empty()).then(|| encode_held(&state));
+        // Decisions read the state while the delta is written: the disk is the follower's
+        // alone, so deltas reach it in order.
+        drop(state);
+        let size = {
             let mut disk = self.0.disk.lock();
             let size = disk.append_delta(&record, &applied, &delta.removed)?;
-            if held > 0 {
-                disk.write_held(&held_entries)?;
+            if let Some(held_entries) = &held_entries {
+                disk.write_held(held_entries)?;
             }
-            size > COMPACT_AT_BYTES
+            size
         };
-        if compact {
+        if size > COMPACT_AT_BYTES {
+            let state = self.0.state.read();
             let record = Stored {
+                version: state.version,
                 config: state.config.as_ref().map(|c| c.json.clone()).unwrap_or_default(),
                 ..record
             };
@@ -564,6 +587,14 @@ impl OfflineGate {
             );
         }
         Ok(())
+    }
+
+    /// Uploads the offline decisions kept, logging a failure (they are sent again at
+    /// the next connection or update).
+    async fn upload_now(&self, channel: Channel) {
+        if let Err(e) = self.upload(channel).await {
+            tracing::warn!(error = %e, "gate: offline decisions not uploaded yet");
+        }
     }
 
     /// Uploads the offline decisions kept, then forgets them.
@@ -586,8 +617,16 @@ impl OfflineGate {
         let rest: Vec<Vec<u8>> = pending.split_off(uploaded);
         self.0.disk.lock().drop_uploaded(&rest)?;
         *pending = rest;
+        if summary.rejected > 0 {
+            tracing::error!(
+                rejected = summary.rejected,
+                first = %summary.first_rejection,
+                "gate: ridegate rejected offline decisions"
+            );
+        }
         tracing::info!(
             recorded = summary.recorded,
+            duplicates = summary.duplicates,
             codes = summary.codes,
             codes_used_twice = summary.codes_used_twice,
             "gate: offline decisions uploaded"
@@ -595,6 +634,9 @@ impl OfflineGate {
         Ok(())
     }
 }
+
+/// The most a snapshot's announced size reserves before its entries arrive.
+const MAX_PREALLOCATED: usize = 64 << 20;
 
 /// How often used codes and offline decisions are fsynced.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -650,6 +692,16 @@ pub fn wire_verdict(verdict: Verdict) -> i32 {
         Verdict::Assist => "VERDICT_ASSIST",
     };
     wire_enum(name, pb::Verdict::from_str_name)
+}
+
+/// A check mode's `ridegate.v1.CheckMode` value.
+pub fn wire_mode(mode: Mode) -> i32 {
+    let name = match mode {
+        Mode::Enforce => "CHECK_MODE_ENFORCE",
+        Mode::Shadow => "CHECK_MODE_SHADOW",
+        Mode::Off => "CHECK_MODE_OFF",
+    };
+    wire_enum(name, pb::CheckMode::from_str_name)
 }
 
 /// A reason's `ridegate.v1.Reason` value.

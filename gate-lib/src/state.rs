@@ -138,6 +138,8 @@ impl State {
     /// turns from green to non-green beyond the brake's allowance keep their old status
     /// (held). Returns how many were held.
     pub(crate) fn replace(&mut self, entries: Vec<Entry>, brake: &BrakeSettings, now: UnixMillis) -> usize {
+        // The snapshot is the whole truth: what was held before is judged again below.
+        self.held.clear();
         let mut next: HashMap<CredentialTag, Option<EntryStatus>> = HashMap::with_capacity(entries.len());
         let mut turning = Vec::new();
         for entry in entries {

@@ -271,6 +271,9 @@ fn every_verdict_reason_and_kind_has_its_wire_value() {
     for verdict in [Verdict::Allow, Verdict::Deny, Verdict::Assist] {
         assert_ne!(wire_verdict(verdict), 0);
     }
+    for mode in [Mode::Enforce, Mode::Shadow, Mode::Off] {
+        assert_ne!(wire_mode(mode), 0);
+    }
     for medium in [CardMedium::Physical, CardMedium::PhoneNfc, CardMedium::NfcSim] {
         assert_ne!(wire_enum(medium_name(medium), pb::CardMedium::from_str_name), 0);
     }
@@ -291,4 +294,82 @@ fn every_verdict_reason_and_kind_has_its_wire_value() {
         let name = format!("UNCOVERED_KIND_{}", kind.label().to_ascii_uppercase());
         assert_ne!(wire_enum(&name, pb::UncoveredKind::from_str_name), 0);
     }
+}
+
+#[test]
+fn a_record_torn_by_a_crash_is_cut_off_and_what_follows_reads_back() {
+    let f = fixture();
+    f.gate
+        .decide(&tap("g1", card("1000000000000001"), Direction::Entry))
+        .unwrap();
+    let settings = GateSettings::new("http://127.0.0.1:1", f.dir.path());
+    drop(f.gate);
+    // A crash in the middle of the next record: a length prefix and half a record.
+    let path = f.dir.path().join("offline.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&path, bytes).unwrap();
+    let gate = OfflineGate::open(settings.clone(), f.clock.clone()).unwrap();
+    assert_eq!(gate.status().pending_uploads, 1);
+    gate.decide(&tap("g1", card("1000000000000002"), Direction::Entry))
+        .unwrap();
+    drop(gate);
+    let gate = OfflineGate::open(settings, f.clock.clone()).unwrap();
+    assert_eq!(gate.status().pending_uploads, 2);
+}
+
+#[test]
+fn deltas_left_over_from_before_a_snapshot_are_not_replayed() {
+    let f = fixture();
+    let mut set = Vec::new();
+    entry(
+        tag(
+            &f.pseudonymizer,
+            &LinkKey::Card {
+                number: "1000000000000001",
+            },
+        ),
+        Colour::Red,
+    )
+    .encode(&mut set);
+    f.gate
+        .apply_delta(&pb::Delta {
+            version: 4,
+            set,
+            removed: Vec::new(),
+            config_json: String::new(),
+        })
+        .unwrap();
+    let stale = std::fs::read(f.dir.path().join("deltas.bin")).unwrap();
+    // A new epoch's snapshot (ridegate crashed and came back) with card …01 green.
+    let config = f.gate.0.state.read().config.as_ref().unwrap().json.clone();
+    let mut entries = Vec::new();
+    entry(
+        tag(
+            &f.pseudonymizer,
+            &LinkKey::Card {
+                number: "1000000000000001",
+            },
+        ),
+        Colour::Green,
+    )
+    .encode(&mut entries);
+    let begin = pb::SnapshotBegin {
+        epoch: 8,
+        version: 1,
+        config_json: config,
+        entries: 1,
+    };
+    f.gate.apply_snapshot(&begin, &entries).unwrap();
+    // A crash after the state file was replaced, before the deltas were emptied.
+    std::fs::write(f.dir.path().join("deltas.bin"), stale).unwrap();
+    let settings = GateSettings::new("http://127.0.0.1:1", f.dir.path());
+    drop(f.gate);
+    let gate = OfflineGate::open(settings, f.clock.clone()).unwrap();
+    let status = gate.status();
+    assert_eq!((status.epoch, status.version, status.entries), (8, 1, 1));
+    let green = gate
+        .decide(&tap("g1", card("1000000000000001"), Direction::Entry))
+        .unwrap();
+    assert_eq!(green.reason, Reason::HealthGreen);
 }

@@ -171,14 +171,18 @@ impl App {
             }
             None
         };
+        // Links that ended while ridegate was stopped are not announced to gates: if
+        // any, gates take a snapshot.
+        let mut links_ended_at_restore = false;
         let (links, mut status_source, replay, idempotency) = match (&shared, &storage) {
             (None, Some(storage)) => {
                 let links = Arc::new(MemoryLinks::new(config.links.second_card));
                 let statuses = Arc::new(MemoryHealth::default());
                 let (codes, retries) = (MemoryReplayGuard::default(), MemoryIdempotency::default());
-                storage
+                let restored = storage
                     .restore(clock.now(), &links, &statuses, &codes, &retries)
                     .with_context(|| format!("storage: cannot load {}", storage.path().display()))?;
+                links_ended_at_restore = restored.expired_links > 0;
                 (
                     LinkBackend::Durable(links, Journal::new(storage.clone())),
                     StatusSource::Durable(statuses, Journal::new(storage.clone())),
@@ -226,6 +230,7 @@ impl App {
                 },
                 config.gate_state,
                 storage.as_ref().map(|_| config.storage.data_dir.as_path()),
+                !links_ended_at_restore,
                 clock.clone(),
             )),
             _ => None,

@@ -26,7 +26,7 @@ use ridegate_adapters::replay::Claim;
 use ridegate_adapters::shared::SharedTier;
 use ridegate_core::clock::{Clock, millis};
 use ridegate_core::credential::{Credential, CredentialKind, LinkKey};
-use ridegate_core::model::{Answer, DecisionId, Reason, UnixMillis, Verdict};
+use ridegate_core::model::{Answer, DecisionId, Mode, Reason, UnixMillis, Verdict};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -58,8 +58,27 @@ pub struct OfflineRecord {
     pub verdict: Verdict,
     /// Why.
     pub reason: Reason,
-    /// Age of the gate's state when it decided.
+    /// The check mode the gate applied.
+    pub mode: Mode,
+    /// The gate's answer was degraded.
+    pub degraded: bool,
+    /// Age of the gate's state when it decided (-1: it had none).
     pub state_age_ms: i64,
+    /// The gate's id for the decision, so an upload sent again is recorded once.
+    pub decision_id: [u8; 16],
+}
+
+/// What recording an offline decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineRecorded {
+    /// Recorded; for a ride code, whether this was its first use (false: it had been
+    /// used elsewhere too).
+    Recorded {
+        /// `None` without a code.
+        code_first_use: Option<bool>,
+    },
+    /// The same gate uploaded this decision before (within the retry window).
+    Duplicate,
 }
 
 /// Hands out decision ids: a random 16-bit process prefix and a 48-bit counter.
@@ -233,17 +252,32 @@ impl Authorizer {
 
     /// Records a decision a gate library made offline: into the audit trail (marked
     /// offline), and its ride code, if any, into the single-use guard, so the code is
-    /// refused from now on. Returns, for a code, whether this was its first use (false:
-    /// it had been used elsewhere too, which is counted). The same gate uploading the
-    /// same decision again is no second use.
-    pub async fn record_offline(&self, record: OfflineRecord, deadline: Instant) -> Option<bool> {
+    /// refused from now on. A decision the same gate uploaded before (within the retry
+    /// window) is not recorded twice.
+    pub async fn record_offline(&self, record: OfflineRecord, deadline: Instant) -> OfflineRecorded {
         let now = self.clock.now();
-        let first_use = match record.code {
+        let key = self
+            .pseudonymizer
+            .request(&record.gate.gate_id, &hex_id(&record.decision_id));
+        let kept = Kept {
+            answer: Answer {
+                verdict: record.verdict,
+                reason: record.reason,
+                decision_id: DecisionId(0),
+                degraded: record.degraded,
+                status_age_ms: None,
+                mode: record.mode,
+                shadow: None,
+            },
+            tap: TapFingerprint([0; 8]),
+        };
+        let until = now.plus_ms(millis(self.retry_window));
+        if self.request_ids.record_now(key, kept, until, now).is_some() {
+            return OfflineRecorded::Duplicate;
+        }
+        let code_first_use = match record.code {
             Some((code, until)) => {
-                let owner = self
-                    .pseudonymizer
-                    .request(&record.gate.gate_id, &format!("offline:{}", record.gate.tapped_at.0));
-                let claimed = self.replay.claim_by(code, owner, until, now, deadline).await;
+                let claimed = self.replay.claim_by(code, key, until, now, deadline).await;
                 let first = claimed.claim != Claim::Replayed;
                 if !first {
                     self.metrics.record_offline_code_reused();
@@ -252,7 +286,6 @@ impl Authorizer {
             }
             None => None,
         };
-        let mode = self.rules.mode(&record.gate.station_id, &record.gate.line_id);
         let GateContext {
             gate_id,
             station_id,
@@ -276,16 +309,16 @@ impl Authorizer {
                 verdict: record.verdict,
                 reason: record.reason,
                 decision_id: self.ids.next(),
-                degraded: false,
-                status_age_ms: Some(record.state_age_ms),
-                mode,
+                degraded: record.degraded,
+                status_age_ms: (record.state_age_ms >= 0).then_some(record.state_age_ms),
+                mode: record.mode,
                 shadow: None,
             },
             retry: false,
             offline: true,
             latency_us: 0,
         });
-        first_use
+        OfflineRecorded::Recorded { code_first_use }
     }
 
     /// Whether this instance has answered `request`'s request id before: a retry, which
@@ -455,6 +488,11 @@ impl Authorizer {
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         });
     }
+}
+
+/// 16 bytes as 32 lowercase hex digits.
+fn hex_id(bytes: &[u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A request key that no gate's request can have: the decision id's bytes under a

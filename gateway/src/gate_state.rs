@@ -158,30 +158,39 @@ impl std::fmt::Debug for GateStateFeed {
     }
 }
 
-/// The epoch and version kept over a clean stop.
+/// The epoch and version kept over a clean stop, with the configuration gates were
+/// sent: if it differs at the next start, gates need a snapshot.
 #[derive(Debug, Serialize, Deserialize)]
 struct Mark {
     epoch: u64,
     version: u64,
+    config: String,
 }
 
 impl GateStateFeed {
     /// A feed over `links` and `health`, listening to their changes from now on. With a
-    /// data directory, the epoch and version of a clean stop are taken up (and the mark
-    /// removed, so a crash from here on starts a new epoch).
+    /// data directory, the epoch and version of a clean stop are taken up when nothing
+    /// changed unannounced since (`unchanged`: no link ended at the restore; the same
+    /// configuration) — and the mark removed, so a crash from here on starts a new
+    /// epoch.
     pub fn start(
         links: Arc<MemoryLinks>,
         health: Arc<MemoryHealth>,
         config: GateConfig,
         settings: GateStateConfig,
         data_dir: Option<&Path>,
+        unchanged: bool,
         clock: Clock,
     ) -> Arc<Self> {
+        let config_json = encode_config(&config);
         let mark = data_dir.map(|dir| dir.join(MARK_FILE));
-        let kept = mark.as_deref().and_then(take_mark);
+        let kept = mark
+            .as_deref()
+            .and_then(take_mark)
+            .filter(|m| unchanged && m.config == config_json);
         let (epoch, version) = match kept {
-            Some(Mark { epoch, version }) => (epoch, version),
-            // Never 0: a follower's 0 means "none".
+            Some(Mark { epoch, version, .. }) => (epoch, version),
+            // Never 0: a follower without state says 0.
             None => (u64::from_le_bytes(random_bytes::<8>()) | 1, 0),
         };
         let feed = Arc::new(Self {
@@ -189,7 +198,7 @@ impl GateStateFeed {
             links,
             health,
             clock,
-            config_json: ArcSwap::from_pointee(encode_config(&config)),
+            config_json: ArcSwap::from_pointee(config_json),
             gate_config: Mutex::new(config),
             log: Mutex::new(Log {
                 version,
@@ -246,9 +255,10 @@ impl GateStateFeed {
         self.record(Change::Config);
     }
 
-    /// Whether a follower at `from_version` of `epoch` can resume from the log.
+    /// Whether a follower at `from_version` of `epoch` can resume from the log (a
+    /// follower without state sends epoch 0, which is never a feed's).
     pub fn resumable(&self, epoch: u64, from_version: u64) -> bool {
-        if epoch != self.epoch || from_version == 0 {
+        if epoch != self.epoch {
             return false;
         }
         let log = self.log.lock();
@@ -324,12 +334,14 @@ impl GateStateFeed {
         Some(delta)
     }
 
-    /// Keeps the epoch and version for the next start (at a clean stop).
+    /// Keeps the epoch and version for the next start (at a clean stop, once every
+    /// write is durable).
     pub fn keep_mark(&self) {
         let Some(path) = &self.mark else { return };
         let mark = Mark {
             epoch: self.epoch,
-            version: self.current(),
+            version: self.log.lock().version,
+            config: self.config_json.load().to_string(),
         };
         let written = serde_json::to_vec(&mark)
             .map_err(std::io::Error::other)
@@ -358,7 +370,7 @@ impl GateStateFeed {
         while log.changes.len() > self.settings.log_capacity {
             log.changes.pop_front();
         }
-        drop(log);
+        // Under the lock, so the announced version never goes back.
         self.version.send_replace(version);
     }
 }
@@ -438,7 +450,15 @@ mod tests {
             log_capacity: capacity,
             ..GateStateConfig::default()
         };
-        let feed = GateStateFeed::start(links.clone(), health.clone(), config, settings, dir, Clock::manual(NOW));
+        let feed = GateStateFeed::start(
+            links.clone(),
+            health.clone(),
+            config,
+            settings,
+            dir,
+            true,
+            Clock::manual(NOW),
+        );
         (feed, links, health)
     }
 
@@ -474,9 +494,20 @@ mod tests {
         assert_eq!(Entry::decode_tags(&delta.removed).unwrap(), [CredentialTag([2; 8])]);
         // Current: an empty delta at the same version.
         assert_eq!(feed.delta_after(5, 100).unwrap().version, 5);
-        // Another epoch, or a version from the future, is not resumed.
+        // A follower without state (epoch 0), another epoch, or a version from the
+        // future is not resumed.
+        assert!(!feed.resumable(0, 0));
         assert!(!feed.resumable(feed.epoch() ^ 2, 3));
         assert!(feed.delta_after(9, 100).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_of_a_feed_that_has_not_changed_is_resumed_from() {
+        let (feed, _, _) = feed(10, None);
+        let snapshot = feed.snapshot();
+        assert_eq!(snapshot.version, 0);
+        assert!(feed.resumable(snapshot.epoch, snapshot.version));
+        assert_eq!(feed.delta_after(0, 10).unwrap().version, 0);
     }
 
     #[test]

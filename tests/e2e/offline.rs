@@ -226,13 +226,41 @@ async fn a_follower_from_another_epoch_gets_a_snapshot_and_a_bad_upload_is_refus
         Some(pb::state_update::Kind::Heartbeat(_))
     ));
 
-    // An upload that is not a decision is refused with the field named.
+    // A decision that cannot be recorded is dropped and reported, with the field named;
+    // the good one beside it lands, once, however often the upload is sent.
     let bad = pb::OfflineDecision {
         gate_id: "g1".into(),
         direction: pb::Direction::Entry.into(),
         ..pb::OfflineDecision::default()
     };
-    let refused = client.upload(tokio_stream::iter(vec![bad])).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("credential_kind"), "{}", refused.message());
+    let good = pb::OfflineDecision {
+        gate_id: "g1".into(),
+        direction: pb::Direction::Entry.into(),
+        decided_at_ms: now(),
+        credential_kind: Some(pb::offline_decision::CredentialKind::Card(
+            pb::CardMedium::Physical.into(),
+        )),
+        verdict: pb::Verdict::Allow.into(),
+        reason: pb::Reason::HealthGreen.into(),
+        mode: pb::CheckMode::Enforce.into(),
+        decision_id: vec![7; 16],
+        ..pb::OfflineDecision::default()
+    };
+    let summary = client
+        .upload(tokio_stream::iter(vec![bad, good.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((summary.recorded, summary.rejected), (1, 1));
+    assert!(
+        summary.first_rejection.contains("credential_kind"),
+        "{}",
+        summary.first_rejection
+    );
+    let again = client
+        .upload(tokio_stream::iter(vec![good]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.recorded, again.duplicates), (0, 1));
 }

@@ -221,3 +221,63 @@ async fn the_gate_registry_supplies_station_and_line_and_refuses_what_it_does_no
     let status = gate.authorize(unknown).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn the_gate_state_feed_follows_gate_admission_a_caller_certificate_gets_nothing() {
+    use ridegate_proto::pb::gate_state_client::GateStateClient;
+    let pki = Pki::new("operator CA");
+    let gateway = mutual(&pki).await;
+    // A caller's certificate from the same CA names no gate: no state, no key.
+    let caller = gateway
+        .tls_channel(pki.client(Some(&pki.caller("upgrade-service"))))
+        .await
+        .unwrap();
+    let follow = pb::FollowRequest {
+        group: "line-10".into(),
+        from_version: 0,
+        epoch: 0,
+    };
+    let status = GateStateClient::new(caller)
+        .follow(follow.clone())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // A gate may follow, and may upload only its own decisions.
+    let channel = gateway.tls_channel(pki.client(Some(&pki.gate(GATE)))).await.unwrap();
+    let mut client = GateStateClient::new(channel);
+    let mut updates = client.follow(follow).await.unwrap().into_inner();
+    assert!(matches!(
+        updates.message().await.unwrap().and_then(|u| u.kind),
+        Some(pb::state_update::Kind::Begin(_))
+    ));
+    let decision = |gate_id: &str| pb::OfflineDecision {
+        gate_id: gate_id.into(),
+        direction: pb::Direction::Entry.into(),
+        decided_at_ms: now(),
+        credential_kind: Some(pb::offline_decision::CredentialKind::Card(
+            pb::CardMedium::Physical.into(),
+        )),
+        verdict: pb::Verdict::Allow.into(),
+        reason: pb::Reason::HealthGreen.into(),
+        mode: pb::CheckMode::Enforce.into(),
+        decision_id: gate_id.as_bytes()[..16.min(gate_id.len())]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(0))
+            .take(16)
+            .collect(),
+        ..pb::OfflineDecision::default()
+    };
+    let summary = client
+        .upload(tokio_stream::iter(vec![decision(GATE), decision("L10-S07-G04")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((summary.recorded, summary.rejected), (1, 1));
+    assert!(
+        summary.first_rejection.contains("cannot speak for"),
+        "{}",
+        summary.first_rejection
+    );
+}

@@ -326,13 +326,20 @@ impl MemoryLinks {
     }
 
     /// Calls `visit` with every live link's credential and identity, one shard at a
-    /// time (a shard is read-locked while it is visited).
+    /// time (each shard copied out under its read lock, then visited without it).
     pub fn for_each_live(&self, now: UnixMillis, mut visit: impl FnMut(CredentialId, IdentityId)) {
+        let mut live = Vec::new();
         for shard in self.shards.iter() {
-            for (credential, stored) in shard.read().iter() {
-                if stored.is_live(now) {
-                    visit(*credential, stored.identity);
-                }
+            live.clear();
+            live.extend(
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(_, s)| s.is_live(now))
+                    .map(|(c, s)| (*c, s.identity)),
+            );
+            for (credential, identity) in live.drain(..) {
+                visit(credential, identity);
             }
         }
     }

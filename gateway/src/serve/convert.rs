@@ -141,6 +141,14 @@ pub(super) fn verdict_from(field: &'static str, raw: i32) -> Result<Verdict, Inv
         .ok_or_else(|| invalid(field, format!("unknown value {raw}")))
 }
 
+/// A check mode from the wire (what a gate library applied offline).
+pub(super) fn mode_from(field: &'static str, raw: i32) -> Result<Mode, InvalidRequest> {
+    [Mode::Enforce, Mode::Shadow, Mode::Off]
+        .into_iter()
+        .find(|m| mode(*m) as i32 == raw)
+        .ok_or_else(|| invalid(field, format!("unknown value {raw}")))
+}
+
 /// A reason from the wire (what a gate library decided offline).
 pub(super) fn reason_from(field: &'static str, raw: i32) -> Result<Reason, InvalidRequest> {
     Reason::ALL

@@ -19,29 +19,40 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, InvalidRequest};
-use crate::authorize::{Authorizer, OfflineRecord};
+use super::gates::GateAdmission;
+use super::tls::Peer;
+use crate::authorize::{Authorizer, OfflineRecord, OfflineRecorded};
 use crate::gate_state::GateStateFeed;
 
 /// Most changes one delta carries.
 const MAX_DELTA_CHANGES: usize = 10_000;
 /// Messages queued for one follower before the feed waits for it.
 const FOLLOWER_QUEUE: usize = 8;
+/// How long an uploaded code's entry into the single-use guard may take.
+const UPLOAD_CLAIM_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves the feed and takes uploads.
 #[derive(Clone)]
 pub(super) struct GateStateService {
     feed: Option<Arc<GateStateFeed>>,
     authorizer: Arc<Authorizer>,
+    gates: GateAdmission,
     clock: Clock,
 }
 
 impl GateStateService {
     /// The service over `feed` (none without the embedded store), recording uploads
-    /// through `authorizer`.
-    pub(super) fn new(feed: Option<Arc<GateStateFeed>>, authorizer: Arc<Authorizer>, clock: Clock) -> Self {
+    /// through `authorizer`, admitting callers as `gates` admits taps.
+    pub(super) fn new(
+        feed: Option<Arc<GateStateFeed>>,
+        authorizer: Arc<Authorizer>,
+        gates: GateAdmission,
+        clock: Clock,
+    ) -> Self {
         Self {
             feed,
             authorizer,
+            gates,
             clock,
         }
     }
@@ -156,6 +167,12 @@ fn offline_record(decision: pb::OfflineDecision) -> Result<OfflineRecord, Invali
     };
     let verdict = convert::verdict_from("verdict", decision.verdict)?;
     let reason = convert::reason_from("reason", decision.reason)?;
+    let mode = convert::mode_from("mode", decision.mode)?;
+    let decision_id: [u8; 16] = decision
+        .decision_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| invalid("decision_id", "must be 16 bytes"))?;
     let code = match decision.code_key.len() {
         0 => None,
         16 => {
@@ -179,7 +196,10 @@ fn offline_record(decision: pb::OfflineDecision) -> Result<OfflineRecord, Invali
         code,
         verdict,
         reason,
+        mode,
+        degraded: decision.degraded,
         state_age_ms: decision.state_age_ms,
+        decision_id,
     })
 }
 
@@ -188,6 +208,7 @@ impl pb::gate_state_server::GateState for GateStateService {
     type FollowStream = UpdateStream;
 
     async fn follow(&self, request: Request<pb::FollowRequest>) -> Result<Response<UpdateStream>, Status> {
+        self.gates.admit_follower(request.extensions().get::<Peer>())?;
         let Some(feed) = self.feed.clone() else {
             return Err(Status::failed_precondition(
                 "the gate state feed is served on the embedded store only (no [redis], no [health.platform])",
@@ -214,23 +235,55 @@ impl pb::gate_state_server::GateState for GateStateService {
         &self,
         request: Request<Streaming<pb::OfflineDecision>>,
     ) -> Result<Response<pb::UploadSummary>, Status> {
+        let peer = request.extensions().get::<Peer>().cloned();
         let mut decisions = request.into_inner();
         let mut summary = pb::UploadSummary::default();
         while let Some(decision) = decisions.next().await {
-            let record = offline_record(decision?).map_err(Status::from)?;
+            // A decision that cannot be recorded is dropped and reported; the rest land,
+            // so one bad record never blocks a gate's upload.
+            let admitted = offline_record(decision?)
+                .map_err(|e| e.to_string())
+                .and_then(|mut record| {
+                    self.gates
+                        .admit(peer.as_ref(), &mut record.gate)
+                        .map(|()| record)
+                        .map_err(|e| e.to_string())
+                });
+            let record = match admitted {
+                Ok(record) => record,
+                Err(why) => {
+                    summary.rejected += 1;
+                    if summary.first_rejection.is_empty() {
+                        summary.first_rejection = why;
+                    }
+                    continue;
+                }
+            };
             let had_code = record.code.is_some();
-            let deadline = Instant::now() + std::time::Duration::from_secs(1);
-            let first_use = self.authorizer.record_offline(record, deadline).await;
-            summary.recorded += 1;
-            if had_code {
-                summary.codes += 1;
-                summary.codes_used_twice += u64::from(first_use == Some(false));
+            let deadline = Instant::now() + UPLOAD_CLAIM_BUDGET;
+            match self.authorizer.record_offline(record, deadline).await {
+                OfflineRecorded::Duplicate => summary.duplicates += 1,
+                OfflineRecorded::Recorded { code_first_use } => {
+                    summary.recorded += 1;
+                    if had_code {
+                        summary.codes += 1;
+                        summary.codes_used_twice += u64::from(code_first_use == Some(false));
+                    }
+                }
             }
+        }
+        if summary.rejected > 0 {
+            tracing::warn!(
+                rejected = summary.rejected,
+                first = %summary.first_rejection,
+                "offline decisions rejected from an upload"
+            );
         }
         tracing::info!(
             recorded = summary.recorded,
             codes = summary.codes,
             codes_used_twice = summary.codes_used_twice,
+            duplicates = summary.duplicates,
             "offline decisions uploaded"
         );
         Ok(Response::new(summary))

@@ -58,6 +58,20 @@ impl GateAdmission {
         }
     }
 
+    /// Checks a follower of the gate state feed: with mutual TLS, a gate certificate
+    /// (and, with a registry, a registered gate).
+    pub(super) fn admit_follower(&self, peer: Option<&Peer>) -> Result<(), GateRefused> {
+        if !self.bound {
+            return Ok(());
+        }
+        let peer = peer.filter(|p| p.certified).ok_or(GateRefused::NoCertificate)?;
+        let certified = peer.gate.as_ref().ok_or(GateRefused::NotAGate)?;
+        if !self.registry.is_empty() && !self.registry.contains_key(&**certified) {
+            return Err(GateRefused::Unregistered(certified.to_string()));
+        }
+        Ok(())
+    }
+
     /// Checks `gate` against the connection's `peer` and the registry, filling in the
     /// station and line the registry has for it.
     pub(super) fn admit(&self, peer: Option<&Peer>, gate: &mut GateContext) -> Result<(), GateRefused> {

@@ -73,12 +73,13 @@ impl Services {
             deadlines,
             app.authorizer.metrics().clone(),
         ));
+        let gates = gates::GateAdmission::new(app.config.server.tls.mutual(), app.config.gates.clone());
         let gate = gate::GateService::new(
             app.authorizer.clone(),
             deadlines,
             app.config.server.stream_concurrency,
             draining,
-            gates::GateAdmission::new(app.config.server.tls.mutual(), app.config.gates.clone()),
+            gates.clone(),
             admission.clone(),
         );
         let links = links::LinkService::new(
@@ -96,8 +97,12 @@ impl Services {
                 app.brake.clone(),
             )
         });
-        let gate_state =
-            gate_state::GateStateService::new(app.gate_state.clone(), app.authorizer.clone(), app.clock.clone());
+        let gate_state = gate_state::GateStateService::new(
+            app.gate_state.clone(),
+            app.authorizer.clone(),
+            gates.clone(),
+            app.clock.clone(),
+        );
         Self {
             gate,
             links,
@@ -343,16 +348,17 @@ pub async fn serve(
     }
     audit.close();
     // Used codes and retry records written behind the last taps.
-    if let Some(storage) = storage
-        && let Err(e) = storage.flush().await
-    {
-        tracing::error!(
-            error = &e as &dyn std::error::Error,
-            "storage: the last writes could not be kept"
-        );
-    }
-    // Gates resume without a snapshot after this restart.
-    if let Some(feed) = &gate_state {
+    let flushed = match storage {
+        Some(storage) => storage.flush().await.map_err(|e| {
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "storage: the last writes could not be kept"
+            );
+        }),
+        None => Ok(()),
+    };
+    // Gates resume without a snapshot after this restart, if every write was kept.
+    if let (Some(feed), Ok(())) = (&gate_state, flushed) {
         feed.keep_mark();
     }
     tracing::info!("stopped");

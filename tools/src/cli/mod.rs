@@ -1,6 +1,6 @@
 //! The command line: `ridegate serve`, `ridegate demo`, `ridegate keys`,
 //! `ridegate health-sim`, the load-testing tools `ridegate load`, `load-setup` and
-//! `baseline`, and the transport drills `ridegate drill`.
+//! `baseline`, the transport drills `ridegate drill`, and `ridegate gate-sim`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (cannot bind, server error); 2 bad usage or
 //! invalid configuration (the message names the field).
@@ -8,6 +8,7 @@
 mod cert;
 mod demo;
 mod drill;
+mod gate_sim;
 mod health_sim;
 mod keys;
 mod load;
@@ -55,6 +56,9 @@ enum Command {
     Baseline(load::BaselineArgs),
     /// Transport drills: idle connections, unread calls, partial messages, with a probe.
     Drill(drill::DrillArgs),
+    /// A line of offline-capable gates: follow the gate state feed, send the load
+    /// tool's traffic, decide offline when ridegate does not answer.
+    GateSim(gate_sim::GateSimArgs),
 }
 
 /// A failure with the exit code it should end the process with.
@@ -94,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::LoadSetup(args) => load::run_setup(args),
         Command::Baseline(args) => load::run_baseline(args),
         Command::Drill(args) => drill::run(args),
+        Command::GateSim(args) => gate_sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
