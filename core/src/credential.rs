@@ -111,6 +111,22 @@ pub enum CredentialKind {
 }
 
 impl Credential {
+    /// What this credential is linked by, when that is known from the credential itself:
+    /// a card's or ticket's number. A ride code's account is known only once the code
+    /// is verified; a credential outside the scheme is linked by nothing.
+    pub fn link_key(&self) -> Option<LinkKey<'_>> {
+        match self {
+            Self::Card { number, .. } => Some(LinkKey::Card {
+                number: number.as_str(),
+            }),
+            Self::Ticket { kind, number } => Some(LinkKey::Ticket {
+                kind: *kind,
+                number: number.as_str(),
+            }),
+            Self::RideCode(_) | Self::Uncovered(_) => None,
+        }
+    }
+
     /// The kind of this credential.
     pub fn kind(&self) -> CredentialKind {
         match self {

@@ -270,20 +270,7 @@ impl OfflineGate {
                     }
                 }
             },
-            Credential::Card { number, .. } => (
-                CredentialCheck::Passed(request.credential.kind()),
-                Some(LinkKey::Card {
-                    number: number.as_str(),
-                }),
-            ),
-            Credential::Ticket { kind, number } => (
-                CredentialCheck::Passed(request.credential.kind()),
-                Some(LinkKey::Ticket {
-                    kind: *kind,
-                    number: number.as_str(),
-                }),
-            ),
-            Credential::Uncovered(_) => (CredentialCheck::Passed(request.credential.kind()), None),
+            other => (CredentialCheck::Passed(other.kind()), other.link_key()),
         };
         let tap = Tap {
             station_id: &gate.station_id,

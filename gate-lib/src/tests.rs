@@ -179,6 +179,29 @@ fn a_ride_code_verifies_here_and_is_refused_the_second_time_at_any_gate() {
 }
 
 #[test]
+fn a_device_signed_code_verifies_offline_and_is_single_use_too() {
+    use ridegate_adapters::credential::ride_code::DeviceCodeMinter;
+    let f = fixture();
+    let phone_key = SigningKey::generate(SigningAlg::EdDsa, "device").unwrap();
+    let certificate = f
+        .minter
+        .device_certificate("acct-1", "cert-1", &phone_key, NOW, Duration::from_secs(86_400))
+        .unwrap();
+    let phone = DeviceCodeMinter::new(certificate, phone_key);
+    let code = phone.code("d-1", NOW, Duration::from_secs(30)).unwrap();
+    let first = f
+        .gate
+        .decide(&tap("g1", Credential::RideCode(code.clone()), Direction::Entry))
+        .unwrap();
+    assert_eq!((first.verdict, first.reason), (Verdict::Allow, Reason::HealthGreen));
+    let second = f
+        .gate
+        .decide(&tap("g2", Credential::RideCode(code), Direction::Entry))
+        .unwrap();
+    assert_eq!(second.reason, Reason::CodeReplayed);
+}
+
+#[test]
 fn a_state_past_its_age_is_not_answered_as_fact() {
     let f = fixture();
     f.clock.advance(Duration::from_secs(601));

@@ -148,8 +148,12 @@ pub struct GateStateFeed {
     version: watch::Sender<u64>,
     settings: GateStateConfig,
     mark: Option<PathBuf>,
-    /// Snapshots taken for followers (each one a follower that could not resume).
+    /// Snapshots taken (each one walked the stores).
     snapshots: AtomicU64,
+    /// The last snapshot, shared by every follower that needs one while deltas can
+    /// still follow it (after a new epoch, every gate of a city asks at once); the lock
+    /// also keeps two walks from running at once.
+    last_snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl std::fmt::Debug for GateStateFeed {
@@ -208,6 +212,7 @@ impl GateStateFeed {
             settings,
             mark,
             snapshots: AtomicU64::new(0),
+            last_snapshot: Mutex::new(None),
         });
         let weak: Weak<Self> = Arc::downgrade(&feed);
         feed.links.changes().set({
@@ -271,8 +276,13 @@ impl GateStateFeed {
         self.snapshots.load(Ordering::Relaxed)
     }
 
-    /// Every linked credential's entry, at the version read before the walk.
-    pub fn snapshot(&self) -> Snapshot {
+    /// Every linked credential's entry, at the version read before the walk: the last
+    /// one taken while the log can still bring a follower on from it, else a new one.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let mut last = self.last_snapshot.lock();
+        if let Some(snapshot) = last.as_ref().filter(|s| self.resumable(s.epoch, s.version)) {
+            return snapshot.clone();
+        }
         self.snapshots.fetch_add(1, Ordering::Relaxed);
         let version = self.current();
         let config_json = self.config_json.load_full();
@@ -281,12 +291,14 @@ impl GateStateFeed {
         self.links.for_each_live(now, |credential, identity| {
             self.entry(credential, identity).encode(&mut entries);
         });
-        Snapshot {
+        let snapshot = Arc::new(Snapshot {
             epoch: self.epoch,
             version,
             config_json,
             entries,
-        }
+        });
+        *last = Some(snapshot.clone());
+        snapshot
     }
 
     /// The changes after `from_version`, at most `max` of them, read as the stores hold
@@ -499,6 +511,26 @@ mod tests {
         assert!(!feed.resumable(0, 0));
         assert!(!feed.resumable(feed.epoch() ^ 2, 3));
         assert!(feed.delta_after(9, 100).is_none());
+    }
+
+    #[test]
+    fn followers_share_a_snapshot_while_deltas_can_follow_it() {
+        let (feed, links, _) = feed(2, None);
+        links.link_now(CredentialId([1; 16]), &link(1)).unwrap();
+        let first = feed.snapshot();
+        links.link_now(CredentialId([2; 16]), &link(2)).unwrap();
+        let second = feed.snapshot();
+        assert!(Arc::ptr_eq(&first, &second), "version 1 can still be followed");
+        assert_eq!(feed.snapshots_taken(), 1);
+        for i in 3..=5u8 {
+            links.link_now(CredentialId([i; 16]), &link(i)).unwrap();
+        }
+        let third = feed.snapshot();
+        assert_eq!(
+            (third.version, feed.snapshots_taken()),
+            (5, 2),
+            "version 1 left the log"
+        );
     }
 
     #[test]

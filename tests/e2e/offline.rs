@@ -181,6 +181,16 @@ async fn a_gate_library_decides_while_ridegate_is_stopped_then_resumes_and_uploa
         .unwrap()
         .into_inner();
     assert_eq!(outcome(&online), (Verdict::Deny, Reason::CodeReplayed));
+
+    // A crash: ridegate comes back in a new epoch, and the gate takes its snapshot.
+    let gateway = gateway.kill().await.restart(&builder).await;
+    eventually("the new epoch at the gate", || gate.status().epoch != after.epoch).await;
+    assert_eq!(gateway.metric("ridegate_gate_state_snapshots_total").await, 1.0);
+    assert_eq!(gate.status().entries, 3);
+    let still_red = gate
+        .decide(&offline_tap("g1", offline_card("1000000000000002")))
+        .unwrap();
+    assert_eq!(said(still_red), (CoreVerdict::Deny, CoreReason::HealthRed));
     follower.abort();
 }
 
@@ -263,4 +273,46 @@ async fn a_follower_from_another_epoch_gets_a_snapshot_and_a_bad_upload_is_refus
         .unwrap()
         .into_inner();
     assert_eq!((again.recorded, again.duplicates), (0, 1));
+}
+
+#[tokio::test]
+async fn gate_sim_answers_online_while_ridegate_answers_and_offline_when_it_does_not() {
+    let (gateway, _) = GatewayBuilder::new().start().await;
+    let run = |target: String, state: std::path::PathBuf, extra: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary())
+                .args(["gate-sim", &target, "--state-dir"])
+                .arg(state)
+                .args(["--rate", "25", "-z", "2s", "--gates", "2"])
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+    let state = tempfile::tempdir().unwrap();
+    let online = run(gateway.addr.clone(), state.path().join("a"), &[]).await.unwrap();
+    assert!(online.status.success(), "{}", String::from_utf8_lossy(&online.stderr));
+    let table = String::from_utf8_lossy(&online.stdout).into_owned();
+    assert!(
+        table.contains("| online | VERDICT_ASSIST | REASON_NOT_LINKED |"),
+        "{table}"
+    );
+    assert!(!table.contains("| offline |"), "{table}");
+    // Nobody listens there: every tap is decided by the library, which never had a
+    // state, so riders go to staff.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let offline = run(dead, state.path().join("b"), &["--budget", "50ms"]).await.unwrap();
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+    let table = String::from_utf8_lossy(&offline.stdout).into_owned();
+    assert!(
+        table.contains("| offline | VERDICT_ASSIST | REASON_HEALTH_UNAVAILABLE |"),
+        "{table}"
+    );
+    let bad = std::process::Command::new(binary())
+        .args(["gate-sim", &gateway.addr, "--gates", "0", "--state-dir"])
+        .arg(state.path().join("c"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--gates"));
 }

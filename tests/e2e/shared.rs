@@ -841,3 +841,17 @@ async fn rediss_is_verified_against_the_configured_ca_and_never_downgraded() {
         "a plaintext server"
     );
 }
+
+#[tokio::test]
+async fn the_gate_state_feed_is_refused_on_the_shared_tier_rather_than_half_served() {
+    use ridegate_proto::pb::gate_state_client::GateStateClient;
+    let redis = RedisServer::start();
+    let (gateway, _) = builder("--redis", &redis.url()).start().await;
+    let status = GateStateClient::new(gateway.channel().await)
+        .follow(ridegate_proto::pb::FollowRequest::default())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("embedded store"), "{}", status.message());
+}

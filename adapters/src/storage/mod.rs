@@ -59,14 +59,18 @@ pub const MAX_WRITE_BEHIND: Duration = Duration::from_millis(500);
 /// serves the commit thread and the load at start.
 const CACHE_BYTES: u64 = 32 << 20;
 
-/// The database and its keyspaces (one LSM tree per kind of record, keyed by the
-/// record's 16-byte pseudonym or keyed hash).
+/// The database and its keyspaces: one LSM tree per kind of record, keyed by the
+/// record's 16-byte pseudonym or keyed hash — and used codes and retry records in
+/// blocks, one per commit, keyed by a block number (`codes` and `retries` hold them one
+/// by one as earlier versions wrote them, read at restore until they expire).
 pub(crate) struct Engine {
     db: Database,
     links: Keyspace,
     statuses: Keyspace,
     codes: Keyspace,
     retries: Keyspace,
+    code_blocks: Keyspace,
+    retry_blocks: Keyspace,
 }
 
 /// `[storage]`: where an instance without Redis keeps its state.
@@ -245,13 +249,24 @@ impl Storage {
             statuses: keyspace("statuses")?,
             codes: keyspace("codes")?,
             retries: keyspace("retries")?,
+            code_blocks: keyspace("code_blocks")?,
+            retry_blocks: keyspace("retry_blocks")?,
             db,
         });
+        // Blocks are numbered on from the highest kept.
+        let mut next_block = 0;
+        for blocks in [&engine.code_blocks, &engine.retry_blocks] {
+            if let Some(last) = blocks.last_key_value() {
+                let key = last.key()?;
+                let number = key.as_ref().try_into().map_or(0, u64::from_be_bytes);
+                next_block = next_block.max(number.saturating_add(1));
+            }
+        }
         let queue = Arc::new(writer::Queue::default());
         let (thread_engine, thread_queue, write_behind) = (engine.clone(), queue.clone(), settings.write_behind);
         std::thread::Builder::new()
             .name("ridegate-storage".into())
-            .spawn(move || writer::run(thread_engine, thread_queue, write_behind))
+            .spawn(move || writer::run(thread_engine, thread_queue, write_behind, next_block))
             .map_err(|e| StorageError::io(dir, e))?;
         Ok(Self {
             engine,
@@ -320,28 +335,58 @@ impl Storage {
             unreadable: link_unreadable + status_unreadable,
             ..Restored::default()
         };
+        // Each record: loaded if still live, skipped if ended, counted if unreadable.
+        let mut count = |loaded: Option<bool>, live: &mut u64| match loaded {
+            Some(true) => *live += 1,
+            Some(false) => {}
+            None => restored.unreadable += 1,
+        };
+        let load_code = |code: [u8; 16], value: &[u8]| {
+            let (request, until) = records::decode_code(value)?;
+            let live = until > now;
+            if live {
+                codes.claim_now(CodeKey(code), request, until, now);
+            }
+            Some(live)
+        };
+        let (mut live_codes, mut live_retries) = (0, 0);
         for entry in engine.codes.iter() {
             let (key, value) = entry.into_inner()?;
-            match (id16(&key), records::decode_code(&value)) {
-                (Some(code), Some((request, until))) if until > now => {
-                    codes.claim_now(CodeKey(code), request, until, now);
-                    restored.codes += 1;
-                }
-                (Some(_), Some(_)) => {}
-                _ => restored.unreadable += 1,
+            count(id16(&key).and_then(|code| load_code(code, &value)), &mut live_codes);
+        }
+        for entry in engine.code_blocks.iter() {
+            let (_, block) = entry.into_inner()?;
+            match records::block_records(&block, records::CODE_BYTES) {
+                Some(records) => records.for_each(|(code, value)| count(load_code(code, value), &mut live_codes)),
+                None => count(None, &mut live_codes),
             }
         }
+        let load_retry = |request: [u8; 16], value: &[u8]| {
+            let (kept, until) = records::decode_retry(value)?;
+            let live = until > now;
+            if live {
+                retries.record_now(RequestKey(request), kept, until, now);
+            }
+            Some(live)
+        };
         for entry in engine.retries.iter() {
             let (key, value) = entry.into_inner()?;
-            match (id16(&key), records::decode_retry(&value)) {
-                (Some(request), Some((kept, until))) if until > now => {
-                    retries.record_now(RequestKey(request), kept, until, now);
-                    restored.retries += 1;
+            count(
+                id16(&key).and_then(|request| load_retry(request, &value)),
+                &mut live_retries,
+            );
+        }
+        for entry in engine.retry_blocks.iter() {
+            let (_, block) = entry.into_inner()?;
+            match records::block_records(&block, records::RETRY_BYTES) {
+                Some(records) => {
+                    records.for_each(|(request, value)| count(load_retry(request, value), &mut live_retries))
                 }
-                (Some(_), Some(_)) => {}
-                _ => restored.unreadable += 1,
+                None => count(None, &mut live_retries),
             }
         }
+        restored.codes = live_codes;
+        restored.retries = live_retries;
         for credential in ended {
             self.write_behind(Write::Unlink(credential));
         }

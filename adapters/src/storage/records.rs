@@ -226,8 +226,8 @@ pub(crate) fn decode_status(bytes: &[u8]) -> Option<HealthStatus> {
 }
 
 /// A used code's owner and end, stored (24 bytes).
-pub(crate) fn encode_code(request: RequestKey, until: UnixMillis) -> [u8; 24] {
-    let mut out = [0u8; 24];
+pub(crate) fn encode_code(request: RequestKey, until: UnixMillis) -> [u8; CODE_BYTES] {
+    let mut out = [0u8; CODE_BYTES];
     out[..16].copy_from_slice(&request.0);
     out[16..].copy_from_slice(&until.0.to_le_bytes());
     out
@@ -240,8 +240,8 @@ pub(crate) fn decode_code(bytes: &[u8]) -> Option<(RequestKey, UnixMillis)> {
 }
 
 /// A retry record and its end, stored (38 bytes).
-pub(crate) fn encode_retry(kept: &Kept, until: UnixMillis) -> [u8; 38] {
-    let mut out = [0u8; 38];
+pub(crate) fn encode_retry(kept: &Kept, until: UnixMillis) -> [u8; RETRY_BYTES] {
+    let mut out = [0u8; RETRY_BYTES];
     out[..30].copy_from_slice(&kept.to_bytes());
     out[30..].copy_from_slice(&until.0.to_le_bytes());
     out
@@ -254,8 +254,59 @@ pub(crate) fn decode_retry(bytes: &[u8]) -> Option<(Kept, UnixMillis)> {
     Some((kept, UnixMillis(until)))
 }
 
-/// The end (`until`) of a stored code or retry record, for the sweep: the last eight
-/// bytes of either layout.
+/// Bytes of a used code's value ([`encode_code`]).
+pub(crate) const CODE_BYTES: usize = 24;
+/// Bytes of a retry record's value ([`encode_retry`]).
+pub(crate) const RETRY_BYTES: usize = 38;
+
+/// The write-behind records of one commit, kept as one value: each record's 16-byte key
+/// and its value, then the latest end among them (8 bytes, little-endian), so the sweep
+/// removes the block once all of it has ended. One insert per commit instead of one per
+/// tap keeps the commit thread's work, and the engine's, small at a tap rate.
+#[derive(Debug, Default)]
+pub(crate) struct Block {
+    bytes: Vec<u8>,
+    until: i64,
+}
+
+impl Block {
+    /// Adds a record under `key`, ending at `until`.
+    pub(crate) fn push(&mut self, key: &[u8; 16], value: &[u8], until: i64) {
+        if self.bytes.is_empty() {
+            self.until = until;
+        }
+        self.until = self.until.max(until);
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+    }
+
+    /// The block's value, if it holds any record.
+    pub(crate) fn finish(mut self) -> Option<Vec<u8>> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        self.bytes.extend_from_slice(&self.until.to_le_bytes());
+        Some(self.bytes)
+    }
+}
+
+/// The records of a [`Block`] whose values are `value_bytes` long, as `(key, value)`;
+/// `None` when the block is not whole.
+pub(crate) fn block_records(block: &[u8], value_bytes: usize) -> Option<impl Iterator<Item = ([u8; 16], &[u8])>> {
+    let records = block.get(..block.len().checked_sub(8)?)?;
+    let record_bytes = 16 + value_bytes;
+    if !records.len().is_multiple_of(record_bytes) {
+        return None;
+    }
+    Some(records.chunks_exact(record_bytes).map(|r| {
+        let mut key = [0; 16];
+        key.copy_from_slice(&r[..16]);
+        (key, &r[16..])
+    }))
+}
+
+/// The end (`until`) of a stored code, retry record or block of them, for the sweep: the
+/// last eight bytes of each layout.
 pub(crate) fn expiry_of(bytes: &[u8]) -> Option<i64> {
     let start = bytes.len().checked_sub(8)?;
     Some(i64::from_le_bytes(bytes.get(start..)?.try_into().ok()?))

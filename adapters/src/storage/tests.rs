@@ -126,6 +126,79 @@ async fn acknowledged_writes_come_back_after_reopening() {
     );
 }
 
+#[tokio::test]
+async fn write_behind_records_in_blocks_and_one_by_one_both_come_back() {
+    use crate::idempotency::Kept;
+    use ridegate_core::model::{Answer, DecisionId, Mode, Reason, Verdict};
+    // The commit thread sweeps by the system clock: these records live in its time.
+    let now = ridegate_core::clock::Clock::System.now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept = Kept {
+        answer: Answer {
+            verdict: Verdict::Allow,
+            reason: Reason::HealthGreen,
+            decision_id: DecisionId(7),
+            degraded: false,
+            status_age_ms: None,
+            mode: Mode::Enforce,
+            shadow: None,
+        },
+        tap: crate::ids::TapFingerprint([3; 8]),
+    };
+    {
+        let (storage, _, _) = restore(dir.path(), now);
+        // Two commits: two blocks of each kind, one record ended by the restore.
+        for round in 0..2u8 {
+            storage.write_behind(Write::Code {
+                code: CodeKey([10 + round; 16]),
+                request: RequestKey([6; 16]),
+                until: now.plus_ms(60_000),
+            });
+            storage.write_behind(Write::Retry {
+                request: RequestKey([20 + round; 16]),
+                kept,
+                until: now.plus_ms(if round == 0 { 5 } else { 60_000 }),
+            });
+            storage.flush().await.expect("flushed");
+        }
+        // As an earlier version kept them: one record per key.
+        let engine = &storage.engine;
+        engine
+            .codes
+            .insert([30; 16], records::encode_code(RequestKey([6; 16]), now.plus_ms(60_000)))
+            .expect("insert");
+        engine
+            .retry_blocks
+            .insert(1_000u64.to_be_bytes(), [1, 2, 3])
+            .expect("insert");
+    }
+    let (storage, memory, restored) = restore(dir.path(), now.plus_ms(20));
+    assert_eq!((restored.codes, restored.retries, restored.unreadable), (3, 1, 1));
+    for code in [10, 11, 30] {
+        assert_eq!(
+            memory.codes.claim_now(
+                CodeKey([code; 16]),
+                RequestKey([8; 16]),
+                now.plus_ms(60_000),
+                now.plus_ms(20)
+            ),
+            Claim::Replayed
+        );
+    }
+    assert!(memory.retries.holds(RequestKey([21; 16]), now.plus_ms(20)));
+    assert!(!memory.retries.holds(RequestKey([20; 16]), now.plus_ms(20)), "ended");
+    // Numbering goes on after the highest block kept: a new block overwrites none.
+    storage.write_behind(Write::Code {
+        code: CodeKey([40; 16]),
+        request: RequestKey([6; 16]),
+        until: now.plus_ms(60_000),
+    });
+    storage.flush().await.expect("flushed");
+    drop(storage);
+    let (_, _, restored) = restore(dir.path(), now.plus_ms(20));
+    assert_eq!(restored.codes, 4);
+}
+
 #[test]
 fn the_secret_is_made_once_kept_private_and_reused() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,8 +3,9 @@
 //! it with fsync (group commit), then tells each acknowledged write's caller. Writes
 //! that need no acknowledgement (used codes, retry records) wait at most the
 //! write-behind interval for company before they are committed, and do not wake the
-//! thread one by one. Expired codes and retry records are swept out once a minute,
-//! inside a commit.
+//! thread one by one; each commit keeps them as one block per kind
+//! ([`Block`](super::records::Block)). Expired codes and retry records are swept out
+//! once a minute, inside a commit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use fjall::{Keyspace, PersistMode};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::records::{encode_code, encode_link, encode_retry, encode_status, expiry_of};
+use super::records::{Block, encode_code, encode_link, encode_retry, encode_status, expiry_of};
 use super::{Engine, StorageError, Write};
 
 /// Most writes in one transaction: bounds a commit's time and memory under a burst.
@@ -104,8 +105,9 @@ impl Queue {
     }
 }
 
-/// Runs until the queue closes, committing what is left before it returns.
-pub(super) fn run(engine: Arc<Engine>, queue: Arc<Queue>, write_behind: Duration) {
+/// Runs until the queue closes, committing what is left before it returns. Blocks of
+/// write-behind records are keyed from `next_block` on.
+pub(super) fn run(engine: Arc<Engine>, queue: Arc<Queue>, write_behind: Duration, mut next_block: u64) {
     // Sweep at the first commit: the database may hold records that expired while
     // ridegate was stopped.
     let mut last_sweep: Option<Instant> = None;
@@ -125,7 +127,7 @@ pub(super) fn run(engine: Arc<Engine>, queue: Arc<Queue>, write_behind: Duration
                 }
             }
             let sweep = last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
-            let result = commit(&engine, &batch, sweep);
+            let result = commit(&engine, &batch, sweep, &mut next_block);
             match &result {
                 Ok(()) if sweep => last_sweep = Some(Instant::now()),
                 Ok(()) => {}
@@ -145,9 +147,11 @@ pub(super) fn run(engine: Arc<Engine>, queue: Arc<Queue>, write_behind: Duration
     }
 }
 
-/// Applies `batch` in order in one atomic batch, persisted with fsync.
-fn commit(engine: &Engine, batch: &[Write], sweep: bool) -> Result<(), StorageError> {
+/// Applies `batch` in order in one atomic batch, persisted with fsync; used codes and
+/// retry records go in as one block per kind, keyed `next_block` on.
+fn commit(engine: &Engine, batch: &[Write], sweep: bool, next_block: &mut u64) -> Result<(), StorageError> {
     let mut commit = engine.db.batch().durability(Some(PersistMode::SyncAll));
+    let (mut codes, mut retries) = (Block::default(), Block::default());
     for write in batch {
         match write {
             Write::Link(credential, record) => {
@@ -161,26 +165,25 @@ fn commit(engine: &Engine, batch: &[Write], sweep: bool) -> Result<(), StorageEr
                     encode_status(status).as_slice(),
                 );
             }
-            Write::Code { code, request, until } => {
-                commit.insert(
-                    &engine.codes,
-                    code.0.as_slice(),
-                    encode_code(*request, *until).as_slice(),
-                );
-            }
-            Write::Retry { request, kept, until } => {
-                commit.insert(
-                    &engine.retries,
-                    request.0.as_slice(),
-                    encode_retry(kept, *until).as_slice(),
-                );
-            }
+            Write::Code { code, request, until } => codes.push(&code.0, &encode_code(*request, *until), until.0),
+            Write::Retry { request, kept, until } => retries.push(&request.0, &encode_retry(kept, *until), until.0),
+        }
+    }
+    for (keyspace, block) in [(&engine.code_blocks, codes), (&engine.retry_blocks, retries)] {
+        if let Some(value) = block.finish() {
+            commit.insert(keyspace, next_block.to_be_bytes().as_slice(), value);
+            *next_block = next_block.saturating_add(1);
         }
     }
     if sweep {
         let now = unix_now_ms();
         let mut swept = 0;
-        for keyspace in [&engine.codes, &engine.retries] {
+        for keyspace in [
+            &engine.codes,
+            &engine.retries,
+            &engine.code_blocks,
+            &engine.retry_blocks,
+        ] {
             swept += sweep_expired(keyspace, now, &mut commit)?;
         }
         tracing::debug!(swept, "storage: expired codes and retry records swept");
