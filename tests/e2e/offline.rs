@@ -115,6 +115,11 @@ async fn a_gate_library_decides_while_ridegate_is_stopped_then_resumes_and_uploa
     // ridegate stops: the gate decides alone.
     let (exit, stopped) = gateway.terminate().await;
     assert!(exit.success());
+    assert!(
+        !stopped.log().contains("drain grace expired"),
+        "the feed ends at the drain, so a stop does not wait for gates: {}",
+        stopped.log()
+    );
     let qr = codes::valid(&issuers[0].minter, "acct-3");
     let answers = [
         said(

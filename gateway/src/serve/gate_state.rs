@@ -14,7 +14,7 @@ use ridegate_core::model::UnixMillis;
 use ridegate_proto::pb;
 use ridegate_proto::pb::offline_decision::CredentialKind as WireKind;
 use ridegate_proto::pb::state_update::Kind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,22 +37,27 @@ pub(super) struct GateStateService {
     feed: Option<Arc<GateStateFeed>>,
     authorizer: Arc<Authorizer>,
     gates: GateAdmission,
+    draining: watch::Receiver<bool>,
     clock: Clock,
 }
 
 impl GateStateService {
     /// The service over `feed` (none without the embedded store), recording uploads
-    /// through `authorizer`, admitting callers as `gates` admits taps.
+    /// through `authorizer`, admitting callers as `gates` admits taps. `Follow` streams
+    /// end once `draining` turns true (the gate follows another instance, or this one
+    /// after its restart, from where it stood).
     pub(super) fn new(
         feed: Option<Arc<GateStateFeed>>,
         authorizer: Arc<Authorizer>,
         gates: GateAdmission,
+        draining: watch::Receiver<bool>,
         clock: Clock,
     ) -> Self {
         Self {
             feed,
             authorizer,
             gates,
+            draining,
             clock,
         }
     }
@@ -63,10 +68,11 @@ pub(super) type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::StateUpdate,
 
 /// Sends `feed` to one follower from `from_version` of `epoch`: a snapshot unless that
 /// can be resumed, then deltas as versions come, and a heartbeat when idle. Returns when
-/// the follower goes.
+/// the follower goes or ridegate drains.
 async fn follow(
     feed: Arc<GateStateFeed>,
     clock: Clock,
+    mut draining: watch::Receiver<bool>,
     mut epoch_and_version: (u64, u64),
     out: mpsc::Sender<Result<pb::StateUpdate, Status>>,
 ) {
@@ -78,6 +84,9 @@ async fn follow(
     let heartbeat = feed.settings().heartbeat;
     let chunk_bytes = feed.settings().chunk_entries * ridegate_core::gate_state::ENTRY_BYTES;
     loop {
+        if *draining.borrow() {
+            return;
+        }
         let (epoch, version) = epoch_and_version;
         if !feed.resumable(epoch, version) || epoch != feed.epoch() {
             let snapshot = feed.snapshot();
@@ -130,7 +139,10 @@ async fn follow(
                 epoch_and_version.1 = delta.version;
             }
             Some(_) => {
-                let woke = tokio::time::timeout(heartbeat, versions.changed()).await;
+                let woke = tokio::select! {
+                    woke = tokio::time::timeout(heartbeat, versions.changed()) => woke,
+                    _ = draining.changed() => return,
+                };
                 if matches!(woke, Ok(Err(_))) {
                     return; // the feed is gone: shutting down
                 }
@@ -226,7 +238,13 @@ impl pb::gate_state_server::GateState for GateStateService {
             "gate state follower connected"
         );
         let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
-        tokio::spawn(follow(feed, self.clock.clone(), (epoch, from_version), tx));
+        tokio::spawn(follow(
+            feed,
+            self.clock.clone(),
+            self.draining.clone(),
+            (epoch, from_version),
+            tx,
+        ));
         let updates = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) });
         Ok(Response::new(Box::pin(updates)))
     }

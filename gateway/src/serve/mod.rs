@@ -62,7 +62,8 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    /// The services over `app`; `Taps` streams end once `draining` turns true.
+    /// The services over `app`; `Taps` and `Follow` streams end once `draining` turns
+    /// true.
     pub(crate) fn new(app: &App, draining: tokio::sync::watch::Receiver<bool>) -> Self {
         let deadlines = Deadlines {
             default_budget: app.config.deadline.default_budget,
@@ -78,7 +79,7 @@ impl Services {
             app.authorizer.clone(),
             deadlines,
             app.config.server.stream_concurrency,
-            draining,
+            draining.clone(),
             gates.clone(),
             admission.clone(),
         );
@@ -101,6 +102,7 @@ impl Services {
             app.gate_state.clone(),
             app.authorizer.clone(),
             gates.clone(),
+            draining,
             app.clock.clone(),
         );
         Self {
