@@ -151,9 +151,9 @@ pub struct GateStateFeed {
     /// Snapshots taken (each one walked the stores).
     snapshots: AtomicU64,
     /// The last snapshot, shared by every follower that needs one while deltas can
-    /// still follow it (after a new epoch, every gate of a city asks at once); the lock
-    /// also keeps two walks from running at once.
-    last_snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// still follow it and a follower still holds it (after a new epoch, every gate of a
+    /// city asks at once); the lock also keeps two walks from running at once.
+    last_snapshot: Mutex<Weak<Snapshot>>,
 }
 
 impl std::fmt::Debug for GateStateFeed {
@@ -212,7 +212,7 @@ impl GateStateFeed {
             settings,
             mark,
             snapshots: AtomicU64::new(0),
-            last_snapshot: Mutex::new(None),
+            last_snapshot: Mutex::new(Weak::new()),
         });
         let weak: Weak<Self> = Arc::downgrade(&feed);
         feed.links.changes().set({
@@ -280,8 +280,8 @@ impl GateStateFeed {
     /// one taken while the log can still bring a follower on from it, else a new one.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let mut last = self.last_snapshot.lock();
-        if let Some(snapshot) = last.as_ref().filter(|s| self.resumable(s.epoch, s.version)) {
-            return snapshot.clone();
+        if let Some(snapshot) = last.upgrade().filter(|s| self.resumable(s.epoch, s.version)) {
+            return snapshot;
         }
         self.snapshots.fetch_add(1, Ordering::Relaxed);
         let version = self.current();
@@ -297,7 +297,7 @@ impl GateStateFeed {
             config_json,
             entries,
         });
-        *last = Some(snapshot.clone());
+        *last = Arc::downgrade(&snapshot);
         snapshot
     }
 

@@ -253,13 +253,19 @@ impl Storage {
             retry_blocks: keyspace("retry_blocks")?,
             db,
         });
-        // Blocks are numbered on from the highest kept.
+        // Blocks are numbered on from the highest kept (its 8-byte key; a key of another
+        // length is damage, passed over).
         let mut next_block = 0;
         for blocks in [&engine.code_blocks, &engine.retry_blocks] {
-            if let Some(last) = blocks.last_key_value() {
-                let key = last.key()?;
-                let number = key.as_ref().try_into().map_or(0, u64::from_be_bytes);
-                next_block = next_block.max(number.saturating_add(1));
+            for entry in blocks.iter().rev() {
+                let key = entry.key()?;
+                if let Ok(number) = <[u8; 8]>::try_from(key.as_ref()) {
+                    let after = u64::from_be_bytes(number).checked_add(1).ok_or_else(|| {
+                        StorageError::io(&path, std::io::Error::other("write-behind block numbers exhausted"))
+                    })?;
+                    next_block = next_block.max(after);
+                    break;
+                }
             }
         }
         let queue = Arc::new(writer::Queue::default());

@@ -172,7 +172,8 @@ fn commit(engine: &Engine, batch: &[Write], sweep: bool, next_block: &mut u64) -
     for (keyspace, block) in [(&engine.code_blocks, codes), (&engine.retry_blocks, retries)] {
         if let Some(value) = block.finish() {
             commit.insert(keyspace, next_block.to_be_bytes().as_slice(), value);
-            *next_block = next_block.saturating_add(1);
+            // Numbers are checked at open: 2^64 commits are not reached.
+            *next_block = next_block.wrapping_add(1);
         }
     }
     if sweep {

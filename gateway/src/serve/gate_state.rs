@@ -89,7 +89,11 @@ async fn follow(
         }
         let (epoch, version) = epoch_and_version;
         if !feed.resumable(epoch, version) || epoch != feed.epoch() {
-            let snapshot = feed.snapshot();
+            // The walk holds the snapshot lock for its length: off the runtime's workers.
+            let walking = feed.clone();
+            let Ok(snapshot) = tokio::task::spawn_blocking(move || walking.snapshot()).await else {
+                return;
+            };
             let entries = snapshot.entries.len() / ridegate_core::gate_state::ENTRY_BYTES;
             let begin = Kind::Begin(pb::SnapshotBegin {
                 epoch: snapshot.epoch,
@@ -245,7 +249,14 @@ impl pb::gate_state_server::GateState for GateStateService {
             (epoch, from_version),
             tx,
         ));
-        let updates = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) });
+        // At the drain the stream ends even mid-snapshot: the sender then fails, and the
+        // follow task returns.
+        let mut draining = self.draining.clone();
+        let drained = async move {
+            let _ = draining.wait_for(|draining| *draining).await;
+        };
+        let updates = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) })
+            .take_until(drained);
         Ok(Response::new(Box::pin(updates)))
     }
 
