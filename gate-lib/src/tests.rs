@@ -105,6 +105,20 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Applies a delta at `version` that turns card `number` red.
+fn turn_card_red(f: &Fixture, number: &str, version: u64) {
+    let mut set = Vec::new();
+    entry(tag(&f.pseudonymizer, &LinkKey::Card { number }), Colour::Red).encode(&mut set);
+    f.gate
+        .apply_delta(&pb::Delta {
+            version,
+            set,
+            removed: Vec::new(),
+            config_json: String::new(),
+        })
+        .unwrap();
+}
+
 fn tap(gate_id: &str, credential: Credential, direction: Direction) -> GateRequest {
     GateRequest {
         request_id: String::new(),
@@ -251,25 +265,7 @@ fn state_used_codes_and_offline_decisions_survive_a_restart() {
         .decide(&tap("g1", Credential::RideCode(code.clone()), Direction::Entry))
         .unwrap();
     // A delta turns card …01 red.
-    let mut set = Vec::new();
-    entry(
-        tag(
-            &f.pseudonymizer,
-            &LinkKey::Card {
-                number: "1000000000000001",
-            },
-        ),
-        Colour::Red,
-    )
-    .encode(&mut set);
-    f.gate
-        .apply_delta(&pb::Delta {
-            version: 4,
-            set,
-            removed: Vec::new(),
-            config_json: String::new(),
-        })
-        .unwrap();
+    turn_card_red(&f, "1000000000000001", 4);
     let settings = GateSettings::new("http://127.0.0.1:1", f.dir.path());
     drop(f.gate);
     let gate = OfflineGate::open(settings, f.clock.clone()).unwrap();
@@ -344,25 +340,7 @@ fn a_record_torn_by_a_crash_is_cut_off_and_what_follows_reads_back() {
 #[test]
 fn deltas_left_over_from_before_a_snapshot_are_not_replayed() {
     let f = fixture();
-    let mut set = Vec::new();
-    entry(
-        tag(
-            &f.pseudonymizer,
-            &LinkKey::Card {
-                number: "1000000000000001",
-            },
-        ),
-        Colour::Red,
-    )
-    .encode(&mut set);
-    f.gate
-        .apply_delta(&pb::Delta {
-            version: 4,
-            set,
-            removed: Vec::new(),
-            config_json: String::new(),
-        })
-        .unwrap();
+    turn_card_red(&f, "1000000000000001", 4);
     let stale = std::fs::read(f.dir.path().join("deltas.bin")).unwrap();
     // A new epoch's snapshot (ridegate crashed and came back) with card …01 green.
     let config = f.gate.0.state.read().config.as_ref().unwrap().json.clone();
