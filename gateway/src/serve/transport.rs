@@ -201,10 +201,14 @@ impl Transport {
                 drop(tcp);
                 continue;
             };
+            // Noted as silent here, in accept order (not when its task first runs), so the
+            // oldest silent connection is the one accepted first.
+            let activity = Arc::new(Activity::new(Instant::now()));
+            this.note_silent(&activity);
             let (this, service, gatekeeper, drain) =
                 (this.clone(), service.clone(), gatekeeper.clone(), drain_rx.clone());
             tokio::spawn(async move {
-                this.connection(tcp, service, gatekeeper, drain).await;
+                this.connection(tcp, activity, service, gatekeeper, drain).await;
                 drop(slot);
             });
         }
@@ -240,9 +244,16 @@ impl Transport {
         silent.push_back(Arc::downgrade(activity));
     }
 
-    /// Serves one connection until it ends, is drained, idles out or ages out.
-    async fn connection<S, B, G>(&self, tcp: TcpStream, service: S, gatekeeper: G, mut drain: watch::Receiver<bool>)
-    where
+    /// Serves one connection (`activity`, noted as silent at its accept) until it ends,
+    /// is drained, idles out or ages out.
+    async fn connection<S, B, G>(
+        &self,
+        tcp: TcpStream,
+        activity: Arc<Activity>,
+        service: S,
+        gatekeeper: G,
+        mut drain: watch::Receiver<bool>,
+    ) where
         G: Fn(&mut http::Request<Peeked>) -> Option<http::Response<B>> + Send + Sync + 'static,
         S: tower::Service<http::Request<Peeked>, Response = http::Response<B>, Error = Infallible>
             + Clone
@@ -253,10 +264,8 @@ impl Transport {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let _open = self.metrics.connection_opened();
-        let accepted = Instant::now();
+        let accepted = activity.start;
         let handshake_by = accepted + self.config.handshake_timeout;
-        let activity = Arc::new(Activity::new(accepted));
-        self.note_silent(&activity);
         // Gates send small requests and wait for each answer: never delay a packet.
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp)
