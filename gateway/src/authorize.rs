@@ -258,7 +258,7 @@ impl Authorizer {
         let now = self.clock.now();
         let key = self
             .pseudonymizer
-            .request(&record.gate.gate_id, &hex_id(&record.decision_id));
+            .request(&record.gate.gate_id, &RequestKey(record.decision_id).to_string());
         let kept = Kept {
             answer: Answer {
                 verdict: record.verdict,
@@ -475,11 +475,6 @@ impl Authorizer {
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         });
     }
-}
-
-/// 16 bytes as 32 lowercase hex digits.
-fn hex_id(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A request key that no gate's request can have: the decision id's bytes under a

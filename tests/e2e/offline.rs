@@ -248,19 +248,7 @@ async fn a_follower_from_another_epoch_gets_a_snapshot_and_a_bad_upload_is_refus
         direction: pb::Direction::Entry.into(),
         ..pb::OfflineDecision::default()
     };
-    let good = pb::OfflineDecision {
-        gate_id: "g1".into(),
-        direction: pb::Direction::Entry.into(),
-        decided_at_ms: now(),
-        credential_kind: Some(pb::offline_decision::CredentialKind::Card(
-            pb::CardMedium::Physical.into(),
-        )),
-        verdict: pb::Verdict::Allow.into(),
-        reason: pb::Reason::HealthGreen.into(),
-        mode: pb::CheckMode::Enforce.into(),
-        decision_id: vec![7; 16],
-        ..pb::OfflineDecision::default()
-    };
+    let good = offline_decision("g1", [7; 16]);
     let summary = client
         .upload(tokio_stream::iter(vec![bad, good.clone()]))
         .await

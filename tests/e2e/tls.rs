@@ -251,26 +251,11 @@ async fn the_gate_state_feed_follows_gate_admission_a_caller_certificate_gets_no
         updates.message().await.unwrap().and_then(|u| u.kind),
         Some(pb::state_update::Kind::Begin(_))
     ));
-    let decision = |gate_id: &str| pb::OfflineDecision {
-        gate_id: gate_id.into(),
-        direction: pb::Direction::Entry.into(),
-        decided_at_ms: now(),
-        credential_kind: Some(pb::offline_decision::CredentialKind::Card(
-            pb::CardMedium::Physical.into(),
-        )),
-        verdict: pb::Verdict::Allow.into(),
-        reason: pb::Reason::HealthGreen.into(),
-        mode: pb::CheckMode::Enforce.into(),
-        decision_id: gate_id.as_bytes()[..16.min(gate_id.len())]
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(0))
-            .take(16)
-            .collect(),
-        ..pb::OfflineDecision::default()
-    };
     let summary = client
-        .upload(tokio_stream::iter(vec![decision(GATE), decision("L10-S07-G04")]))
+        .upload(tokio_stream::iter(vec![
+            offline_decision(GATE, [1; 16]),
+            offline_decision("L10-S07-G04", [2; 16]),
+        ]))
         .await
         .unwrap()
         .into_inner();

@@ -721,6 +721,24 @@ pub async fn http_request(addr: &str, method: &str, path: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// An offline decision as a gate library uploads it: gate `gate_id` let a green physical
+/// card enter, under its own 16-byte `decision_id`.
+pub fn offline_decision(gate_id: &str, decision_id: [u8; 16]) -> pb::OfflineDecision {
+    pb::OfflineDecision {
+        gate_id: gate_id.into(),
+        direction: pb::Direction::Entry.into(),
+        decided_at_ms: now(),
+        credential_kind: Some(pb::offline_decision::CredentialKind::Card(
+            pb::CardMedium::Physical.into(),
+        )),
+        verdict: pb::Verdict::Allow.into(),
+        reason: pb::Reason::HealthGreen.into(),
+        mode: pb::CheckMode::Enforce.into(),
+        decision_id: decision_id.to_vec(),
+        ..pb::OfflineDecision::default()
+    }
+}
+
 /// `message` with `authorization: Bearer <token>`.
 pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
