@@ -30,7 +30,7 @@ use crate::authorize::{Authorizer, Parts};
 use crate::brake::MassDenyBrake;
 use crate::cache::{CacheSettings, HealthCache};
 use crate::config::Config;
-use crate::gate_state::{GateConfig, GateStateFeed};
+use crate::gate_state::{GateConfig, GateStateFeed, Stores};
 use crate::import::{self, StartupImport};
 use crate::linking::LinkRules;
 use crate::metrics::{Exposition, Metrics, Sources};
@@ -78,7 +78,8 @@ pub struct App {
     pub(crate) clock: Clock,
     /// Rows of the data files still to be written into the shared tier.
     pub(crate) import: Option<StartupImport>,
-    /// The feed offline-capable gates follow, on the embedded store.
+    /// The feed offline-capable gates follow: on the embedded store, or on a copy of the
+    /// shared tier (`gate_state.shared`).
     pub(crate) gate_state: Option<Arc<GateStateFeed>>,
     /// The mass-deny brake on pushed statuses.
     pub(crate) brake: Arc<MassDenyBrake>,
@@ -213,26 +214,32 @@ impl App {
             ),
         };
         // Gates follow the embedded store from here on, the files imported below
-        // included.
+        // included; on the shared tier, a copy of it (loaded while serving).
+        let gate_config = GateConfig {
+            rules: config.policy.clone(),
+            issuers: specs.clone(),
+            limits: config.ride_codes,
+            credential_key: pseudonymizer.credentials().key_hex(),
+        };
         let gate_state = match (&links, &status_source, &platform) {
             (
                 LinkBackend::Memory(l) | LinkBackend::Durable(l, _),
                 StatusSource::Memory(h) | StatusSource::Durable(h, _),
                 None,
             ) => Some(GateStateFeed::start(
-                l.clone(),
-                h.clone(),
-                GateConfig {
-                    rules: config.policy.clone(),
-                    issuers: specs.clone(),
-                    limits: config.ride_codes,
-                    credential_key: pseudonymizer.credentials().key_hex(),
+                Stores {
+                    links: l.clone(),
+                    health: h.clone(),
                 },
+                gate_config,
                 config.gate_state,
                 storage.as_ref().map(|_| config.storage.data_dir.as_path()),
                 !links_ended_at_restore,
                 clock.clone(),
             )),
+            (LinkBackend::Shared(_), StatusSource::Shared(_), None) if config.gate_state.shared => Some(
+                GateStateFeed::for_shared_tier(gate_config, config.gate_state, clock.clone()),
+            ),
             _ => None,
         };
         let brake = Arc::new(MassDenyBrake::new(config.health.brake));
@@ -347,6 +354,24 @@ impl App {
     pub fn reload_on(mut self, trigger: ReloadTrigger) -> Self {
         self.reload_trigger = Some(trigger);
         self
+    }
+
+    /// Makes the shared tier ready as `serve` does before it answers — probes it and
+    /// lands the start-up import — for callers that decide in process (benchmarks).
+    pub async fn land_import(&mut self) -> anyhow::Result<()> {
+        let Some(tier) = self.shared.clone() else {
+            return Ok(());
+        };
+        anyhow::ensure!(tier.probe().await, "the shared tier (Redis) is not up");
+        if let Some(import) = self.import.take() {
+            let deadline = tokio::time::Instant::now() + self.config.redis.import_timeout;
+            import
+                .run(&tier, &self.links, &self.status_source, deadline)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tier.set_importing(false);
+        }
+        Ok(())
     }
 
     /// The decision path, for callers that decide in process (benchmarks, tests).

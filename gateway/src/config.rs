@@ -914,6 +914,8 @@ mod tests {
             "[ride_codes]",
             "[links]",
             "[health]",
+            "[health.brake]",
+            "[gate_state]",
             "[policy]",
             "[audit]",
             "[log]",

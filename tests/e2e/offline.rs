@@ -68,6 +68,16 @@ async fn publish(gateway: &Gateway, person: u64, colour: pb::HealthColour) {
     assert_eq!(published.applied, 1, "{:?}", published.rejected);
 }
 
+/// A gate library following ridegate on `port`, keeping its state in `dir`, retrying
+/// every 100 ms.
+fn open_gate(port: u16, dir: &std::path::Path) -> OfflineGate {
+    let settings = GateSettings {
+        retry_every: Duration::from_millis(100),
+        ..GateSettings::new(format!("http://127.0.0.1:{port}"), dir)
+    };
+    OfflineGate::open(settings, Clock::System).unwrap()
+}
+
 /// Waits up to 10 s for `done`.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..200 {
@@ -95,11 +105,7 @@ async fn a_gate_library_decides_while_ridegate_is_stopped_then_resumes_and_uploa
         .arg(&format!("127.0.0.1:{port}"));
     let (gateway, issuers) = builder.start().await;
     let state_dir = tempfile::tempdir().unwrap();
-    let settings = GateSettings {
-        retry_every: Duration::from_millis(100),
-        ..GateSettings::new(format!("http://127.0.0.1:{port}"), state_dir.path())
-    };
-    let gate = OfflineGate::open(settings, Clock::System).unwrap();
+    let gate = open_gate(port, state_dir.path());
     let follower = gate.follow();
     eventually("the snapshot", || gate.status().entries == 3).await;
 
@@ -308,4 +314,119 @@ async fn gate_sim_answers_online_while_ridegate_answers_and_offline_when_it_does
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--gates"));
+}
+
+#[tokio::test]
+async fn on_the_shared_tier_a_gate_resumes_at_another_instance_and_its_state_ages_while_redis_is_down() {
+    let mut redis = ridegate_tests::redis::RedisServer::start();
+    let (port_a, port_b) = (free_port(), free_port());
+    let builder = |port: u16| {
+        GatewayBuilder::new()
+            .feed()
+            .card("1000000000000001", 1)
+            .status(1, GREEN)
+            .card("1000000000000002", 2)
+            .status(2, GREEN)
+            .arg("--redis")
+            .arg(&redis.url())
+            .arg("--listen")
+            .arg(&format!("127.0.0.1:{port}"))
+    };
+    let (a, _) = builder(port_a).start().await;
+    let (b, _) = builder(port_b).start().await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let gate = open_gate(port_a, state_dir.path());
+    let follower = gate.follow();
+    eventually("the snapshot of A's copy", || gate.status().entries == 2).await;
+
+    // A status pushed through B reaches the gate through A, by the change stream.
+    let version = gate.status().version;
+    let pushed = Instant::now();
+    publish(&b, 2, pb::HealthColour::Red).await;
+    eventually("the change at the gate", || gate.status().version > version).await;
+    assert!(pushed.elapsed() < Duration::from_secs(2), "{:?}", pushed.elapsed());
+    let red = gate
+        .decide(&offline_tap("g1", offline_card("1000000000000002")))
+        .unwrap();
+    assert_eq!(said(red), (CoreVerdict::Deny, CoreReason::HealthRed));
+
+    // A stops; meanwhile rider 1 turns red through B. The gate, pointed at B, resumes
+    // from its version (versions are stream positions, the same on both) and gets the
+    // change as a delta, without a snapshot.
+    let before = gate.status();
+    follower.abort();
+    drop(gate);
+    let (exit, _a) = a.terminate().await;
+    assert!(exit.success());
+    publish(&b, 1, pb::HealthColour::Red).await;
+    let gate = open_gate(port_b, state_dir.path());
+    let follower = gate.follow();
+    eventually("the delta from B", || gate.status().version > before.version).await;
+    let after = gate.status();
+    assert_eq!((after.epoch, after.entries), (before.epoch, 2));
+    let red = gate
+        .decide(&offline_tap("g1", offline_card("1000000000000001")))
+        .unwrap();
+    assert_eq!(said(red), (CoreVerdict::Deny, CoreReason::HealthRed));
+    assert_eq!(
+        b.metric("ridegate_gate_state_snapshots_total").await,
+        0.0,
+        "B sent no snapshot"
+    );
+
+    // Redis comes back empty: B cannot know what changed, tells the gate nothing, and
+    // the gate's state ages (a heartbeat would have reset it within a second).
+    redis.restart();
+    eventually("the state ageing at the gate", || {
+        gate.status().state_age_ms.is_some_and(|age| age > 3_000)
+    })
+    .await;
+    let still_red = gate
+        .decide(&offline_tap("g1", offline_card("1000000000000002")))
+        .unwrap();
+    assert_eq!(
+        said(still_red),
+        (CoreVerdict::Deny, CoreReason::HealthRed),
+        "the last known state holds"
+    );
+    follower.abort();
+}
+
+#[tokio::test]
+async fn on_redis_cluster_the_copy_holds_the_links_of_every_node() {
+    let cluster = ridegate_tests::redis::RedisCluster::start();
+    let port = free_port();
+    let mut builder = GatewayBuilder::new()
+        .feed()
+        .arg("--redis-cluster")
+        .arg(&cluster.seeds())
+        .arg("--listen")
+        .arg(&format!("127.0.0.1:{port}"));
+    // Enough links that every node holds some.
+    for person in 1..=30u64 {
+        builder = builder
+            .card(&format!("10000000000{person:05}"), person)
+            .status(person, GREEN);
+    }
+    let (gateway, _) = builder.start().await;
+    for node in &cluster.nodes {
+        let keys = node.cli(&["--scan", "--pattern", "rg:l:*"]);
+        assert!(keys.lines().count() > 0, "every node holds links");
+    }
+    let state_dir = tempfile::tempdir().unwrap();
+    let gate = open_gate(port, state_dir.path());
+    let follower = gate.follow();
+    eventually("the snapshot", || gate.status().entries == 30).await;
+    let version = gate.status().version;
+    publish(&gateway, 17, pb::HealthColour::Red).await;
+    eventually("the change", || gate.status().version > version).await;
+    let red = gate
+        .decide(&offline_tap("g1", offline_card("1000000000000017")))
+        .unwrap();
+    assert_eq!(said(red), (CoreVerdict::Deny, CoreReason::HealthRed));
+    let green = gate
+        .decide(&offline_tap("g1", offline_card("1000000000000018")))
+        .unwrap();
+    assert_eq!(said(green), (CoreVerdict::Allow, CoreReason::HealthGreen));
+    follower.abort();
 }

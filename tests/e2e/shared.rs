@@ -843,15 +843,69 @@ async fn rediss_is_verified_against_the_configured_ca_and_never_downgraded() {
 }
 
 #[tokio::test]
-async fn the_gate_state_feed_is_refused_on_the_shared_tier_rather_than_half_served() {
+async fn the_gate_state_feed_is_refused_when_its_copy_of_the_shared_tier_is_switched_off() {
     use ridegate_proto::pb::gate_state_client::GateStateClient;
     let redis = RedisServer::start();
-    let (gateway, _) = builder("--redis", &redis.url()).start().await;
+    let (gateway, _) = builder("--redis", &redis.url())
+        .toml("[gate_state]\nshared = false\n")
+        .start()
+        .await;
     let status = GateStateClient::new(gateway.channel().await)
         .follow(ridegate_proto::pb::FollowRequest::default())
         .await
         .map(drop)
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains("embedded store"), "{}", status.message());
+    assert!(status.message().contains("gate_state.shared"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn the_change_reader_reports_entries_lost_before_it_read_them() {
+    use ridegate_adapters::ids::CredentialId;
+    use ridegate_adapters::shared::changes::{Change, ChangeReader};
+    use ridegate_adapters::shared::{SharedSettings, SharedTier};
+    let redis = RedisServer::start();
+    let tier = SharedTier::connect(SharedSettings {
+        url: redis.url(),
+        ..SharedSettings::default()
+    })
+    .unwrap();
+    assert!(tier.probe().await);
+    let link = |n: u8| Change::Link {
+        credential: CredentialId([n; 16]),
+    };
+    let mut reader = ChangeReader::new(tier.clone());
+    assert!(reader.connect().await.unwrap().is_none());
+    tier.publish(&link(1)).await.unwrap();
+    let read = reader.next().await.unwrap();
+    assert_eq!(read.iter().map(|(_, c)| *c).collect::<Vec<_>>(), [link(1)]);
+
+    // Two more entries, trimmed away before the reader gets to them: it says so.
+    tier.publish(&link(2)).await.unwrap();
+    tier.publish(&link(3)).await.unwrap();
+    redis.cli(&["XTRIM", "rg:changes", "MAXLEN", "0"]);
+    let read = reader.next().await.unwrap();
+    assert_eq!(read.iter().map(|(_, c)| *c).collect::<Vec<_>>(), [Change::Reset]);
+    // Then it goes on from what the stream keeps.
+    tier.publish(&link(4)).await.unwrap();
+    let read = reader.next().await.unwrap();
+    assert_eq!(read.iter().map(|(_, c)| *c).collect::<Vec<_>>(), [link(4)]);
+
+    // The stream replaced by an older one (Redis restored from an earlier file): it
+    // never reached what the reader read, so something may be missing.
+    redis.cli(&["DEL", "rg:changes"]);
+    redis.cli(&["XADD", "rg:changes", "1-1", "k", "n"]);
+    let read = reader.next().await.unwrap();
+    assert_eq!(read.iter().map(|(_, c)| *c).collect::<Vec<_>>(), [Change::Reset]);
+
+    // A reader of an empty stream from its oldest entry starts at a mark of its own,
+    // and an idle stream is no gap.
+    redis.cli(&["DEL", "rg:changes"]);
+    let mut replaying = ChangeReader::from_oldest(tier.clone());
+    assert!(replaying.connect().await.unwrap().is_none());
+    assert!(replaying.position().unwrap().as_version() > 0);
+    assert!(replaying.next().await.unwrap().is_empty(), "the mark changes nothing");
+    tier.publish(&link(5)).await.unwrap();
+    let read = replaying.next().await.unwrap();
+    assert_eq!(read.iter().map(|(_, c)| *c).collect::<Vec<_>>(), [link(5)]);
 }

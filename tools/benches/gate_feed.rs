@@ -9,22 +9,27 @@
 //! - resume: the follower stopped, 10,000 changes made, the follower back — its catch-up
 //!   time and bytes against a fresh snapshot in the same run.
 //!
-//! `cargo bench -p ridegate-tools --bench gate_feed [-- N]` (default 1,000,000).
+//! With `--redis`, on the shared tier: a `redis-server` of its own and two instances, A
+//! and B. Cards are linked and changes pushed through B while the gate follows A (the
+//! change travels B → Redis stream → A's copy → gate), and the gate resumes at B.
+//!
+//! `cargo bench -p ridegate-tools --bench gate_feed [-- N] [--redis]` (default 1,000,000).
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 
 use std::time::{Duration, Instant};
 
-use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
+use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::ids::synthetic_resident_id;
 use ridegate_core::clock::Clock;
 use ridegate_gate::{GateSettings, OfflineGate};
 use ridegate_proto::pb;
 use ridegate_proto::pb::health_feed_client::HealthFeedClient;
 use ridegate_proto::pb::links_client::LinksClient;
+use support::{Callers, Redis, Ridegate, authed, percentile};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
+
+mod support;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,14 +38,6 @@ const BATCH: u64 = 5_000;
 const CHANGES: usize = 300;
 const RESUME_CHANGES: u64 = 10_000;
 
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn status(person: u64, colour: pb::HealthColour, set_at: i64) -> pb::StatusUpdate {
     pb::StatusUpdate {
         subject: Some(pb::status_update::Subject::IdNumber(synthetic_resident_id(person))),
@@ -48,10 +45,6 @@ fn status(person: u64, colour: pb::HealthColour, set_at: i64) -> pb::StatusUpdat
         set_at_unix_ms: set_at,
         negative_test_at_unix_ms: set_at - 3_600_000,
     }
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Waits until `gate` holds `version` (polling each millisecond); how long it took.
@@ -63,66 +56,46 @@ async fn until_version(gate: &OfflineGate, version: u64, since: Instant) -> Dura
     since.elapsed()
 }
 
+/// The feed's version once it has stopped moving (every change pushed is applied).
+async fn settled_version(ridegate: &Ridegate) -> u64 {
+    let mut last = ridegate.metric("ridegate_gate_state_version");
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = ridegate.metric("ridegate_gate_state_version");
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let n: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let shared = std::env::args().any(|a| a == "--redis");
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate(SigningAlg::EdDsa, "bench-callers").unwrap();
-    let jwks = dir.path().join("callers.jwks.json");
-    std::fs::write(
-        &jwks,
-        serde_json::json!({ "keys": [key.public_jwk().unwrap()] }).to_string(),
-    )
-    .unwrap();
+    let callers = Callers::new(dir.path());
     let config = dir.path().join("ridegate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[callers]\njwks_file = {:?}\n[health]\nfeed_enabled = true\n[health.brake]\nenabled = false\n",
-            jwks.display().to_string()
-        ),
-    )
-    .unwrap();
-    let ready = dir.path().join("ready.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ridegate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--audit",
-            "/dev/null",
-            "--log",
-            "warn",
-            "--ready-file",
-        ])
-        .arg(&ready)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RIDEGATE_IDENTITY_SECRET", "gate-feed-benchmark-secret")
-        .env("RIDEGATE_CONFIG", &config)
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !ready.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "ridegate did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ready: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
-    let addr = ready["addr"].as_str().unwrap().to_owned();
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let callers = CallerTokenMinter::new(key);
-    let token = |kind| {
-        callers
-            .token(kind, "bench", None, Clock::System.now(), Duration::from_secs(3600))
-            .unwrap()
+    let text = callers.config_line() + "[health]\nfeed_enabled = true\n[health.brake]\nenabled = false\n";
+    std::fs::write(&config, text).unwrap();
+    let (_redis, a, b) = if shared {
+        let redis = Redis::start();
+        let args = ["--redis".to_owned(), format!("redis://127.0.0.1:{}", redis.1)];
+        let a = Ridegate::start(dir.path(), "a", &config, &args).await;
+        let b = Ridegate::start(dir.path(), "b", &config, &args).await;
+        (Some(redis), a, Some(b))
+    } else {
+        let args = ["--data-dir".to_owned(), dir.path().join("data").display().to_string()];
+        (None, Ridegate::start(dir.path(), "a", &config, &args).await, None)
     };
+    // Changes go in through B on the shared tier; the gate follows A, then resumes at B.
+    let writer = b.as_ref().unwrap_or(&a);
+    let channel = writer.channel().await;
+    let addr = a.addr.clone();
+    let token = |kind| callers.token(kind);
 
     eprintln!("linking {n} cards…");
     let batches: Vec<pb::LinkBatch> = (0..n.div_ceil(BATCH))
@@ -141,23 +114,38 @@ async fn main() {
                 .collect(),
         })
         .collect();
-    let mut results = LinksClient::new(channel.clone())
-        .max_encoding_message_size(16 << 20)
-        .bulk_link(authed(tokio_stream::iter(batches), &token(CallerKind::BackEnd)))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(result) = results.next().await {
-        assert!(result.unwrap().rejected.is_empty());
+    // A batch with rows refused (Redis timed out under the load) is sent again, as a
+    // back end would: linking is idempotent.
+    let mut pending = batches;
+    for _attempt in 0..5 {
+        let mut results = LinksClient::new(channel.clone())
+            .max_encoding_message_size(16 << 20)
+            .bulk_link(authed(tokio_stream::iter(pending.clone()), &token(CallerKind::BackEnd)))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut refused = std::collections::HashSet::new();
+        while let Some(result) = results.next().await {
+            let result = result.unwrap();
+            if !result.rejected.is_empty() {
+                refused.insert(result.sequence);
+            }
+        }
+        pending.retain(|batch| refused.contains(&batch.sequence));
+        if pending.is_empty() {
+            break;
+        }
+        eprintln!("{} batches had rows refused: sending them again", pending.len());
     }
+    assert!(pending.is_empty(), "batches still refused after 5 attempts");
 
     // Snapshot.
     let gate_dir = tempfile::tempdir().unwrap();
-    let settings = |dir: &std::path::Path| GateSettings {
+    let settings = |dir: &std::path::Path, addr: &str| GateSettings {
         retry_every: Duration::from_millis(50),
         ..GateSettings::new(format!("http://{addr}"), dir)
     };
-    let gate = OfflineGate::open(settings(gate_dir.path()), Clock::System).unwrap();
+    let gate = OfflineGate::open(settings(gate_dir.path(), &addr), Clock::System).unwrap();
     let started = Instant::now();
     let follower = gate.follow();
     while gate.status().entries < n as usize {
@@ -185,6 +173,8 @@ async fn main() {
             .unwrap()
             .into_inner();
         assert_eq!(published.applied, 1);
+        // Versions rise by one on the embedded store, by stream positions on the shared
+        // tier: the change is held once the gate's version passes the one before it.
         took.push(until_version(&gate, version + 1, pushed).await);
     }
     took.sort();
@@ -206,21 +196,54 @@ async fn main() {
             .into_inner();
         assert_eq!(published.applied as usize, chunk.len());
     }
-    let target = before + RESUME_CHANGES;
+    let target = settled_version(writer).await;
+    assert!(target >= before + RESUME_CHANGES);
+    drop(gate);
+    let gate = OfflineGate::open(settings(gate_dir.path(), &writer.addr), Clock::System).unwrap();
     let started = Instant::now();
     let follower = gate.follow();
     let resume = until_version(&gate, target, started).await;
     follower.abort();
+    let resumed_without_snapshot = writer.metric("ridegate_gate_state_snapshots_total") == u64::from(!shared);
     let fresh_dir = tempfile::tempdir().unwrap();
-    let fresh = OfflineGate::open(settings(fresh_dir.path()), Clock::System).unwrap();
+    let fresh = OfflineGate::open(settings(fresh_dir.path(), &writer.addr), Clock::System).unwrap();
     let started = Instant::now();
     let fresh_follower = fresh.follow();
     let fresh_snapshot = until_version(&fresh, target, started).await;
     fresh_follower.abort();
-    let _ = child.kill();
-    let _ = child.wait();
 
-    println!("\n| what | figure |");
+    // On the shared tier, a new instance: from its start to a gate holding the snapshot
+    // of its copy (the walk of every key, the statuses, the stream replayed).
+    let new_instance = if let Some(redis) = &_redis {
+        let args = ["--redis".to_owned(), format!("redis://127.0.0.1:{}", redis.1)];
+        let started = Instant::now();
+        let c = Ridegate::start(dir.path(), "c", &config, &args).await;
+        let c_dir = tempfile::tempdir().unwrap();
+        let gate = OfflineGate::open(settings(c_dir.path(), &c.addr), Clock::System).unwrap();
+        let follower = gate.follow();
+        while gate.status().entries < n as usize {
+            assert!(started.elapsed() < Duration::from_secs(600), "no snapshot from C");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        follower.abort();
+        let took = started.elapsed();
+        // The copy's memory: C against D, an instance without one, both idle.
+        let without = dir.path().join("without-copy.toml");
+        let text = std::fs::read_to_string(&config).unwrap() + "[gate_state]\nshared = false\n";
+        std::fs::write(&without, text).unwrap();
+        let d = Ridegate::start(dir.path(), "d", &without, &args).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let copy_bytes = c.resident_bytes().saturating_sub(d.resident_bytes());
+        Some((took, copy_bytes))
+    } else {
+        None
+    };
+    let tier = if shared {
+        "shared tier: written through B, followed at A, resumed at B"
+    } else {
+        "durable default"
+    };
+    println!("\n| what ({tier}) | figure |");
     println!("|---|---|");
     println!(
         "| snapshot of {n} linked cards ({:.1} MB of entries) to a following gate, applied and fsynced | {:.2} s |",
@@ -234,9 +257,25 @@ async fn main() {
         took.last().unwrap().as_secs_f64() * 1e3
     );
     println!(
-        "| resume after {RESUME_CHANGES} changes ({:.0} kB of entries) | {:.0} ms; a fresh snapshot in the same run: {:.2} s |",
+        "| resume after {RESUME_CHANGES} changes ({:.0} kB of entries){} | {:.0} ms; a fresh snapshot in the same run: {:.2} s |",
         RESUME_CHANGES as f64 * 13.0 / 1e3,
+        if resumed_without_snapshot {
+            ", no snapshot"
+        } else {
+            ", BUT A SNAPSHOT WAS SENT"
+        },
         resume.as_secs_f64() * 1e3,
         fresh_snapshot.as_secs_f64()
     );
+    if let Some((took, copy_bytes)) = new_instance {
+        println!(
+            "| a new instance: from its start to a gate holding the snapshot of its copy of {n} links | {:.2} s |",
+            took.as_secs_f64()
+        );
+        println!(
+            "| its copy's resident memory (against an instance with `shared = false`) | {:.0} MB, {:.0} B per link |",
+            copy_bytes as f64 / 1e6,
+            copy_bytes as f64 / n as f64
+        );
+    }
 }

@@ -12,30 +12,22 @@
 
 use std::time::{Duration, Instant};
 
-use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
+use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::ids::synthetic_resident_id;
-use ridegate_core::clock::Clock;
 use ridegate_proto::pb;
 use ridegate_proto::pb::links_client::LinksClient;
+use support::{Callers, Ridegate, authed, percentile};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+mod support;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: u64 = 5_000;
 const SINGLE: usize = 2_000;
-
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
 
 fn card(number: String) -> pb::LinkCredential {
     pb::LinkCredential {
@@ -46,10 +38,6 @@ fn card(number: String) -> pb::LinkCredential {
     }
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
     let rows: u64 = std::env::args()
@@ -57,58 +45,14 @@ async fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(5_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate(SigningAlg::EdDsa, "bench-callers").unwrap();
-    let jwks = dir.path().join("callers.jwks.json");
-    std::fs::write(
-        &jwks,
-        serde_json::json!({ "keys": [key.public_jwk().unwrap()] }).to_string(),
-    )
-    .unwrap();
-    let ready = dir.path().join("ready.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ridegate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--audit",
-            "/dev/null",
-            "--log",
-            "warn",
-            "--ready-file",
-        ])
-        .arg(&ready)
-        // The durable default: every acknowledged batch is committed with fsync.
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RIDEGATE_IDENTITY_SECRET", "link-benchmark-secret")
-        .env("RIDEGATE_CONFIG", {
-            let config = dir.path().join("ridegate.toml");
-            std::fs::write(
-                &config,
-                format!("[callers]\njwks_file = {:?}\n", jwks.display().to_string()),
-            )
-            .unwrap();
-            config
-        })
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !ready.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "ridegate did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let addr: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
-    let channel = Channel::from_shared(format!("http://{}", addr["addr"].as_str().unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let callers = CallerTokenMinter::new(key);
-    let token = |kind| {
-        callers
-            .token(kind, "bench", None, Clock::System.now(), Duration::from_secs(3600))
-            .unwrap()
-    };
+    let callers = Callers::new(dir.path());
+    let config = dir.path().join("ridegate.toml");
+    std::fs::write(&config, callers.config_line()).unwrap();
+    // The durable default: every acknowledged batch is committed with fsync.
+    let args = ["--data-dir".to_owned(), dir.path().join("data").display().to_string()];
+    let ridegate = Ridegate::start(dir.path(), "ridegate", &config, &args).await;
+    let channel = ridegate.channel().await;
+    let token = |kind| callers.token(kind);
     let mut links = LinksClient::new(channel.clone()).max_encoding_message_size(16 << 20);
 
     // Bulk.
@@ -178,6 +122,4 @@ async fn main() {
         us(percentile(&check_times, 0.99)),
         us(percentile(&link_times, 0.5)) - us(percentile(&check_times, 0.5)),
     );
-    child.kill().unwrap();
-    let _ = child.wait();
 }

@@ -11,20 +11,22 @@
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant as StdInstant};
 
 use ridegate::App;
 use ridegate::config::Config;
-use ridegate_adapters::caller::{CallerKind, CallerTokenMinter};
-use ridegate_adapters::credential::ride_code::{SigningAlg, SigningKey};
+use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::ids::synthetic_resident_id;
 use ridegate_core::clock::Clock;
 use ridegate_core::credential::{CardMedium, CardNumber, Credential};
 use ridegate_core::decision::{GateContext, GateRequest};
 use ridegate_core::model::{Direction, UnixMillis, Verdict};
 use ridegate_proto::pb;
+use support::{Callers, Redis};
 use tokio::time::Instant;
+
+mod support;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,44 +35,6 @@ const RIDERS: u64 = 30_000;
 const ROUNDS: usize = 9;
 const PER_ROUND: u64 = 1_000;
 const SECRET: &str = "shared-benchmark-secret";
-
-struct Redis(Child, u16);
-
-impl Redis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let started = StdInstant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child, port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
 
 fn card_number(i: u64) -> String {
     format!("1000{i:012}")
@@ -157,7 +121,8 @@ fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
 
 async fn latency(dir: &std::path::Path, redis: &Redis) {
     let embedded = App::build(config(dir, None), Clock::System).await.unwrap();
-    let shared = App::build(config(dir, Some(redis.1)), Clock::System).await.unwrap();
+    let mut shared = App::build(config(dir, Some(redis.1)), Clock::System).await.unwrap();
+    shared.land_import().await.unwrap();
     let mut seq = 0;
     // Warm both caches for the first half of the riders.
     let warm = 0..RIDERS / 2;
@@ -198,15 +163,15 @@ async fn latency(dir: &std::path::Path, redis: &Redis) {
     );
 }
 
-fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &std::path::Path) -> (Child, String) {
+fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &Callers) -> (Child, String) {
     let ready = dir.join(format!("{name}.ready"));
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[identity]\nsecret = \"{SECRET}\"\n[callers]\njwks_file = {:?}\n[health]\nfeed_enabled = true\n\
+            "[identity]\nsecret = \"{SECRET}\"\n{}[health]\nfeed_enabled = true\n\
              [redis]\nurl = \"redis://127.0.0.1:{redis}\"\n[audit]\npath = \"/dev/null\"\n[log]\nfilter = \"warn\"\n",
-            callers.display().to_string()
+            callers.config_line()
         ),
     )
     .unwrap();
@@ -227,15 +192,9 @@ fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &std::
 }
 
 async fn propagation(dir: &std::path::Path, redis: &Redis) {
-    let key = SigningKey::generate(SigningAlg::EdDsa, "bench-callers").unwrap();
-    let jwks = dir.join("callers.jwks.json");
-    std::fs::write(
-        &jwks,
-        serde_json::json!({ "keys": [key.public_jwk().unwrap()] }).to_string(),
-    )
-    .unwrap();
-    let (mut a, a_url) = spawn_ridegate(dir, "a", redis.1, &jwks);
-    let (mut b, b_url) = spawn_ridegate(dir, "b", redis.1, &jwks);
+    let callers = Callers::new(dir);
+    let (mut a, a_url) = spawn_ridegate(dir, "a", redis.1, &callers);
+    let (mut b, b_url) = spawn_ridegate(dir, "b", redis.1, &callers);
     let connect = |url: String| async move {
         tonic::transport::Channel::from_shared(url)
             .unwrap()
@@ -246,15 +205,7 @@ async fn propagation(dir: &std::path::Path, redis: &Redis) {
     let (a_channel, b_channel) = (connect(a_url).await, connect(b_url).await);
     let mut feed = pb::health_feed_client::HealthFeedClient::new(a_channel);
     let mut gate_b = pb::gate_client::GateClient::new(b_channel);
-    let token = CallerTokenMinter::new(key)
-        .token(
-            CallerKind::HealthPlatform,
-            "bench",
-            None,
-            Clock::System.now(),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+    let token = callers.token(CallerKind::HealthPlatform);
     let request = |rider: u64| pb::AuthorizeRequest {
         request_id: String::new(),
         gate: Some(pb::GateContext {

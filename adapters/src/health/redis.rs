@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{Applied, HealthSource, SourceError};
 use crate::ids::IdentityId;
+use crate::shared::bulk::BulkReader;
 use crate::shared::changes::Change;
 use crate::shared::encoding::{decode_status, encode_status};
 use crate::shared::{SharedError, SharedTier};
@@ -57,6 +58,20 @@ impl RedisHealth {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.put_if_newer(identity, &status, ttl_ms).await?;
         Ok(())
+    }
+
+    /// The statuses of `identities` as the tier holds them now, in their order.
+    pub async fn read_many(
+        &self,
+        reader: &mut BulkReader,
+        identities: &[IdentityId],
+    ) -> Result<Vec<Option<HealthStatus>>, SharedError> {
+        let keys: Vec<String> = identities.iter().map(|i| self.tier.key("h", i)).collect();
+        let texts = reader.get_many(&keys).await?;
+        Ok(texts
+            .into_iter()
+            .map(|t| t.as_deref().and_then(decode_status))
+            .collect())
     }
 
     /// Stores `status` unless a later one is held, expiring after `ttl_ms` (0: never);

@@ -17,8 +17,9 @@ use std::time::Duration;
 use super::{Consent, CredentialClass, LinkError, LinkRecord, LinkStore, Linked, SecondCard};
 use crate::caller::CallerKind;
 use crate::ids::{CredentialId, IdHasher, IdentityId};
-use crate::shared::SharedTier;
+use crate::shared::bulk::BulkReader;
 use crate::shared::changes::Change;
+use crate::shared::{SharedError, SharedTier};
 use ridegate_core::model::UnixMillis;
 
 /// Claims `KEYS[1]` for identity `ARGV[1]` at time `ARGV[2]` with record `ARGV[3]`.
@@ -114,6 +115,47 @@ impl RedisLinks {
     /// Forgets every cached answer (changes may have been missed).
     pub fn clear_cache(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// A bulk reader walking every link key (see [`Self::next_links`]).
+    pub async fn bulk_reader(&self) -> Result<BulkReader, SharedError> {
+        self.tier.bulk_reader("l").await
+    }
+
+    /// The next batch of links `reader` finds, read past the cache (records that do not
+    /// decode are skipped); `None` once every node was walked.
+    pub async fn next_links(
+        &self,
+        reader: &mut BulkReader,
+    ) -> Result<Option<Vec<(CredentialId, LinkRecord)>>, SharedError> {
+        let Some(keys) = reader.next_keys().await? else {
+            return Ok(None);
+        };
+        let prefix = self.tier.key("l", "");
+        let credentials: Vec<Option<CredentialId>> = keys
+            .iter()
+            .map(|key| key.strip_prefix(&prefix).and_then(|id| id.parse().ok()))
+            .collect();
+        let records = reader.get_many(&keys).await?;
+        Ok(Some(
+            credentials
+                .into_iter()
+                .zip(records)
+                .filter_map(|(credential, text)| Some((credential?, decode(&text?)?)))
+                .collect(),
+        ))
+    }
+
+    /// `credentials`' records as the tier holds them now, past the cache (`None`: not
+    /// linked), in their order.
+    pub async fn read_many(
+        &self,
+        reader: &mut BulkReader,
+        credentials: &[CredentialId],
+    ) -> Result<Vec<Option<LinkRecord>>, SharedError> {
+        let keys: Vec<String> = credentials.iter().map(|c| self.tier.key("l", c)).collect();
+        let texts = reader.get_many(&keys).await?;
+        Ok(texts.into_iter().map(|t| t.as_deref().and_then(decode)).collect())
     }
 
     async fn script(&self, source: &str, key: String, args: &[&str]) -> Result<redis::Value, LinkError> {

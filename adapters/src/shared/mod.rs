@@ -32,6 +32,7 @@
 //! who re-imported the data confirms with `SET <prefix>:epoch <epoch>` (the epoch is
 //! in the ERROR line).
 
+pub mod bulk;
 pub mod changes;
 pub(crate) mod encoding;
 

@@ -28,6 +28,8 @@ use crate::gate_state::GateStateFeed;
 const MAX_DELTA_CHANGES: usize = 10_000;
 /// Messages queued for one follower before the feed waits for it.
 const FOLLOWER_QUEUE: usize = 8;
+/// How long a follower from an instance ahead of this one waits for it to catch up.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long an uploaded code's entry into the single-use guard may take.
 const UPLOAD_CLAIM_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -88,7 +90,29 @@ async fn follow(
             return;
         }
         let (epoch, version) = epoch_and_version;
-        if !feed.resumable(epoch, version) || epoch != feed.epoch() {
+        if epoch == feed.epoch() && version > feed.current() {
+            // From another instance that is a little ahead (on the shared tier versions
+            // are stream positions): wait for this one to catch up before a snapshot.
+            let caught_up = tokio::select! {
+                caught_up = tokio::time::timeout(CATCH_UP, versions.wait_for(|v| *v >= version)) => caught_up,
+                _ = draining.changed() => return,
+            };
+            match caught_up {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return, // the feed is gone: shutting down
+                Err(_) => epoch_and_version = (0, 0),
+            }
+            continue;
+        }
+        if !feed.resumable(epoch, version) {
+            if !feed.is_live() {
+                // A copy of the shared tier being loaded: once it is, the follower may
+                // resume from it after all.
+                tokio::select! {
+                    () = feed.until_live() => continue,
+                    _ = draining.changed() => return,
+                }
+            }
             // The walk holds the snapshot lock for its length: off the runtime's workers.
             let walking = feed.clone();
             let Ok(snapshot) = tokio::task::spawn_blocking(move || walking.snapshot()).await else {
@@ -127,7 +151,7 @@ async fn follow(
             continue;
         }
         // Deltas until the follower is current, then wait for the next version.
-        match feed.delta_after(version, MAX_DELTA_CHANGES) {
+        match feed.delta_after(epoch, version, MAX_DELTA_CHANGES) {
             None => epoch_and_version = (0, 0),
             Some(delta) if delta.version > version => {
                 let sent = send(Kind::Delta(pb::Delta {
@@ -150,7 +174,9 @@ async fn follow(
                 if matches!(woke, Ok(Err(_))) {
                     return; // the feed is gone: shutting down
                 }
-                if woke.is_err() {
+                // No heartbeat while the stores are not known to be current: the
+                // follower's state ages, as it would offline.
+                if woke.is_err() && feed.is_live() {
                     let beat = Kind::Heartbeat(pb::Heartbeat {
                         version,
                         sent_at_ms: clock.now().0,
@@ -227,7 +253,8 @@ impl pb::gate_state_server::GateState for GateStateService {
         self.gates.admit_follower(request.extensions().get::<Peer>())?;
         let Some(feed) = self.feed.clone() else {
             return Err(Status::failed_precondition(
-                "the gate state feed is served on the embedded store only (no [redis], no [health.platform])",
+                "the gate state feed is not served here: with [health.platform] ridegate does not hold every \
+                 status, and on the shared tier gate_state.shared is off",
             ));
         };
         let pb::FollowRequest {

@@ -42,8 +42,10 @@ pub use status::RETRY_PUSHBACK;
 pub const SHARED_STATE_SERVICE: &str = "ridegate.v1.SharedState";
 
 use crate::app::App;
+use crate::gate_state::mirror;
 use crate::import::ImportFailed;
 use crate::reload::Reloader;
+use crate::stores::{LinkBackend, StatusSource};
 
 /// The gRPC services of one built [`App`], each given only the parts it needs.
 pub(crate) struct Services {
@@ -229,9 +231,22 @@ pub async fn serve(
         };
         let follower = {
             let caches = caches.clone();
-            changes::follow(tier, move |change| caches.apply_change(change))
+            changes::follow(tier.clone(), move |change| caches.apply_change(change))
         };
-        [prober, follower]
+        // Offline gates' feed: a copy of the tier, kept by the change stream.
+        let mirror = match (&gate_state, &links, &status_source) {
+            (Some(feed), LinkBackend::Shared(links), StatusSource::Shared(health)) => Some(mirror::spawn(
+                feed.clone(),
+                mirror::Source {
+                    tier,
+                    links: links.clone(),
+                    health: health.clone(),
+                    second_card: config.links.second_card,
+                },
+            )),
+            _ => None,
+        };
+        [Some(prober), Some(follower), mirror]
     });
     // The start-up import into the shared tier: Gate is ready once it lands; if it
     // cannot, the server drains and `serve` fails with the reason.
@@ -345,7 +360,13 @@ pub async fn serve(
     if let Some(task) = admin_task {
         task.abort();
     }
-    for task in shared_tasks.into_iter().flatten().chain(platform_watch).chain(importer) {
+    for task in shared_tasks
+        .into_iter()
+        .flatten()
+        .flatten()
+        .chain(platform_watch)
+        .chain(importer)
+    {
         task.abort();
     }
     audit.close();

@@ -14,7 +14,13 @@
 //! directory, so gates resume without a snapshot after a routine restart; after a crash,
 //! or without a data directory, a new epoch begins and followers take a snapshot.
 //!
+//! On the shared tier the stores are a copy of Redis kept by [`mirror`], and versions
+//! are change-stream positions: the same on every instance, so a gate resumes from
+//! whichever instance it reaches.
+//!
 //! [`Observer`]: ridegate_adapters::observe::Observer
+
+pub mod mirror;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -49,6 +55,10 @@ pub struct GateStateConfig {
     pub heartbeat: Duration,
     /// Entries per snapshot chunk (13 bytes each).
     pub chunk_entries: usize,
+    /// On the shared tier: serve the feed from a copy of every link and linked status
+    /// in Redis, kept in each instance's memory (about 290 bytes per link, its status
+    /// included). Off: `Follow` answers FAILED_PRECONDITION there.
+    pub shared: bool,
 }
 
 impl GateStateConfig {
@@ -76,13 +86,14 @@ impl Default for GateStateConfig {
             log_capacity: 262_144,
             heartbeat: Duration::from_secs(1),
             chunk_entries: 65_536,
+            shared: true,
         }
     }
 }
 
 /// What changed: the entries to send are read from the stores when a delta is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+pub enum Change {
     /// A credential was linked, relinked or unlinked.
     Credential(CredentialId),
     /// An identity's status changed: every credential linked to it.
@@ -94,8 +105,35 @@ enum Change {
 #[derive(Default)]
 struct Log {
     version: u64,
-    /// `(version, change)`, oldest first.
+    /// Every change after this version is in `changes`: a follower at `floor` or later
+    /// can be brought on by deltas.
+    floor: u64,
+    /// `(version, change)`, oldest first; versions rise, not always by one.
     changes: VecDeque<(u64, Change)>,
+}
+
+impl Log {
+    /// A log that knows nothing before `version`.
+    fn at(version: u64) -> Self {
+        Self {
+            version,
+            floor: version,
+            changes: VecDeque::new(),
+        }
+    }
+
+    fn resumable(&self, from_version: u64) -> bool {
+        (self.floor..=self.version).contains(&from_version)
+    }
+}
+
+/// The stores a feed reads: the embedded ones, or a copy of the shared tier.
+#[derive(Debug, Clone, Default)]
+pub struct Stores {
+    /// The links.
+    pub links: Arc<MemoryLinks>,
+    /// The statuses.
+    pub health: Arc<MemoryHealth>,
 }
 
 /// What a gate needs besides entries (the `config_json` of the feed).
@@ -136,11 +174,17 @@ pub struct Delta {
     pub config_json: Option<Arc<String>>,
 }
 
-/// The feed's source over the embedded link and status stores.
+/// The feed's source over the embedded link and status stores, or a copy of the shared
+/// tier's.
 pub struct GateStateFeed {
-    epoch: u64,
-    links: Arc<MemoryLinks>,
-    health: Arc<MemoryHealth>,
+    epoch: AtomicU64,
+    stores: ArcSwap<Stores>,
+    /// Whether the stores are known to be current: heartbeats tell followers so only
+    /// then (a copy of a shared tier that is down, or being loaded, is not).
+    live: watch::Sender<bool>,
+    /// On the shared tier, the hash of Redis's epoch marker: the epoch is it and the
+    /// configuration together, the same on every instance configured alike.
+    shared_base: Option<AtomicU64>,
     clock: Clock,
     config_json: ArcSwap<String>,
     gate_config: Mutex<GateConfig>,
@@ -158,7 +202,7 @@ pub struct GateStateFeed {
 
 impl std::fmt::Debug for GateStateFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GateStateFeed(epoch {}, version {})", self.epoch, self.current())
+        write!(f, "GateStateFeed(epoch {}, version {})", self.epoch(), self.current())
     }
 }
 
@@ -178,44 +222,29 @@ impl GateStateFeed {
     /// configuration) — and the mark removed, so a crash from here on starts a new
     /// epoch.
     pub fn start(
-        links: Arc<MemoryLinks>,
-        health: Arc<MemoryHealth>,
+        stores: Stores,
         config: GateConfig,
         settings: GateStateConfig,
         data_dir: Option<&Path>,
         unchanged: bool,
         clock: Clock,
     ) -> Arc<Self> {
-        let config_json = encode_config(&config);
         let mark = data_dir.map(|dir| dir.join(MARK_FILE));
         let kept = mark
             .as_deref()
             .and_then(take_mark)
-            .filter(|m| unchanged && m.config == config_json);
+            .filter(|m| unchanged && m.config == encode_config(&config));
         let (epoch, version) = match kept {
             Some(Mark { epoch, version, .. }) => (epoch, version),
             // Never 0: a follower without state says 0.
             None => (u64::from_le_bytes(random_bytes::<8>()) | 1, 0),
         };
-        let feed = Arc::new(Self {
-            epoch,
-            links,
-            health,
-            clock,
-            config_json: ArcSwap::from_pointee(config_json),
-            gate_config: Mutex::new(config),
-            log: Mutex::new(Log {
-                version,
-                changes: VecDeque::new(),
-            }),
-            version: watch::Sender::new(version),
-            settings,
-            mark,
-            snapshots: AtomicU64::new(0),
-            last_snapshot: Mutex::new(Weak::new()),
-        });
+        let feed = Self::new(stores, config, settings, mark, None, clock);
+        feed.reload(feed.stores(), epoch, version);
+        feed.live.send_replace(true);
         let weak: Weak<Self> = Arc::downgrade(&feed);
-        feed.links.changes().set({
+        let stores = feed.stores();
+        stores.links.changes().set({
             let weak = weak.clone();
             move |credential| {
                 if let Some(feed) = weak.upgrade() {
@@ -223,7 +252,7 @@ impl GateStateFeed {
                 }
             }
         });
-        feed.health.changes().set(move |identity| {
+        stores.health.changes().set(move |identity| {
             if let Some(feed) = weak.upgrade() {
                 feed.record(Change::Identity(identity));
             }
@@ -231,9 +260,90 @@ impl GateStateFeed {
         feed
     }
 
-    /// The feed's epoch.
+    /// A feed that is not live until [`mirror`] has loaded a copy of the shared tier
+    /// and [reloaded](Self::reload) it.
+    pub fn for_shared_tier(config: GateConfig, settings: GateStateConfig, clock: Clock) -> Arc<Self> {
+        Self::new(
+            Stores::default(),
+            config,
+            settings,
+            None,
+            Some(AtomicU64::new(0)),
+            clock,
+        )
+    }
+
+    fn new(
+        stores: Stores,
+        config: GateConfig,
+        settings: GateStateConfig,
+        mark: Option<PathBuf>,
+        shared_base: Option<AtomicU64>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let config_json = encode_config(&config);
+        Arc::new(Self {
+            epoch: AtomicU64::new(0),
+            stores: ArcSwap::from_pointee(stores),
+            live: watch::Sender::new(false),
+            shared_base,
+            clock,
+            config_json: ArcSwap::from_pointee(config_json),
+            gate_config: Mutex::new(config),
+            log: Mutex::new(Log::default()),
+            version: watch::Sender::new(0),
+            settings,
+            mark,
+            snapshots: AtomicU64::new(0),
+            last_snapshot: Mutex::new(Weak::new()),
+        })
+    }
+
+    /// The feed's epoch (0 until a shared tier's copy is loaded).
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The stores read now.
+    pub fn stores(&self) -> Stores {
+        Stores::clone(&self.stores.load())
+    }
+
+    /// Whether the stores are known to be current.
+    pub fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// Marks the stores as known to be current, or not.
+    pub fn set_live(&self, live: bool) {
+        self.live.send_if_modified(|held| std::mem::replace(held, live) != live);
+    }
+
+    /// Waits until the stores are known to be current.
+    pub async fn until_live(&self) {
+        let _ = self.live.subscribe().wait_for(|live| *live).await;
+    }
+
+    /// Reads `stores` from now on, as of `version` of `epoch` (on the shared tier, the
+    /// hash of Redis's epoch marker, which the configuration is mixed into): followers
+    /// at an earlier version, or of another epoch, take a snapshot. Waits for a
+    /// snapshot being taken: call it off the runtime's workers.
+    pub fn reload(&self, stores: Stores, epoch: u64, version: u64) {
+        // In the order `snapshot` takes them.
+        let mut last = self.last_snapshot.lock();
+        let mut log = self.log.lock();
+        self.stores.store(Arc::new(stores));
+        let epoch = match &self.shared_base {
+            Some(base) => {
+                base.store(epoch, Ordering::Release);
+                mix(epoch, self.config_json.load().as_bytes())
+            }
+            None => epoch,
+        };
+        self.epoch.store(epoch, Ordering::Release);
+        *log = Log::at(version);
+        *last = Weak::new();
+        self.version.send_replace(version);
     }
 
     /// The latest version.
@@ -251,24 +361,32 @@ impl GateStateFeed {
         self.version.subscribe()
     }
 
-    /// Takes new issuer key sets (reloaded): followers get the configuration again.
+    /// Takes new issuer key sets (reloaded): followers get the configuration again — in
+    /// a delta, or on the shared tier (where versions are stream positions and none is
+    /// this instance's to take) in a snapshot of the new epoch the configuration makes.
     pub fn replace_issuers(&self, issuers: Vec<IssuerSpec>) {
         let mut config = self.gate_config.lock();
         config.issuers = issuers;
-        self.config_json.store(Arc::new(encode_config(&config)));
+        let config_json = encode_config(&config);
         drop(config);
-        self.record(Change::Config);
+        if *self.config_json.load_full() == config_json {
+            return;
+        }
+        self.config_json.store(Arc::new(config_json));
+        match &self.shared_base {
+            Some(base) => {
+                let version = self.current();
+                self.reload(self.stores(), base.load(Ordering::Acquire), version);
+            }
+            None => self.record(Change::Config),
+        }
     }
 
     /// Whether a follower at `from_version` of `epoch` can resume from the log (a
     /// follower without state sends epoch 0, which is never a feed's).
     pub fn resumable(&self, epoch: u64, from_version: u64) -> bool {
-        if epoch != self.epoch {
-            return false;
-        }
         let log = self.log.lock();
-        let oldest = log.changes.front().map_or(log.version + 1, |(v, _)| *v);
-        from_version <= log.version && from_version + 1 >= oldest
+        epoch != 0 && epoch == self.epoch() && log.resumable(from_version)
     }
 
     /// Snapshots taken so far.
@@ -284,15 +402,18 @@ impl GateStateFeed {
             return snapshot;
         }
         self.snapshots.fetch_add(1, Ordering::Relaxed);
-        let version = self.current();
+        let (epoch, version, stores) = {
+            let _log = self.log.lock();
+            (self.epoch(), self.current(), self.stores())
+        };
         let config_json = self.config_json.load_full();
         let now = self.clock.now();
-        let mut entries = Vec::with_capacity(self.links.len() * ridegate_core::gate_state::ENTRY_BYTES);
-        self.links.for_each_live(now, |credential, identity| {
-            self.entry(credential, identity).encode(&mut entries);
+        let mut entries = Vec::with_capacity(stores.links.len() * ridegate_core::gate_state::ENTRY_BYTES);
+        stores.links.for_each_live(now, |credential, identity| {
+            entry(&stores, credential, identity).encode(&mut entries);
         });
         let snapshot = Arc::new(Snapshot {
-            epoch: self.epoch,
+            epoch,
             version,
             config_json,
             entries,
@@ -301,18 +422,18 @@ impl GateStateFeed {
         snapshot
     }
 
-    /// The changes after `from_version`, at most `max` of them, read as the stores hold
-    /// them now; `None` when the log no longer holds them (the follower needs a
-    /// snapshot).
-    pub fn delta_after(&self, from_version: u64, max: usize) -> Option<Delta> {
-        let changes: Vec<(u64, Change)> = {
+    /// The changes after `from_version` of `epoch`, at most `max` of them, read as the
+    /// stores hold them now; `None` when the log no longer holds them, or the epoch has
+    /// changed (the follower needs a snapshot).
+    pub fn delta_after(&self, epoch: u64, from_version: u64, max: usize) -> Option<Delta> {
+        let (changes, stores): (Vec<(u64, Change)>, Stores) = {
             let log = self.log.lock();
-            let oldest = log.changes.front().map_or(log.version + 1, |(v, _)| *v);
-            if from_version + 1 < oldest || from_version > log.version {
+            if epoch != self.epoch() || !log.resumable(from_version) {
                 return None;
             }
-            let skip = usize::try_from(from_version + 1 - oldest).unwrap_or(usize::MAX);
-            log.changes.iter().skip(skip).take(max).copied().collect()
+            let skip = log.changes.partition_point(|(v, _)| *v <= from_version);
+            let changes = log.changes.iter().skip(skip).take(max).copied().collect();
+            (changes, self.stores())
         };
         let Some(&(version, _)) = changes.last() else {
             return Some(Delta {
@@ -328,7 +449,9 @@ impl GateStateFeed {
                 Change::Credential(c) => {
                     credentials.insert(c);
                 }
-                Change::Identity(i) => credentials.extend(self.links.links_of_now(&i, now).into_iter().map(|(c, _)| c)),
+                Change::Identity(i) => {
+                    credentials.extend(stores.links.links_of_now(&i, now).into_iter().map(|(c, _)| c))
+                }
                 Change::Config => config = true,
             }
         }
@@ -338,8 +461,8 @@ impl GateStateFeed {
             ..Delta::default()
         };
         for credential in credentials {
-            match self.links.resolve_now(&credential, now) {
-                Some(identity) => self.entry(credential, identity).encode(&mut delta.set),
+            match stores.links.resolve_now(&credential, now) {
+                Some(identity) => entry(&stores, credential, identity).encode(&mut delta.set),
                 None => delta.removed.extend_from_slice(&CredentialTag::of(&credential.0).0),
             }
         }
@@ -351,7 +474,7 @@ impl GateStateFeed {
     pub fn keep_mark(&self) {
         let Some(path) = &self.mark else { return };
         let mark = Mark {
-            epoch: self.epoch,
+            epoch: self.epoch(),
             version: self.log.lock().version,
             config: self.config_json.load().to_string(),
         };
@@ -367,24 +490,50 @@ impl GateStateFeed {
         }
     }
 
-    fn entry(&self, credential: CredentialId, identity: IdentityId) -> Entry {
-        Entry {
-            tag: CredentialTag::of(&credential.0),
-            status: self.health.get(&identity).as_ref().map(EntryStatus::of),
+    /// Records a change the embedded stores announced, at the next version.
+    fn record(&self, change: Change) {
+        let mut log = self.log.lock();
+        let version = log.version + 1;
+        self.append(&mut log, version, change);
+    }
+
+    /// Records a change to the copy of the shared tier at `version` (its stream
+    /// position), after it was applied to the copy; one at or below the floor the copy
+    /// was loaded at is already in it.
+    pub fn record_at(&self, version: u64, change: Change) {
+        let mut log = self.log.lock();
+        if version > log.version {
+            self.append(&mut log, version, change);
         }
     }
 
-    fn record(&self, change: Change) {
-        let mut log = self.log.lock();
-        log.version += 1;
-        let version = log.version;
+    fn append(&self, log: &mut Log, version: u64, change: Change) {
+        log.version = version;
         log.changes.push_back((version, change));
         while log.changes.len() > self.settings.log_capacity {
-            log.changes.pop_front();
+            if let Some((dropped, _)) = log.changes.pop_front() {
+                log.floor = dropped;
+            }
         }
         // Under the lock, so the announced version never goes back.
         self.version.send_replace(version);
     }
+}
+
+/// `credential`'s entry: its tag and its identity's status.
+fn entry(stores: &Stores, credential: CredentialId, identity: IdentityId) -> Entry {
+    Entry {
+        tag: CredentialTag::of(&credential.0),
+        status: stores.health.get(&identity).as_ref().map(EntryStatus::of),
+    }
+}
+
+/// `epoch` with `bytes` mixed in (FNV-1a), never 0: the same on every instance.
+pub(crate) fn mix(epoch: u64, bytes: &[u8]) -> u64 {
+    let hash = bytes.iter().fold(epoch, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash | 1
 }
 
 /// The configuration document gates are sent.
@@ -450,27 +599,27 @@ mod tests {
         }
     }
 
-    fn feed(capacity: usize, dir: Option<&Path>) -> (Arc<GateStateFeed>, Arc<MemoryLinks>, Arc<MemoryHealth>) {
-        let (links, health) = (Arc::new(MemoryLinks::default()), Arc::new(MemoryHealth::default()));
-        let config = GateConfig {
+    fn gate_config() -> GateConfig {
+        GateConfig {
             rules: Rules::default(),
             issuers: Vec::new(),
             limits: VerifierLimits::default(),
             credential_key: "00".repeat(16),
-        };
+        }
+    }
+
+    fn feed(capacity: usize, dir: Option<&Path>) -> (Arc<GateStateFeed>, Arc<MemoryLinks>, Arc<MemoryHealth>) {
+        let (links, health) = (Arc::new(MemoryLinks::default()), Arc::new(MemoryHealth::default()));
+        let config = gate_config();
         let settings = GateStateConfig {
             log_capacity: capacity,
             ..GateStateConfig::default()
         };
-        let feed = GateStateFeed::start(
-            links.clone(),
-            health.clone(),
-            config,
-            settings,
-            dir,
-            true,
-            Clock::manual(NOW),
-        );
+        let stores = Stores {
+            links: links.clone(),
+            health: health.clone(),
+        };
+        let feed = GateStateFeed::start(stores, config, settings, dir, true, Clock::manual(NOW));
         (feed, links, health)
     }
 
@@ -497,7 +646,7 @@ mod tests {
         health.put(IdentityId([7; 16]), status(Colour::Red, 2));
         links.unlink_now(&CredentialId([2; 16]));
         assert!(feed.resumable(feed.epoch(), 3));
-        let delta = feed.delta_after(3, 100).unwrap();
+        let delta = feed.delta_after(feed.epoch(), 3, 100).unwrap();
         assert_eq!(delta.version, 5);
         let set = entries(&delta.set);
         assert_eq!(set.len(), 1);
@@ -505,12 +654,12 @@ mod tests {
         assert_eq!(set[0].status.unwrap().colour, Colour::Red);
         assert_eq!(Entry::decode_tags(&delta.removed).unwrap(), [CredentialTag([2; 8])]);
         // Current: an empty delta at the same version.
-        assert_eq!(feed.delta_after(5, 100).unwrap().version, 5);
+        assert_eq!(feed.delta_after(feed.epoch(), 5, 100).unwrap().version, 5);
         // A follower without state (epoch 0), another epoch, or a version from the
         // future is not resumed.
         assert!(!feed.resumable(0, 0));
         assert!(!feed.resumable(feed.epoch() ^ 2, 3));
-        assert!(feed.delta_after(9, 100).is_none());
+        assert!(feed.delta_after(feed.epoch(), 9, 100).is_none());
     }
 
     #[test]
@@ -539,7 +688,7 @@ mod tests {
         let snapshot = feed.snapshot();
         assert_eq!(snapshot.version, 0);
         assert!(feed.resumable(snapshot.epoch, snapshot.version));
-        assert_eq!(feed.delta_after(0, 10).unwrap().version, 0);
+        assert_eq!(feed.delta_after(feed.epoch(), 0, 10).unwrap().version, 0);
     }
 
     #[test]
@@ -551,10 +700,78 @@ mod tests {
         // Versions 3 and 4 are kept: a follower at 2 resumes, one at 1 cannot.
         assert!(feed.resumable(feed.epoch(), 2));
         assert!(!feed.resumable(feed.epoch(), 1));
-        assert!(feed.delta_after(1, 10).is_none());
-        assert_eq!(entries(&feed.delta_after(2, 10).unwrap().set).len(), 2);
+        assert!(feed.delta_after(feed.epoch(), 1, 10).is_none());
+        assert_eq!(entries(&feed.delta_after(feed.epoch(), 2, 10).unwrap().set).len(), 2);
         // At most `max` changes per delta.
-        assert_eq!(feed.delta_after(2, 1).unwrap().version, 3);
+        assert_eq!(feed.delta_after(feed.epoch(), 2, 1).unwrap().version, 3);
+    }
+
+    #[test]
+    fn a_copy_of_the_shared_tier_is_followed_at_stream_positions() {
+        let settings = GateStateConfig {
+            log_capacity: 2,
+            ..GateStateConfig::default()
+        };
+        let feed = GateStateFeed::for_shared_tier(gate_config(), settings, Clock::manual(NOW));
+        assert!(!feed.is_live());
+        assert!(
+            !feed.resumable(0, 0),
+            "nothing to resume from before the copy is loaded"
+        );
+
+        let stores = Stores::default();
+        stores.links.link_now(CredentialId([1; 16]), &link(1)).unwrap();
+        feed.reload(stores.clone(), 77, 1000);
+        let epoch = feed.epoch();
+        assert_eq!(
+            epoch,
+            mix(77, encode_config(&gate_config()).as_bytes()),
+            "marker and config"
+        );
+        assert_eq!(feed.current(), 1000);
+        assert!(
+            feed.resumable(epoch, 1000) && !feed.resumable(epoch, 999),
+            "the copy's floor"
+        );
+
+        // Changes at their (sparse) positions; one at or below the last is in the copy.
+        stores.health.put(IdentityId([1; 16]), status(Colour::Red, 1));
+        feed.record_at(1500, Change::Identity(IdentityId([1; 16])));
+        feed.record_at(900, Change::Identity(IdentityId([1; 16])));
+        assert_eq!(feed.current(), 1500);
+        let delta = feed.delta_after(epoch, 1000, 10).unwrap();
+        assert_eq!(delta.version, 1500);
+        assert_eq!(entries(&delta.set)[0].status.unwrap().colour, Colour::Red);
+        // A follower between two positions resumes: it missed nothing.
+        assert_eq!(feed.delta_after(epoch, 1499, 10).unwrap().version, 1500);
+        assert!(feed.delta_after(epoch ^ 2, 1499, 10).is_none(), "another epoch");
+
+        // The log keeps two changes: the floor rises to the first one dropped.
+        feed.record_at(1600, Change::Credential(CredentialId([1; 16])));
+        feed.record_at(1700, Change::Credential(CredentialId([1; 16])));
+        assert!(!feed.resumable(epoch, 1499));
+        assert!(feed.resumable(epoch, 1500));
+        assert_eq!(feed.delta_after(epoch, 1500, 10).unwrap().version, 1700);
+
+        // New issuer keys: no version of this instance's own, but a new epoch (the
+        // configuration is in it), so followers take a snapshot with the new keys.
+        feed.replace_issuers(gate_config().issuers);
+        assert!(feed.resumable(epoch, 1500), "the same keys: nothing changes");
+        feed.replace_issuers(vec![IssuerSpec {
+            id: "alipay".into(),
+            name: "Alipay".into(),
+            keys: Vec::new(),
+            settings: Default::default(),
+        }]);
+        assert_eq!(feed.current(), 1700);
+        assert!(!feed.resumable(epoch, 1700));
+        feed.record_at(1701, Change::Credential(CredentialId([1; 16])));
+        assert_eq!(feed.current(), 1701);
+
+        // A copy loaded again (after a gap): followers of the old one take a snapshot.
+        feed.reload(Stores::default(), 77, 5000);
+        assert!(!feed.resumable(feed.epoch(), 1701));
+        assert_eq!(feed.snapshot().entries.len(), 0);
     }
 
     #[test]
