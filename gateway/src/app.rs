@@ -368,7 +368,7 @@ impl App {
             import
                 .run(&tier, &self.links, &self.status_source, deadline)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .context("the start-up import into the shared tier")?;
             tier.set_importing(false);
         }
         Ok(())

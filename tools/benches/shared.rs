@@ -6,7 +6,8 @@
 //! - propagation: two real `ridegate` processes on one Redis; a status pushed through one
 //!   until the other's next decision shows it, repeated, as percentiles.
 //!
-//! `cargo bench -p ridegate-tools --bench shared`.
+//! `cargo bench -p ridegate-tools --bench shared` (`RIDEGATE_BENCH_NO_COPY=1`: the
+//! instances keep no copy of the tier for offline gates, `[gate_state] shared = false`).
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 
@@ -23,7 +24,7 @@ use ridegate_core::credential::{CardMedium, CardNumber, Credential};
 use ridegate_core::decision::{GateContext, GateRequest};
 use ridegate_core::model::{Direction, UnixMillis, Verdict};
 use ridegate_proto::pb;
-use support::{Callers, Redis};
+use support::{Callers, Redis, metric};
 use tokio::time::Instant;
 
 mod support;
@@ -163,20 +164,41 @@ async fn latency(dir: &std::path::Path, redis: &Redis) {
     );
 }
 
-fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &Callers) -> (Child, String) {
+/// A ridegate process, killed when dropped (a failed assertion included).
+struct Instance(Child);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts an instance on `redis`; the copy offline gates follow is kept unless
+/// `RIDEGATE_BENCH_NO_COPY` is set (to measure what the copy costs).
+fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &Callers) -> (Instance, String) {
     let ready = dir.join(format!("{name}.ready"));
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
             "[identity]\nsecret = \"{SECRET}\"\n{}[health]\nfeed_enabled = true\n\
-             [redis]\nurl = \"redis://127.0.0.1:{redis}\"\n[audit]\npath = \"/dev/null\"\n[log]\nfilter = \"warn\"\n",
-            callers.config_line()
+             [redis]\nurl = \"redis://127.0.0.1:{redis}\"\n[audit]\npath = \"/dev/null\"\n[log]\nfilter = \"warn\"\n\
+             [gate_state]\nshared = {}\n",
+            callers.config_line(),
+            std::env::var_os("RIDEGATE_BENCH_NO_COPY").is_none()
         ),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ridegate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
         .arg("--ready-file")
         .arg(&ready)
@@ -188,13 +210,21 @@ fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &Calle
         std::thread::sleep(Duration::from_millis(20));
     }
     let addr: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
-    (child, format!("http://{}", addr["addr"].as_str().unwrap()))
+    let admin = addr["admin"].as_str().unwrap().to_owned();
+    // Measured once the copy for offline gates is loaded and has caught up (its
+    // start-up replay would be measured otherwise).
+    let copy = std::env::var_os("RIDEGATE_BENCH_NO_COPY").is_none();
+    while copy && metric(&admin, "ridegate_gate_state_live") != Some(1) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the copy never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Instance(child), format!("http://{}", addr["addr"].as_str().unwrap()))
 }
 
 async fn propagation(dir: &std::path::Path, redis: &Redis) {
     let callers = Callers::new(dir);
-    let (mut a, a_url) = spawn_ridegate(dir, "a", redis.1, &callers);
-    let (mut b, b_url) = spawn_ridegate(dir, "b", redis.1, &callers);
+    let (_a, a_url) = spawn_ridegate(dir, "a", redis.1, &callers);
+    let (_b, b_url) = spawn_ridegate(dir, "b", redis.1, &callers);
     let connect = |url: String| async move {
         tonic::transport::Channel::from_shared(url)
             .unwrap()
@@ -250,8 +280,6 @@ async fn propagation(dir: &std::path::Path, redis: &Redis) {
         percentile(took.clone(), 0.99),
         percentile(took, 1.0)
     );
-    let _ = a.kill();
-    let _ = b.kill();
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use ridegate_adapters::health::{MemoryHealth, RedisHealth};
 use ridegate_adapters::ids::{CredentialId, IdentityId};
 use ridegate_adapters::link::{MemoryLinks, RedisLinks, SecondCard};
+use ridegate_adapters::shared::bulk::BulkReader;
 use ridegate_adapters::shared::changes::{Change as Shared, ChangeReader, StreamPosition};
 use ridegate_adapters::shared::{SharedError, SharedTier};
 
@@ -119,6 +120,8 @@ async fn copy_and_follow(feed: &Arc<GateStateFeed>, source: &Source) -> Result<s
     tokio::task::spawn_blocking(move || reloaded.reload(copy, epoch, floor.as_version()))
         .await
         .map_err(|_| Stopped::Gap)?;
+    // One bulk connection for reading back what the stream names.
+    let mut bulk = source.links.bulk_reader().await?;
     let mut backoff = Duration::from_millis(100);
     loop {
         let changes = match reader.next().await {
@@ -134,7 +137,7 @@ async fn copy_and_follow(feed: &Arc<GateStateFeed>, source: &Source) -> Result<s
         };
         backoff = Duration::from_millis(100);
         let caught_up = changes.len() < READ_BATCH;
-        apply(feed, source, &stores, changes).await?;
+        apply(feed, source, &mut bulk, &stores, changes).await?;
         feed.set_live(caught_up && source.tier.is_up());
     }
 }
@@ -165,6 +168,7 @@ async fn load(source: &Source) -> Result<Stores, SharedError> {
 async fn apply(
     feed: &GateStateFeed,
     source: &Source,
+    bulk: &mut BulkReader,
     stores: &Stores,
     changes: Vec<(StreamPosition, Shared)>,
 ) -> Result<(), Stopped> {
@@ -177,10 +181,9 @@ async fn apply(
         .collect();
     let mut linked = std::collections::HashMap::new();
     if !credentials.is_empty() {
-        let mut reader = source.links.bulk_reader().await?;
-        let records = source.links.read_many(&mut reader, &credentials).await?;
+        let records = source.links.read_many(bulk, &credentials).await?;
         let identities: Vec<IdentityId> = records.iter().flatten().map(|r| r.identity).collect();
-        let statuses = source.health.read_many(&mut reader, &identities).await?;
+        let statuses = source.health.read_many(bulk, &identities).await?;
         for (identity, status) in identities.into_iter().zip(statuses) {
             if let Some(status) = status {
                 stores.health.put(identity, status);

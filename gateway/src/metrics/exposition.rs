@@ -101,6 +101,12 @@ impl Collector for Sources {
                 "The gate state feed's latest version.",
                 feed.current(),
             )?;
+            gauge(
+                &mut out,
+                names::GATE_STATE_LIVE,
+                "1 while the gate state feed's stores are known to be current (no heartbeat to gates otherwise).",
+                u64::from(feed.is_live()),
+            )?;
             counter(
                 &mut out,
                 names::GATE_STATE_SNAPSHOTS,

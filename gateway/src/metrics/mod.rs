@@ -38,6 +38,9 @@ pub mod names {
     pub const GATE_STATE_SNAPSHOTS: &str = "ridegate_gate_state_snapshots_total";
     /// Gauge: the gate state feed's latest version.
     pub const GATE_STATE_VERSION: &str = "ridegate_gate_state_version";
+    /// Gauge: 1 while the gate state feed's stores are known to be current (on the
+    /// shared tier: the copy is loaded, Redis up, the stream caught up).
+    pub const GATE_STATE_LIVE: &str = "ridegate_gate_state_live";
     /// Counter: shadow-mode taps that enforcement would have refused.
     pub const SHADOW_REFUSALS: &str = "ridegate_shadow_refusals_total";
     /// Counter: requests rejected as malformed.

@@ -76,16 +76,7 @@ impl Ridegate {
 
     /// A metric from the admin port.
     pub(crate) fn metric(&self, name: &str) -> u64 {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(&self.admin).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .unwrap();
-        let mut page = String::new();
-        stream.read_to_string(&mut page).unwrap();
-        page.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name}"))
+        metric(&self.admin, name).unwrap_or_else(|| panic!("no {name}"))
     }
 
     /// Resident memory, from `/proc`.
@@ -177,6 +168,19 @@ impl Callers {
             .token(kind, "bench", None, Clock::System.now(), Duration::from_secs(3600))
             .unwrap()
     }
+}
+
+/// A gauge or counter from the admin port at `admin`, if it is there.
+pub(crate) fn metric(admin: &str, name: &str) -> Option<u64> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// `message` with `token` as its bearer.
