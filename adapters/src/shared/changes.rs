@@ -193,17 +193,6 @@ impl ChangeReader {
         }
     }
 
-    /// The oldest entry the stream keeps now.
-    pub async fn oldest(&mut self) -> Result<Option<StreamPosition>, SharedError> {
-        let mut connection = match self.connection.take() {
-            Some(connection) => connection,
-            None => self.tier.dedicated(Duration::from_secs(5))?,
-        };
-        let oldest = self.edge(&mut connection, "XRANGE", "-", "+").await;
-        self.connection = Some(connection);
-        oldest
-    }
-
     /// The position of the last entry returned; at first, where the reader started (the
     /// newest entry, or just before the oldest); `None` before it connected.
     pub fn position(&self) -> Option<StreamPosition> {

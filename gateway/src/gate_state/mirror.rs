@@ -103,12 +103,8 @@ async fn copy_and_follow(feed: &Arc<GateStateFeed>, source: &Source) -> Result<s
     if !trusted(&source.tier).await {
         return Err(Stopped::Untrusted);
     }
-    // Entries trimmed while the keys were walked will not be read: followers from
-    // before the oldest one left take a snapshot.
-    let floor = reader
-        .oldest()
-        .await?
-        .map_or(start, |oldest| start.max(oldest.before()));
+    // Entries trimmed before they are read (the walk outlasted the stream's
+    // retention) are a gap the reader reports at its first read: loaded again.
     tracing::info!(
         links = stores.links.len(),
         statuses = stores.health.len(),
@@ -117,7 +113,7 @@ async fn copy_and_follow(feed: &Arc<GateStateFeed>, source: &Source) -> Result<s
     );
     // A snapshot being walked holds the feed's lock: wait for it off the workers.
     let (reloaded, copy) = (feed.clone(), stores.clone());
-    tokio::task::spawn_blocking(move || reloaded.reload(copy, epoch, floor.as_version()))
+    tokio::task::spawn_blocking(move || reloaded.reload(copy, epoch, start.as_version()))
         .await
         .map_err(|_| Stopped::Gap)?;
     // One bulk connection for reading back what the stream names.

@@ -327,7 +327,8 @@ impl GateStateFeed {
     /// Reads `stores` from now on, as of `version` of `epoch` (on the shared tier, the
     /// hash of Redis's epoch marker, which the configuration is mixed into): followers
     /// at an earlier version, or of another epoch, take a snapshot. Waits for a
-    /// snapshot being taken: call it off the runtime's workers.
+    /// snapshot being taken (a walk of the stores, up to seconds at 10 M links): the
+    /// copy's loader calls it off the runtime's workers.
     pub fn reload(&self, stores: Stores, epoch: u64, version: u64) {
         // In the order `snapshot` takes them.
         let mut last = self.last_snapshot.lock();
