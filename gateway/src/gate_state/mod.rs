@@ -56,7 +56,7 @@ pub struct GateStateConfig {
     /// Entries per snapshot chunk (13 bytes each).
     pub chunk_entries: usize,
     /// On the shared tier: serve the feed from a copy of every link and linked status
-    /// in Redis, kept in each instance's memory (about 290 bytes per link, its status
+    /// in Redis, kept in each instance's memory (about 300 bytes per link, its status
     /// included). Off: `Follow` answers FAILED_PRECONDITION there.
     pub shared: bool,
 }
