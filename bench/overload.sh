@@ -64,7 +64,8 @@ start() {
 # shed ADMIN: the shed counters by kind, as "kind=n ..." (empty for a build without them)
 shed() {
   [ -n "$1" ] || return 0
-  curl -s "http://$1/metrics" | awk -F'[{}"= ]+' '/^ridegate_shed_calls_total\{/ { printf "%s=%s ", $3, $4 }'
+  curl -s "http://$1/metrics" | awk -F'[{}"= ]+' '/^ridegate_shed_calls_total\{/ { printf "%s=%s ", $3, $4 }
+    /^ridegate_answers_late_total / { printf "late=%s ", $2 }'
 }
 
 # run NAME ADDR PID ADMIN N : one timed run at N in flight
@@ -83,7 +84,7 @@ run() {
   sleep 1   # let the server settle between runs
 }
 
-# fields FILE: ok_per_s p99_ms deadline_exceeded resource_exhausted other_errors
+# fields FILE: ok_per_s p99_ms deadline_exceeded resource_exhausted other_errors slowest_ms tool_lag_max_ms
 fields() {
   jq -r '(.statusCodeDistribution.OK // 0) as $ok
     | [ ($ok / (.total / 1e9)),
@@ -91,7 +92,8 @@ fields() {
         (.statusCodeDistribution.DeadlineExceeded // 0),
         (.statusCodeDistribution.ResourceExhausted // 0),
         (.count - $ok - (.statusCodeDistribution.DeadlineExceeded // 0) - (.statusCodeDistribution.ResourceExhausted // 0)),
-        ((.slowest // 0) / 1e6) ] | @tsv' "$1"
+        ((.slowest // 0) / 1e6),
+        ((.clientLag.max // 0) / 1e6) ] | @tsv' "$1"
 }
 
 # shed_delta NAME KIND: how many of KIND the server shed during run NAME
@@ -150,6 +152,7 @@ table() { # SERVER LABEL
     done | median)
     p99=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f2; done | median)
     slowest=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f6; done | sort -g | tail -1)
+    lag=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f7; done | sort -g | tail -1)
     dl=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f3; done | awk '{s+=$1} END {print s+0}')
     re=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f4; done | awk '{s+=$1} END {print s+0}')
     other=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f5; done | awk '{s+=$1} END {print s+0}')
@@ -158,8 +161,10 @@ table() { # SERVER LABEL
       exits_shed=$(( exits_shed + $(shed_delta "$s-$n-$r" exit) ))
       entries_shed=$(( entries_shed + $(shed_delta "$s-$n-$r" card_entry) + $(shed_delta "$s-$n-$r" at_capacity) ))
     done
-    printf '| %s | %s | %.0f | %.2f | %.1f ms | %.0f ms | %s | %s | %s | %s / %s |\n' \
-      "$label" "$n" "$ok" "$ratio" "$p99" "$slowest" "$dl" "$re" "$other" "$exits_shed" "$entries_shed"
+    late=0
+    for r in $(seq 1 "$ROUNDS"); do late=$(( late + $(shed_delta "$s-$n-$r" late) )); done
+    printf '| %s | %s | %.0f | %.2f | %.1f ms | %.0f ms | %s | %s | %.0f ms | %s | %s | %s / %s |\n' \
+      "$label" "$n" "$ok" "$ratio" "$p99" "$slowest" "$dl" "$late" "$lag" "$re" "$other" "$exits_shed" "$entries_shed"
   done
 }
 
@@ -175,10 +180,13 @@ done | median)
   echo "deadline $TIMEOUT, up to $MAX_CONNS connections; $ROUNDS rounds of ${SECS} s, servers alternating; medians over rounds."
   echo "Pushback honoured by the load tool: $([ "$PUSHBACK" = 1 ] && echo yes || echo 'no (ghz-like)'). *Ratio*: OK answers/s over the"
   echo "same server's at $first in flight, per round, median. p99 and slowest are of OK answers (decided calls)."
-  echo "Deadline misses: calls the client gave up on at its deadline. Shed: exits / entries the server refused."
+  echo "Deadline misses: calls the client gave up on at its deadline. Answered late: answers the server had ready only after"
+  echo "the caller's deadline, timed from when the call came off its connection (ridegate_answers_late_total). Load tool's"
+  echo "lag: how late its own tasks were woken, worst of the rounds (its core busy; a call it timed late may not have been)."
+  echo "Shed: exits / entries the server refused."
   echo
-  echo "| build | in flight | OK answers/s | ratio | p99 | slowest | deadline misses | RESOURCE_EXHAUSTED | other errors | shed exits / entries |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| build | in flight | OK answers/s | ratio | p99 | slowest | deadline misses | answered late (server) | load tool's lag (max) | RESOURCE_EXHAUSTED | other errors | shed exits / entries |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   table rg "this build"
   [ -n "$BEFORE" ] && table old "before ($(basename "$(dirname "$BEFORE")")/$(basename "$BEFORE"))"
   echo

@@ -477,6 +477,9 @@ async fn beyond_max_in_flight_a_call_is_refused_with_a_retry_hint() {
     let hint = pushback(&status).unwrap_or_else(|| panic!("no grpc-retry-pushback-ms: {status:?}"));
     assert!((10..=2_000).contains(&hint), "{hint} ms");
     assert!(gateway.metric(&shed("at_capacity")).await >= 1.0);
+    // Operators see the hint the gates are given.
+    let shown = gateway.metric("ridegate_retry_hint_seconds").await;
+    assert!((shown * 1e3 - hint as f64).abs() < 1.0, "{shown} s against {hint} ms");
 
     // The stream is still served.
     tx.send(tap(card("1000000000000001")).id("still")).await.unwrap();

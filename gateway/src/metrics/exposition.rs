@@ -360,6 +360,11 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
             "Taps refused for their gate: another gate's certificate, none, or not as registered.",
             &m.gate_refusals,
         ),
+        (
+            names::ANSWERS_LATE,
+            "Gate answers ready only after the caller's own deadline, timed from arrival.",
+            &m.answers_late,
+        ),
     ] {
         counter(out, name, help, load(value))?;
     }
@@ -375,6 +380,13 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
         "Failed accepts on the gate port.",
         load(&m.accept_errors),
     )?;
+    out.encode_descriptor(
+        names::RETRY_HINT,
+        "The retry hint (grpc-retry-pushback-ms) the latest refusal carried.",
+        None,
+        MetricType::Gauge,
+    )?
+    .encode_gauge(&(load(&m.retry_hint_ns) as f64 / 1e9))?;
     gauge(
         out,
         names::CONNECTIONS_OPEN,

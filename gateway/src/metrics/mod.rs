@@ -126,6 +126,12 @@ pub mod names {
     /// `exit`, `retry`, `card_entry`, `code_entry`, or `at_capacity` (refused before
     /// the tap was read, `admission.max_in_flight` open).
     pub const SHED: &str = "ridegate_shed_calls_total";
+    /// Counter: gate answers ready only after the caller's own deadline (`grpc-timeout`,
+    /// timed from when the call came off its connection): the gate had given up.
+    pub const ANSWERS_LATE: &str = "ridegate_answers_late_total";
+    /// Gauge: the retry hint (`grpc-retry-pushback-ms`) the latest refusal carried, in
+    /// seconds.
+    pub const RETRY_HINT: &str = "ridegate_retry_hint_seconds";
     /// Gauge: connections open on the gate port.
     pub const CONNECTIONS_OPEN: &str = "ridegate_connections_open";
     /// Counter: connections closed at once, `server.max_connections` open.
@@ -199,6 +205,8 @@ pub struct Metrics {
     gate_refusals: AtomicU64,
     shed: [AtomicU64; Urgency::ALL.len()],
     shed_at_capacity: AtomicU64,
+    answers_late: AtomicU64,
+    retry_hint_ns: AtomicU64,
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     connections_closed: [AtomicU64; ConnectionClosed::ALL.len()],
@@ -221,6 +229,8 @@ impl Default for Metrics {
             gate_refusals: AtomicU64::new(0),
             shed: std::array::from_fn(|_| AtomicU64::new(0)),
             shed_at_capacity: AtomicU64::new(0),
+            answers_late: AtomicU64::new(0),
+            retry_hint_ns: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_closed: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -278,6 +288,17 @@ impl Metrics {
     /// Counts one gate call refused under overload after its tap was read.
     pub fn record_shed(&self, urgency: Urgency) {
         self.shed[urgency.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answer ready after its caller's deadline.
+    pub fn record_answer_late(&self) {
+        self.answers_late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the retry hint the latest refusal carried.
+    pub fn set_retry_hint(&self, hint: std::time::Duration) {
+        let ns = u64::try_from(hint.as_nanos()).unwrap_or(u64::MAX);
+        self.retry_hint_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Counts one gate call refused before its tap was read, at `max_in_flight`.

@@ -34,6 +34,11 @@
 //!    first bytes of its body, the prediction the time queued that 95 % of recent calls
 //!    stayed under), so that its refusal leaves before it waits behind the others; then
 //!    when its tap is decoded ([`Admission::admit`]).
+//!
+//! A refusal's retry hint adapts to the herd ([`Load::tally`]): a gate held back comes
+//! back after the hint, so the hint grows while refusals outnumber a tenth of the calls
+//! admitted, and shrinks once they are fewer — the server spends its time deciding, not
+//! refusing the same gates again and again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -61,6 +66,18 @@ const NO_QUEUE: Duration = Duration::from_millis(1);
 const FADE_HALF_LIFE: Duration = Duration::from_millis(100);
 /// The shortest and longest retry hint given with a refusal.
 const PUSHBACK: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
+/// How often the lag probe asks to be woken ([`Load::probe_lag`]).
+const LAG_TICK: Duration = Duration::from_millis(2);
+/// The timer's resolution: a task woken this late was woken on time.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+/// How often the retry hint is adapted to the refusals of the last period.
+const HINT_PERIOD: Duration = Duration::from_millis(100);
+/// Recent time queued below which the gates held back could be served: the retry
+/// hint comes down.
+const QUEUE_CLEARED: Duration = Duration::from_millis(5);
+/// Refusals per admitted call the retry hint aims for: a refusal costs the server about
+/// half what a decision does, so at this rate refusals take a few percent of its work.
+const REFUSALS_PER_ADMITTED: f64 = 0.1;
 
 /// A call refused so that the calls admitted can be answered in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +110,15 @@ struct Load {
     /// When `queued_ns` last had a sample, in ns after `epoch`: an estimate without
     /// fresh samples (every call refused at arrival) fades, so admission recovers.
     queued_at_ns: AtomicU64,
+    /// How late a woken task runs, on average: the time a call waits to be read once
+    /// its bytes have come, before the transport can stamp it.
+    lag_ns: AtomicU64,
+    /// The retry hint, in ns, adapted every [`HINT_PERIOD`] ([`Load::adapt_hint`]).
+    hint_ns: AtomicU64,
+    /// Calls admitted and refused since the period began at `period_ns` after `epoch`.
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    period_ns: AtomicU64,
     epoch: Instant,
 }
 
@@ -103,8 +129,84 @@ impl Load {
             queued_ns: AtomicU64::new(0),
             queued_p95_ns: AtomicU64::new(0),
             queued_at_ns: AtomicU64::new(0),
+            lag_ns: AtomicU64::new(0),
+            hint_ns: AtomicU64::new(nanos(PUSHBACK.0)),
+            admitted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            period_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// Measures how late a task asking to be woken every [`LAG_TICK`] runs, until the
+    /// load is dropped. A call's bytes wait about as long for its connection's task
+    /// to read them, a wait the transport's stamp cannot see.
+    async fn probe_lag(load: std::sync::Weak<Self>) {
+        let mut due = Instant::now() + LAG_TICK;
+        loop {
+            tokio::time::sleep_until(due).await;
+            let now = Instant::now();
+            let Some(load) = load.upgrade() else {
+                return;
+            };
+            ewma(&load.lag_ns, nanos((now - due).saturating_sub(TIMER_RESOLUTION)));
+            due = now + LAG_TICK;
+        }
+    }
+
+    /// How late a woken task runs, on average.
+    fn lag(&self) -> Duration {
+        Duration::from_nanos(self.lag_ns.load(Ordering::Relaxed))
+    }
+
+    /// Counts one call admitted or refused, and adapts the retry hint once a period.
+    ///
+    /// A refused gate comes back after the hint, so refusals per second are about the
+    /// gates held back divided by the hint: under a herd many times what the server
+    /// can decide, a hint of a few milliseconds has the server spend most of its time
+    /// refusing. So the hint grows by half each period in which refusals were more than
+    /// [`REFUSALS_PER_ADMITTED`] of the calls admitted, holds while calls still queue,
+    /// and shrinks by a quarter each period that ends with the queue cleared
+    /// ([`QUEUE_CLEARED`]): the gates held back come back once they can be served.
+    /// (Shrinking as soon as refusals fall would undo the hint before the gates it held
+    /// back have come back, and the herd would return at once.)
+    fn tally(&self, refused: bool) {
+        let counter = if refused { &self.refused } else { &self.admitted };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let now = nanos(self.epoch.elapsed());
+        let began = self.period_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(began) < nanos(HINT_PERIOD) {
+            return;
+        }
+        // Read before the period moves on: what faded while no call came stays faded.
+        let hint = nanos(self.hint());
+        if self
+            .period_ns
+            .compare_exchange(began, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let admitted = self.admitted.swap(0, Ordering::Relaxed) as f64;
+        let refused = self.refused.swap(0, Ordering::Relaxed) as f64;
+        let next = if refused > REFUSALS_PER_ADMITTED * admitted {
+            hint + hint / 2
+        } else if self.lag() + self.queued().0 < QUEUE_CLEARED {
+            hint - hint / 4
+        } else {
+            hint
+        };
+        self.hint_ns
+            .store(next.clamp(nanos(PUSHBACK.0), nanos(PUSHBACK.1)), Ordering::Relaxed);
+    }
+
+    /// The retry hint as last adapted, shrunk by a quarter for each period since in
+    /// which no call came at all: a herd long gone leaves no long hint behind.
+    fn hint(&self) -> Duration {
+        let since = nanos(self.epoch.elapsed()).saturating_sub(self.period_ns.load(Ordering::Relaxed));
+        let silent_periods = (since / nanos(HINT_PERIOD)).saturating_sub(1);
+        let hint = Duration::from_nanos(self.hint_ns.load(Ordering::Relaxed));
+        hint.mul_f64(0.75f64.powf(silent_periods as f64)).max(PUSHBACK.0)
     }
 
     fn note_queued(&self, queued: Duration) {
@@ -156,12 +258,19 @@ impl Admission {
         }
     }
 
+    /// Starts measuring the runtime's lag, counted in every prediction, for as long as
+    /// this admission lives.
+    pub fn spawn_lag_probe(&self) {
+        tokio::spawn(Load::probe_lag(Arc::downgrade(&self.load)));
+    }
+
     /// Opens a gate call, or refuses it when `max_in_flight` are open already. The
     /// call counts as open until the returned guard is dropped.
     pub fn open_call(&self) -> Result<OpenCall, Overloaded> {
         let open = self.load.open_calls.fetch_add(1, Ordering::AcqRel);
         if open >= self.config.max_in_flight {
             self.load.open_calls.fetch_sub(1, Ordering::AcqRel);
+            self.load.tally(true);
             self.metrics.record_shed_at_capacity();
             let overloaded = Overloaded {
                 retry_after: self.pushback(),
@@ -185,11 +294,16 @@ impl Admission {
         // Its answer waits about as long to leave as it waited to be looked at: twice
         // the wait is its time queued (whether or not its client reads the answer).
         self.load.note_queued(waited * 2);
-        let predicted = waited + self.load.queued().0;
-        if predicted <= NO_QUEUE {
-            return Ok(());
+        let predicted = self.load.lag() + waited + self.load.queued().0;
+        let judged = if predicted <= NO_QUEUE {
+            Ok(())
+        } else {
+            self.judge(urgency(), predicted, answer_by.saturating_duration_since(arrived))
+        };
+        if judged.is_ok() {
+            self.load.tally(false);
         }
-        self.judge(urgency(), predicted, answer_by.saturating_duration_since(arrived))
+        judged
     }
 
     /// The gatekeeper, run in a call's connection task as it arrives: while calls are
@@ -200,8 +314,9 @@ impl Admission {
     pub fn at_arrival(&self, request: &mut http::Request<Peeked>) -> Option<Response> {
         // Judged by the slow end of recent calls: a call admitted now must make its
         // deadline even if it waits as long as they did.
-        let (mean, queued) = self.load.queued();
-        if mean <= NO_QUEUE || request.uri().path() != AUTHORIZE {
+        let (mean, p95) = self.load.queued();
+        let lag = self.load.lag();
+        if lag + mean <= NO_QUEUE || request.uri().path() != AUTHORIZE {
             return None;
         }
         let timeout = request
@@ -211,7 +326,7 @@ impl Admission {
         let tap = peek_tap(request.body_mut().peek()?)?;
         let now = Instant::now();
         let answer_by = self.deadlines.answer_by(now, timeout, tap.budget);
-        let refused = self.judge(tap.urgency, queued, answer_by.saturating_duration_since(now));
+        let refused = self.judge(tap.urgency, lag + p95, answer_by.saturating_duration_since(now));
         refused.err().map(|overloaded| Status::from(overloaded).into_http())
     }
 
@@ -224,6 +339,7 @@ impl Admission {
             Urgency::CodeEntry => self.config.code_share,
         };
         if predicted > NO_QUEUE && predicted > budget.mul_f64(share) {
+            self.load.tally(true);
             self.metrics.record_shed(urgency);
             let overloaded = Overloaded {
                 retry_after: self.pushback(),
@@ -234,11 +350,17 @@ impl Admission {
         Ok(())
     }
 
-    /// The retry hint: twice the recent time queued (about how long the backlog takes
-    /// to clear), within [`PUSHBACK`]. Longer hints were measured to leave the server
-    /// idle while the gates wait (bench/overload.sh, BENCHMARKS.md).
+    /// The retry hint: the hint adapted to recent refusals ([`Load::tally`]), and at
+    /// least twice the recent time queued (about how long the backlog takes to clear),
+    /// within [`PUSHBACK`].
     fn pushback(&self) -> Duration {
-        (self.load.queued().0 * 2).clamp(PUSHBACK.0, PUSHBACK.1)
+        let pushback = self
+            .load
+            .hint()
+            .max(self.load.queued().0 * 2)
+            .clamp(PUSHBACK.0, PUSHBACK.1);
+        self.metrics.set_retry_hint(pushback);
+        pushback
     }
 
     fn note(&self, urgency: Option<Urgency>, overloaded: Overloaded) {
@@ -496,6 +618,53 @@ mod tests {
             mean < Duration::from_millis(1) && p95 < Duration::from_millis(1),
             "{mean:?} {p95:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_hint_grows_while_refusals_outnumber_admissions_and_shrinks_after() {
+        let a = admission(10);
+        let period = |refused: u32, admitted: u32, queued_ms: u64| {
+            a.load.note_queued(Duration::from_millis(queued_ms));
+            for _ in 0..refused {
+                a.load.tally(true);
+            }
+            for _ in 0..admitted {
+                a.load.tally(false);
+            }
+        };
+        let mut hints = vec![a.load.hint()];
+        for _ in 0..20 {
+            tokio::time::advance(HINT_PERIOD).await;
+            period(100, 100, 150);
+            hints.push(a.load.hint());
+        }
+        assert!(hints.windows(2).all(|w| w[1] >= w[0]), "{hints:?}");
+        assert_eq!(a.load.hint(), PUSHBACK.1);
+        assert!(a.pushback() <= PUSHBACK.1);
+        // Few refusals while calls still queue: the gates held back have not all come
+        // back yet, and the hint holds.
+        for _ in 0..20 {
+            tokio::time::advance(HINT_PERIOD).await;
+            period(0, 100, 150);
+        }
+        assert_eq!(a.load.hint(), PUSHBACK.1);
+        // The queue clears: the hint comes down to its floor within seconds.
+        for _ in 0..30 {
+            tokio::time::advance(HINT_PERIOD).await;
+            for _ in 0..64 {
+                a.load.note_queued(Duration::ZERO);
+            }
+            period(0, 100, 0);
+        }
+        assert_eq!(a.load.hint(), PUSHBACK.0);
+        // And a server that no call reaches forgets a herd too.
+        for _ in 0..20 {
+            tokio::time::advance(HINT_PERIOD).await;
+            period(100, 1, 150);
+        }
+        assert_eq!(a.load.hint(), PUSHBACK.1);
+        tokio::time::advance(HINT_PERIOD * 30).await;
+        assert_eq!(a.load.hint(), PUSHBACK.0);
     }
 
     #[tokio::test(start_paused = true)]

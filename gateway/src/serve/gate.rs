@@ -148,10 +148,13 @@ impl pb::gate_server::Gate for GateService {
         let peer = request.extensions().get::<Peer>().cloned();
         let span = tracing::debug_span!("authorize");
         let _guard = span.enter();
-        Ok(Response::new(
-            self.decide(request.into_inner(), peer.as_ref(), received, timeout)
-                .await?,
-        ))
+        let answer = self
+            .decide(request.into_inner(), peer.as_ref(), received, timeout)
+            .await?;
+        if timeout.is_some_and(|timeout| received.elapsed() > timeout) {
+            self.authorizer.metrics().record_answer_late();
+        }
+        Ok(Response::new(answer))
     }
 
     type TapsStream = TapStream;

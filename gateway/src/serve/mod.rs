@@ -76,6 +76,7 @@ impl Services {
             deadlines,
             app.authorizer.metrics().clone(),
         ));
+        admission.spawn_lag_probe();
         let gates = gates::GateAdmission::new(app.config.server.tls.mutual(), app.config.gates.clone());
         let gate = gate::GateService::new(
             app.authorizer.clone(),

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 pub use client::Tls;
@@ -91,6 +92,8 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
     let started_at = SystemTime::now();
     let started = Instant::now();
     let end = options.duration.map(|d| started + d);
+    let done = Arc::new(tokio::sync::Notify::new());
+    let lag = tokio::spawn(own_lag(done.clone()));
     let workers: Vec<_> = (0..options.concurrency)
         .map(|w| {
             let slot = w % connections.len();
@@ -155,6 +158,8 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
         finished.push(worker.await.context("a load worker failed")?);
     }
     let total = started.elapsed();
+    done.notify_one();
+    let own_lag = lag.await.context("the lag probe failed")?;
     let server_cpu = since(server_before, options.server_pid.and_then(cpu_time));
     let client_cpu = since(client_before, cpu_time(std::process::id()));
     let end_reason = [Stop::RanOut, Stop::Time, Stop::Count]
@@ -173,9 +178,31 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
         total,
         server_cpu,
         client_cpu,
+        own_lag,
         signature_checks: templates.signature_checks.clone(),
     };
     Ok(Report::new(tally, facts))
+}
+
+/// How often the lag probe asks to be woken.
+const LAG_TICK: Duration = Duration::from_millis(5);
+
+/// The tool's own scheduling lag, until `done`: how late a task asking to be woken every
+/// [`LAG_TICK`] was woken. A busy load tool is late to read its answers too; a call it
+/// timed past its deadline may have been answered in time.
+async fn own_lag(done: Arc<tokio::sync::Notify>) -> Histogram<u64> {
+    let mut lags = Histogram::new(3).expect("3 significant digits are supported");
+    let mut due = Instant::now() + LAG_TICK;
+    loop {
+        tokio::select! {
+            () = done.notified() => return lags,
+            () = tokio::time::sleep_until(due) => {}
+        }
+        let late = Instant::now().saturating_duration_since(due);
+        // The histogram grows to hold any lag, so recording cannot fail.
+        let _ = lags.record(u64::try_from(late.as_nanos()).unwrap_or(u64::MAX).max(1));
+        due = Instant::now() + LAG_TICK;
+    }
 }
 
 /// How long a worker waits after finding its connection broken.
@@ -250,4 +277,35 @@ impl Stop {
 /// The CPU time a process spent between two readings, if both were taken.
 fn since(before: Option<Duration>, now: Option<Duration>) -> Option<Duration> {
     Some(now?.saturating_sub(before?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_lag_probe_samples_until_told_to_stop() {
+        let done = Arc::new(tokio::sync::Notify::new());
+        let probe = tokio::spawn(own_lag(done.clone()));
+        tokio::time::sleep(LAG_TICK * 10).await;
+        done.notify_one();
+        let lags = tokio::time::timeout(Duration::from_secs(5), probe)
+            .await
+            .expect("the probe stops")
+            .unwrap();
+        assert!(lags.len() >= 3, "{} samples", lags.len());
+        // Blocking the runtime's thread shows as lag.
+        let done = Arc::new(tokio::sync::Notify::new());
+        let probe = tokio::spawn(own_lag(done.clone()));
+        tokio::task::yield_now().await;
+        std::thread::sleep(LAG_TICK * 10);
+        tokio::time::sleep(LAG_TICK * 2).await;
+        done.notify_one();
+        let lags = probe.await.unwrap();
+        assert!(lags.max() >= nanos_of(LAG_TICK * 5), "max {} ns", lags.max());
+    }
+
+    fn nanos_of(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap()
+    }
 }

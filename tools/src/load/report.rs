@@ -145,8 +145,35 @@ pub struct Report {
     pub server_cpu_per_request_micros: Option<f64>,
     /// The load tool's own CPU time per call, µs.
     pub client_cpu_per_request_micros: Option<f64>,
+    /// How late the load tool's own tasks were woken (its core busy): calls it timed
+    /// late by up to this much may have been answered in time.
+    pub client_lag: ClientLag,
     /// The bare signature check of each kind of ride code sent, measured by the tool.
     pub signature_checks: Vec<SignatureCheck>,
+}
+
+/// The load tool's own scheduling lag, ns.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ClientLag {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// The worst.
+    pub max: u64,
+}
+
+impl ClientLag {
+    fn of(lags: &Histogram<u64>) -> Self {
+        if lags.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: lags.value_at_quantile(0.5),
+            p99: lags.value_at_quantile(0.99),
+            max: lags.max(),
+        }
+    }
 }
 
 /// What a run measured besides the tally.
@@ -158,6 +185,7 @@ pub(super) struct RunFacts {
     pub total: Duration,
     pub server_cpu: Option<Duration>,
     pub client_cpu: Option<Duration>,
+    pub own_lag: Histogram<u64>,
     pub signature_checks: Vec<SignatureCheck>,
 }
 
@@ -273,6 +301,7 @@ impl Report {
             reasons: tally.reasons.into_iter().map(|(r, n)| (reason_name(r), n)).collect(),
             server_cpu_per_request_micros: per_call(facts.server_cpu),
             client_cpu_per_request_micros: per_call(facts.client_cpu),
+            client_lag: ClientLag::of(&facts.own_lag),
             signature_checks: facts.signature_checks,
         }
     }
@@ -345,6 +374,14 @@ impl Report {
                 let _ = writeln!(out, "  load tool\t{us:.1} µs");
             }
         }
+        let lag = self.client_lag;
+        let _ = writeln!(
+            out,
+            "\nLoad tool's own scheduling lag: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lag.p50 as f64 / 1e6,
+            lag.p99 as f64 / 1e6,
+            lag.max as f64 / 1e6
+        );
         if !self.signature_checks.is_empty() {
             let _ = writeln!(out, "\nBare signature check (measured by the load tool):");
             for check in &self.signature_checks {
@@ -406,6 +443,7 @@ mod tests {
                 total: Duration::from_secs(1),
                 server_cpu: Some(Duration::from_millis(101)),
                 client_cpu: None,
+                own_lag: Histogram::new(3).unwrap(),
                 signature_checks: Vec::new(),
             },
         );
