@@ -24,11 +24,13 @@ INFLIGHT=${INFLIGHT:-"64 1000 4000 10000"}
 TIMEOUT=${TIMEOUT:-200ms}
 MAX_CONNS=${MAX_CONNS:-200}   # connections the load spreads over (as in issue 14's table)
 PUSHBACK=${PUSHBACK:-1}
+PROBE_RPS=${PROBE_RPS:-200}   # taps/s of the one gate measured amid the herd
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BEFORE=${BEFORE:-}
 OUT=${OUT:-BENCHMARKS.md}
 
+[ "$SECS" -ge 4 ] || { echo "bench/overload.sh: SECS must be at least 4 (the probe gate runs SECS-2)" >&2; exit 2; }
 need() { command -v "$1" >/dev/null || { echo "bench/overload.sh needs $1: $2" >&2; exit 2; }; }
 need h2load "apt-get install -y nghttp2-client"
 need jq "apt-get install -y jq"
@@ -78,7 +80,15 @@ run() {
   before=$(shed "$admin")
   taskset -c "$LOAD_CORE" "$B" load "$addr" --population "$WORK/pop" --mix cards --exits 0.1 --yellow 0 --red 0 \
     --unlinked 0 --forged 0 -z "${SECS}s" -c "$n" --connections "$conns" -t "$TIMEOUT" --server-pid "$pid" \
-    -O json -o "$WORK/$name.json" ${extra[@]+"${extra[@]}"} 2>>"$WORK/load.log" || true
+    -O json -o "$WORK/$name.json" ${extra[@]+"${extra[@]}"} 2>>"$WORK/load.log" &
+  local herd=$!
+  # One gate amid the herd: a process of its own, so that what it times is the server's
+  # answer and not the herd tool's own backlog.
+  sleep 1
+  taskset -c "$LOAD_CORE" "$B" load "$addr" --population "$WORK/pop" --mix cards --exits 0.1 --yellow 0 --red 0 \
+    --unlinked 0 --forged 0 -z "$((SECS - 2))s" -c 4 --connections 4 -r "$PROBE_RPS" -t "$TIMEOUT" \
+    -O json -o "$WORK/$name.probe.json" ${extra[@]+"${extra[@]}"} 2>>"$WORK/load.log" || true
+  wait "$herd" || true
   after=$(shed "$admin")
   echo "$before" >"$WORK/$name.shed-before"; echo "$after" >"$WORK/$name.shed-after"
   sleep 1   # let the server settle between runs
@@ -109,11 +119,16 @@ log "population: $RIDERS riders"
 "$B" load --write-body "$WORK/body.bin"
 
 start baseline "$B" baseline --listen 127.0.0.1:0
-BASE_ADDR=$ADDR
+BASE_ADDR=$ADDR BASE_PID=$PID
 start ridegate "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --data-dir "$WORK/data"
 RG_ADDR=$ADDR RG_PID=$PID RG_ADMIN=$ADMIN
 taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
+# The same in memory (--ephemeral): the card rate against the empty handler as the issue
+# quoted it, before durable state was the default.
+start mem "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ephemeral
+MEM_ADDR=$ADDR MEM_PID=$PID MEM_ADMIN=$ADMIN
+taskset -c "$LOAD_CORE" "$B" load "$MEM_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
 SERVERS=(rg)
 if [ -n "$BEFORE" ]; then
   start before "$BEFORE" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
@@ -129,6 +144,8 @@ for r in $(seq 1 "$ROUNDS"); do
   taskset -c "$LOAD_CORE" h2load -D "$SECS" -c 64 -m 1 -t 1 -d "$WORK/body.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' "http://$BASE_ADDR/ridegate.v1.Gate/Authorize" \
     >"$WORK/h2load-$r.txt" 2>&1
+  run "mem-$r" "$MEM_ADDR" "$MEM_PID" "$MEM_ADMIN" "${INFLIGHT%% *}"
+  run "base-$r" "$BASE_ADDR" "$BASE_PID" "" "${INFLIGHT%% *}"
   for n in $INFLIGHT; do
     # Alternate which server goes first, round by round.
     order=("${SERVERS[@]}"); [ $((r % 2)) -eq 0 ] && order=($(printf '%s\n' "${SERVERS[@]}" | tac))
@@ -163,14 +180,42 @@ table() { # SERVER LABEL
     done
     late=0
     for r in $(seq 1 "$ROUNDS"); do late=$(( late + $(shed_delta "$s-$n-$r" late) )); done
+    grep -q "late=" "$WORK/$s-$n-1.shed-after" || late="n/a"   # a build without the counter
     printf '| %s | %s | %.0f | %.2f | %.1f ms | %.0f ms | %s | %s | %.0f ms | %s | %s | %s / %s |\n' \
       "$label" "$n" "$ok" "$ratio" "$p99" "$slowest" "$dl" "$late" "$lag" "$re" "$other" "$exits_shed" "$entries_shed"
+  done
+}
+
+# probe_table SERVER LABEL: what one gate amid the herd saw, summed over rounds
+probe_table() {
+  local s=$1 label=$2
+  for n in $INFLIGHT; do
+    local files=() r
+    for r in $(seq 1 "$ROUNDS"); do files+=("$WORK/$s-$n-$r.probe.json"); done
+    jq -rs --arg build "$label" --arg n "$n" '
+      (map(.statusCodeDistribution.OK // 0) | add) as $ok
+      | (map(.count) | add) as $count
+      | (map(.statusCodeDistribution.ResourceExhausted // 0) | add) as $refused
+      | (map(.statusCodeDistribution.DeadlineExceeded // 0) | add) as $missed
+      | (map(.slowest // 0) | max / 1e6) as $slowest
+      | (map(.clientLag.max // 0) | max / 1e6) as $lag
+      | "| \($build) | \($n) | \($count) | \($ok) | \($refused) | \($missed) | \($count - $ok - $refused - $missed) | \($slowest | floor) ms | \($lag | floor) ms |"' \
+      "${files[@]}"
   done
 }
 
 H2_RPS=$(for r in $(seq 1 "$ROUNDS"); do awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt"; done | median)
 BASE_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
   awk -v a="$(fields "$WORK/rg-$first-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+done | median)
+# ratio_to_base NAME: NAME's OK/s over the empty handler's under the same load tool, per round, median
+ratio_to_base() {
+  for r in $(seq 1 "$ROUNDS"); do
+    awk -v a="$(fields "$WORK/$1-$r.json" | cut -f1)" -v b="$(fields "$WORK/base-$r.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
+  done | median
+}
+MEM_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
+  awk -v a="$(fields "$WORK/mem-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
 done | median)
 {
   echo "<!-- bench/overload.sh: begin -->"
@@ -190,8 +235,26 @@ done | median)
   table rg "this build"
   [ -n "$BEFORE" ] && table old "before ($(basename "$(dirname "$BEFORE")")/$(basename "$BEFORE"))"
   echo
+  echo "One gate amid the herd: a second \`ridegate load\` process on the load core (4 workers, $PROBE_RPS taps/s, the"
+  echo "same deadline, honouring the hint as the herd does), summed over rounds. *Slowest*: its slowest OK answer;"
+  echo "*lag*: how late its own tasks were woken."
+  echo
+  echo "| build | herd in flight | taps | OK | refused (RESOURCE_EXHAUSTED) | deadline misses | other | slowest | lag |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  probe_table rg "this build"
+  [ -n "$BEFORE" ] && probe_table old "before"
+  echo
   printf -- "- card taps at %s in flight: %.0f OK/s, %.2f of the empty handler under h2load (%.0f req/s) in the same run.\n" \
     "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"
+  printf -- "- the same in memory (\`--ephemeral\`): %.0f OK/s, %.2f of the empty handler.\n" \
+    "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/mem-$r.json" | cut -f1; done | median)" "$MEM_RATIO"
+  printf -- "- with the same client on both sides (\`ridegate load\` at %s in flight against the empty handler: %.0f OK/s):\n" \
+    "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/base-$r.json" | cut -f1; done | median)"
+  printf -- "  card taps %.2f of it on the durable default, %.2f in memory; the load tool reaches %.2f of h2load on the empty handler.\n" \
+    "$(ratio_to_base "rg-$first")" "$(ratio_to_base mem)" \
+    "$(for r in $(seq 1 "$ROUNDS"); do
+         awk -v a="$(fields "$WORK/base-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+       done | median)"
   echo
   echo "<!-- bench/overload.sh: end -->"
 } >"$WORK/section.md"

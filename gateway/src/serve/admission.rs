@@ -164,10 +164,12 @@ impl Load {
     /// A refused gate comes back after the hint, so refusals per second are about the
     /// gates held back divided by the hint: under a herd many times what the server
     /// can decide, a hint of a few milliseconds has the server spend most of its time
-    /// refusing. So the hint grows by half each period in which refusals were more than
-    /// [`REFUSALS_PER_ADMITTED`] of the calls admitted, holds while calls still queue,
-    /// and shrinks by a quarter each period that ends with the queue cleared
-    /// ([`QUEUE_CLEARED`]): the gates held back come back once they can be served.
+    /// refusing. So the hint grows each period in which refusals were more than
+    /// [`REFUSALS_PER_ADMITTED`] of the calls admitted — by half, or by as many times as
+    /// they outnumbered that, up to four — holds while calls are refused
+    /// or still queue, and shrinks by a quarter each period without a refusal that ends
+    /// with the queue cleared ([`QUEUE_CLEARED`]): the gates held back come back once
+    /// they can be served.
     /// (Shrinking as soon as refusals fall would undo the hint before the gates it held
     /// back have come back, and the herd would return at once.)
     fn tally(&self, refused: bool) {
@@ -189,9 +191,12 @@ impl Load {
         }
         let admitted = self.admitted.swap(0, Ordering::Relaxed) as f64;
         let refused = self.refused.swap(0, Ordering::Relaxed) as f64;
-        let next = if refused > REFUSALS_PER_ADMITTED * admitted {
-            hint + hint / 2
-        } else if self.lag() + self.queued().0 < QUEUE_CLEARED {
+        let aimed = REFUSALS_PER_ADMITTED * admitted.max(1.0);
+        let next = if refused > aimed {
+            // By half, and faster the more refusals outnumber the aim: a herd's first
+            // second would otherwise be spent refusing it.
+            (hint as f64 * (refused / aimed).clamp(1.5, 4.0)) as u64
+        } else if refused == 0.0 && self.lag() + self.queued().0 < QUEUE_CLEARED {
             hint - hint / 4
         } else {
             hint
