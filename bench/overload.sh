@@ -82,6 +82,7 @@ run() {
     --unlinked 0 --forged 0 -z "${SECS}s" -c "$n" --connections "$conns" -t "$TIMEOUT" --server-pid "$pid" \
     -O json -o "$WORK/$name.json" ${extra[@]+"${extra[@]}"} 2>>"$WORK/load.log" &
   local herd=$!
+  PIDS+=("$herd")
   # One gate amid the herd: a process of its own, so that what it times is the server's
   # answer and not the herd tool's own backlog.
   sleep 1
@@ -162,7 +163,7 @@ first=${INFLIGHT%% *}
 table() { # SERVER LABEL
   local s=$1 label=$2
   for n in $INFLIGHT; do
-    local ok ratio p99 slowest dl re other exits_shed entries_shed
+    local ok ratio p99 slowest lag dl late re other exits_shed entries_shed
     ok=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f1; done | median)
     ratio=$(for r in $(seq 1 "$ROUNDS"); do
       awk -v a="$(fields "$WORK/$s-$n-$r.json" | cut -f1)" -v b="$(fields "$WORK/$s-$first-$r.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
@@ -190,17 +191,21 @@ table() { # SERVER LABEL
 probe_table() {
   local s=$1 label=$2
   for n in $INFLIGHT; do
-    local files=() r
-    for r in $(seq 1 "$ROUNDS"); do files+=("$WORK/$s-$n-$r.probe.json"); done
-    jq -rs --arg build "$label" --arg n "$n" '
+    local files=() r f
+    for r in $(seq 1 "$ROUNDS"); do
+      f="$WORK/$s-$n-$r.probe.json"
+      [ -s "$f" ] && files+=("$f")
+    done
+    [ "${#files[@]}" -gt 0 ] || { echo "| $label | $n | (the probe gate wrote no report) |"; continue; }
+    jq -rs --arg build "$label" --arg n "$n" --arg asked "$(( PROBE_RPS * (SECS - 2) * ${#files[@]} ))" '
       (map(.statusCodeDistribution.OK // 0) | add) as $ok
       | (map(.count) | add) as $count
       | (map(.statusCodeDistribution.ResourceExhausted // 0) | add) as $refused
       | (map(.statusCodeDistribution.DeadlineExceeded // 0) | add) as $missed
       | (map(.slowest // 0) | max / 1e6) as $slowest
       | (map(.clientLag.max // 0) | max / 1e6) as $lag
-      | "| \($build) | \($n) | \($count) | \($ok) | \($refused) | \($missed) | \($count - $ok - $refused - $missed) | \($slowest | floor) ms | \($lag | floor) ms |"' \
-      "${files[@]}"
+      | "| \($build) | \($n) | \($asked) | \($count) | \($ok) | \($refused) | \($missed) | \($count - $ok - $refused - $missed) | \($slowest | floor) ms | \($lag | floor) ms |"' \
+      "${files[@]}" || echo "| $label | $n | (the probe gate's reports could not be read) |"
   done
 }
 
@@ -236,11 +241,12 @@ done | median)
   [ -n "$BEFORE" ] && table old "before ($(basename "$(dirname "$BEFORE")")/$(basename "$BEFORE"))"
   echo
   echo "One gate amid the herd: a second \`ridegate load\` process on the load core (4 workers, $PROBE_RPS taps/s, the"
-  echo "same deadline, honouring the hint as the herd does), summed over rounds. *Slowest*: its slowest OK answer;"
-  echo "*lag*: how late its own tasks were woken."
+  echo "same deadline, $([ "$PUSHBACK" = 1 ] && echo "waiting out the retry hint as the herd does" || echo "resending at once as the herd does")), summed over rounds."
+  echo "*Asked*: taps it would have sent unrefused; *sent*: taps it sent (a refused worker waits out the hint,"
+  echo "and stops if the hint runs past the end). *Slowest*: its slowest OK answer; *lag*: how late its own tasks were woken."
   echo
-  echo "| build | herd in flight | taps | OK | refused (RESOURCE_EXHAUSTED) | deadline misses | other | slowest | lag |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| build | herd in flight | asked | sent | OK | refused (RESOURCE_EXHAUSTED) | deadline misses | other | slowest | lag |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   probe_table rg "this build"
   [ -n "$BEFORE" ] && probe_table old "before"
   echo

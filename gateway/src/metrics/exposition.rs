@@ -362,7 +362,7 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
         ),
         (
             names::ANSWERS_LATE,
-            "Gate answers ready only after the caller's own deadline, timed from arrival.",
+            "Unary gate answers ready only after the caller's own deadline, timed from when the call was read.",
             &m.answers_late,
         ),
     ] {

@@ -126,8 +126,10 @@ pub mod names {
     /// `exit`, `retry`, `card_entry`, `code_entry`, or `at_capacity` (refused before
     /// the tap was read, `admission.max_in_flight` open).
     pub const SHED: &str = "ridegate_shed_calls_total";
-    /// Counter: gate answers ready only after the caller's own deadline (`grpc-timeout`,
-    /// timed from when the call came off its connection): the gate had given up.
+    /// Counter: unary gate answers ready only after the caller's own deadline
+    /// (`grpc-timeout`, timed from when the call came off its connection, so neither
+    /// the wait to be read nor the answer's wait to be written counts): the gate had
+    /// given up.
     pub const ANSWERS_LATE: &str = "ridegate_answers_late_total";
     /// Gauge: the retry hint (`grpc-retry-pushback-ms`) the latest refusal carried, in
     /// seconds.

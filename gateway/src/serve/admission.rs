@@ -11,7 +11,8 @@
 //! 2. **The deadline.** Each call is stamped as its headers come off the connection
 //!    ([`Arrived`](super::transport::Arrived)). When its tap has been read, the time it
 //!    will have spent queued in this process by the time its answer is sent is
-//!    predicted — what it has waited so far, plus the recent time queued (twice a call's
+//!    predicted — the runtime's lag (how long its bytes waited to be read, before the
+//!    stamp), what it has waited so far, plus the recent time queued (twice a call's
 //!    wait from arrival to being looked at: an answer waits about as long to leave as
 //!    its request waited to be read) — and compared with the share of its budget its
 //!    kind may use. The decision itself is not predicted: it answers by the deadline
@@ -31,13 +32,15 @@
 //!
 //!    While calls are queueing, a unary tap is judged twice: first as it arrives, in its
 //!    connection's task ([`Admission::at_arrival`]: its kind and budget read from the
-//!    first bytes of its body, the prediction the time queued that 95 % of recent calls
-//!    stayed under), so that its refusal leaves before it waits behind the others; then
+//!    first bytes of its body, the prediction the lag plus the time queued that 95 % of
+//!    recent calls stayed under), so that its refusal leaves before it waits behind the
+//!    others; then
 //!    when its tap is decoded ([`Admission::admit`]).
 //!
 //! A refusal's retry hint adapts to the herd ([`Load::tally`]): a gate held back comes
 //! back after the hint, so the hint grows while refusals outnumber a tenth of the calls
-//! admitted, and shrinks once they are fewer — the server spends its time deciding, not
+//! admitted, and shrinks once they are fewer and the gates it held back have had time
+//! to come back, or the queue has cleared — the server spends its time deciding, not
 //! refusing the same gates again and again.
 
 use std::sync::Arc;
@@ -75,6 +78,9 @@ const HINT_PERIOD: Duration = Duration::from_millis(100);
 /// Recent time queued below which the gates held back could be served: the retry
 /// hint comes down.
 const QUEUE_CLEARED: Duration = Duration::from_millis(5);
+/// Refusals in a period below which the retry hint never grows: a few calls refused for
+/// a budget too small to meet are not a herd.
+const HERD_REFUSALS: f64 = 20.0;
 /// Refusals per admitted call the retry hint aims for: a refusal costs the server about
 /// half what a decision does, so at this rate refusals take a few percent of its work.
 const REFUSALS_PER_ADMITTED: f64 = 0.1;
@@ -97,8 +103,8 @@ pub struct Admission {
     log: Throttled,
 }
 
-/// What admission knows of the server's load: calls open, and recent means (weight
-/// 1/8 per sample), in ns.
+/// What admission knows of the server's load: calls open, recent means (weight 1/8 per
+/// sample) of time queued and of the runtime's lag, and the retry hint; times in ns.
 #[derive(Debug)]
 struct Load {
     open_calls: AtomicUsize,
@@ -113,8 +119,10 @@ struct Load {
     /// How late a woken task runs, on average: the time a call waits to be read once
     /// its bytes have come, before the transport can stamp it.
     lag_ns: AtomicU64,
-    /// The retry hint, in ns, adapted every [`HINT_PERIOD`] ([`Load::adapt_hint`]).
+    /// The retry hint, in ns, adapted every [`HINT_PERIOD`] ([`Load::tally`]).
     hint_ns: AtomicU64,
+    /// When the hint last grew, in ns after `epoch`.
+    grown_at_ns: AtomicU64,
     /// Calls admitted and refused since the period began at `period_ns` after `epoch`.
     admitted: AtomicU64,
     refused: AtomicU64,
@@ -131,6 +139,7 @@ impl Load {
             queued_at_ns: AtomicU64::new(0),
             lag_ns: AtomicU64::new(0),
             hint_ns: AtomicU64::new(nanos(PUSHBACK.0)),
+            grown_at_ns: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             period_ns: AtomicU64::new(0),
@@ -164,14 +173,14 @@ impl Load {
     /// A refused gate comes back after the hint, so refusals per second are about the
     /// gates held back divided by the hint: under a herd many times what the server
     /// can decide, a hint of a few milliseconds has the server spend most of its time
-    /// refusing. So the hint grows each period in which refusals were more than
-    /// [`REFUSALS_PER_ADMITTED`] of the calls admitted — by half, or by as many times as
-    /// they outnumbered that, up to four — holds while calls are refused
-    /// or still queue, and shrinks by a quarter each period without a refusal that ends
-    /// with the queue cleared ([`QUEUE_CLEARED`]): the gates held back come back once
-    /// they can be served.
-    /// (Shrinking as soon as refusals fall would undo the hint before the gates it held
-    /// back have come back, and the herd would return at once.)
+    /// refusing. So the hint grows each period in which refusals (at least
+    /// [`HERD_REFUSALS`]) were more than [`REFUSALS_PER_ADMITTED`] of the calls admitted
+    /// — by half, or by as many times as they outnumbered that, up to four. It shrinks by
+    /// a quarter each period with fewer than [`HERD_REFUSALS`] once every gate it held
+    /// back has had time to come back (twice the hint since it last grew: judged sooner,
+    /// refusals look rare only because the gates are still away), or at once when a
+    /// period had no refusal and ended with the queue cleared ([`QUEUE_CLEARED`]).
+    /// Otherwise — a herd held at the aim — it holds.
     fn tally(&self, refused: bool) {
         let counter = if refused { &self.refused } else { &self.admitted };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -192,11 +201,15 @@ impl Load {
         let admitted = self.admitted.swap(0, Ordering::Relaxed) as f64;
         let refused = self.refused.swap(0, Ordering::Relaxed) as f64;
         let aimed = REFUSALS_PER_ADMITTED * admitted.max(1.0);
-        let next = if refused > aimed {
+        let all_back = now.saturating_sub(self.grown_at_ns.load(Ordering::Relaxed)) >= 2 * hint;
+        let next = if refused > aimed && refused >= HERD_REFUSALS {
+            self.grown_at_ns.store(now, Ordering::Relaxed);
             // By half, and faster the more refusals outnumber the aim: a herd's first
             // second would otherwise be spent refusing it.
             (hint as f64 * (refused / aimed).clamp(1.5, 4.0)) as u64
-        } else if refused == 0.0 && self.lag() + self.queued().0 < QUEUE_CLEARED {
+        } else if (refused < HERD_REFUSALS && all_back)
+            || (refused == 0.0 && self.lag() + self.queued().0 < QUEUE_CLEARED)
+        {
             hint - hint / 4
         } else {
             hint
@@ -646,11 +659,32 @@ mod tests {
         assert!(hints.windows(2).all(|w| w[1] >= w[0]), "{hints:?}");
         assert_eq!(a.load.hint(), PUSHBACK.1);
         assert!(a.pushback() <= PUSHBACK.1);
-        // Few refusals while calls still queue: the gates held back have not all come
-        // back yet, and the hint holds.
-        for _ in 0..20 {
+        // A herd held at the aim while calls still queue: the hint holds.
+        for _ in 0..60 {
             tokio::time::advance(HINT_PERIOD).await;
-            period(0, 100, 150);
+            period(25, 1000, 150);
+        }
+        assert_eq!(a.load.hint(), PUSHBACK.1);
+        // A few refusals: once the gates held back have had time to come back (twice
+        // the hint since it last grew), the hint comes down.
+        tokio::time::advance(HINT_PERIOD).await;
+        period(100, 100, 150);
+        for _ in 0..35 {
+            tokio::time::advance(HINT_PERIOD).await;
+            period(5, 1000, 150);
+        }
+        assert_eq!(a.load.hint(), PUSHBACK.1);
+        tokio::time::advance(HINT_PERIOD * 5).await;
+        for _ in 0..10 {
+            tokio::time::advance(HINT_PERIOD).await;
+            period(5, 1000, 150);
+        }
+        assert!(a.load.hint() < PUSHBACK.1 / 2, "{:?}", a.load.hint());
+        // Back to a herd, then the queue clears: the hint comes down to its floor
+        // within seconds.
+        for _ in 0..10 {
+            tokio::time::advance(HINT_PERIOD).await;
+            period(100, 100, 150);
         }
         assert_eq!(a.load.hint(), PUSHBACK.1);
         // The queue clears: the hint comes down to its floor within seconds.
@@ -669,6 +703,19 @@ mod tests {
         }
         assert_eq!(a.load.hint(), PUSHBACK.1);
         tokio::time::advance(HINT_PERIOD * 30).await;
+        assert_eq!(a.load.hint(), PUSHBACK.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_refusals_are_not_a_herd() {
+        let a = admission(10);
+        a.load.note_queued(Duration::from_millis(150));
+        for _ in 0..20 {
+            tokio::time::advance(HINT_PERIOD).await;
+            for _ in 0..10 {
+                a.load.tally(true);
+            }
+        }
         assert_eq!(a.load.hint(), PUSHBACK.0);
     }
 
