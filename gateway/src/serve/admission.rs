@@ -81,8 +81,9 @@ const QUEUE_CLEARED: Duration = Duration::from_millis(5);
 /// Refusals in a period below which the retry hint never grows: a few calls refused for
 /// a budget too small to meet are not a herd.
 const HERD_REFUSALS: f64 = 20.0;
-/// Refusals per admitted call the retry hint aims for: a refusal costs the server about
-/// half what a decision does, so at this rate refusals take a few percent of its work.
+/// Refusals per admitted call the retry hint aims for: a refusal costs the server less
+/// than a decision (its headers read, its answer written), so at this rate refusals take
+/// a small part of its work.
 const REFUSALS_PER_ADMITTED: f64 = 0.1;
 
 /// A call refused so that the calls admitted can be answered in time.
