@@ -31,6 +31,25 @@ pub fn init(config: &LogConfig) -> Result<(), BadFilter> {
     Ok(())
 }
 
+/// Tokio's timer wakes at millisecond ticks: a task woken within one was woken on time.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
+/// Measures how late the runtime wakes a task that asks to be woken every `tick`: each
+/// lateness goes to `sample`, until it says to stop. A busy runtime is about as late to
+/// run every other task it has woken — a connection with bytes to read, a client with
+/// an answer waiting.
+pub async fn watch_wake_lag(tick: Duration, mut sample: impl FnMut(Duration) -> std::ops::ControlFlow<()>) {
+    let mut due = Instant::now() + tick;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let now = Instant::now();
+        if sample(now.saturating_duration_since(due).saturating_sub(TIMER_RESOLUTION)).is_break() {
+            return;
+        }
+        due = now + tick;
+    }
+}
+
 /// An alarm that can storm (degraded answers, reused request ids, shed calls): counted
 /// on every occurrence, logged at most once per [`Throttled::EVERY`] with the count
 /// since the last line, so an outage shows in the log without flooding it.
@@ -63,6 +82,29 @@ impl Throttled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wake_lag_shows_a_blocked_runtime_and_stops_when_told() {
+        let (tick, mut lags) = (Duration::from_millis(5), Vec::new());
+        let watch = watch_wake_lag(tick, |late| {
+            if lags.len() == 2 {
+                // Blocks the runtime's one thread: the next wake is late.
+                std::thread::sleep(tick * 10);
+            }
+            lags.push(late);
+            if lags.len() < 5 {
+                std::ops::ControlFlow::Continue(())
+            } else {
+                std::ops::ControlFlow::Break(())
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), watch)
+            .await
+            .expect("stops when told");
+        assert_eq!(lags.len(), 5);
+        // Blocked for ten ticks: woken at least five late, however busy the machine.
+        assert!(lags[3] >= tick * 5, "{lags:?}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn throttled_logs_once_a_second_with_the_count() {

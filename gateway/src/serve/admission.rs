@@ -43,6 +43,7 @@
 //! to come back, or the queue has cleared — the server spends its time deciding, not
 //! refusing the same gates again and again.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -59,7 +60,7 @@ use super::deadline::{Deadlines, parse_grpc_timeout};
 use super::transport::{Guarded, Peeked};
 use crate::config::AdmissionConfig;
 use crate::metrics::Metrics;
-use crate::telemetry::Throttled;
+use crate::telemetry::{Throttled, watch_wake_lag};
 
 /// Predicted queueing below which nothing is shed, whatever the budget: without a queue,
 /// deciding is about as quick as refusing, and a gate with no time left still gets its
@@ -69,10 +70,8 @@ const NO_QUEUE: Duration = Duration::from_millis(1);
 const FADE_HALF_LIFE: Duration = Duration::from_millis(100);
 /// The shortest and longest retry hint given with a refusal.
 const PUSHBACK: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
-/// How often the lag probe asks to be woken ([`Load::probe_lag`]).
+/// How often the lag probe asks to be woken ([`Admission::spawn_lag_probe`]).
 const LAG_TICK: Duration = Duration::from_millis(2);
-/// The timer's resolution: a task woken this late was woken on time.
-const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// How often the retry hint is adapted to the refusals of the last period.
 const HINT_PERIOD: Duration = Duration::from_millis(100);
 /// Recent time queued below which the gates held back could be served: the retry
@@ -145,22 +144,6 @@ impl Load {
             refused: AtomicU64::new(0),
             period_ns: AtomicU64::new(0),
             epoch: Instant::now(),
-        }
-    }
-
-    /// Measures how late a task asking to be woken every [`LAG_TICK`] runs, until the
-    /// load is dropped. A call's bytes wait about as long for its connection's task
-    /// to read them, a wait the transport's stamp cannot see.
-    async fn probe_lag(load: std::sync::Weak<Self>) {
-        let mut due = Instant::now() + LAG_TICK;
-        loop {
-            tokio::time::sleep_until(due).await;
-            let now = Instant::now();
-            let Some(load) = load.upgrade() else {
-                return;
-            };
-            ewma(&load.lag_ns, nanos((now - due).saturating_sub(TIMER_RESOLUTION)));
-            due = now + LAG_TICK;
         }
     }
 
@@ -278,9 +261,17 @@ impl Admission {
     }
 
     /// Starts measuring the runtime's lag, counted in every prediction, for as long as
-    /// this admission lives.
+    /// this admission lives: a call's bytes wait about as long for its connection's
+    /// task to read them, a wait the transport's stamp cannot see.
     pub fn spawn_lag_probe(&self) {
-        tokio::spawn(Load::probe_lag(Arc::downgrade(&self.load)));
+        let load = Arc::downgrade(&self.load);
+        tokio::spawn(watch_wake_lag(LAG_TICK, move |late| match load.upgrade() {
+            Some(load) => {
+                ewma(&load.lag_ns, nanos(late));
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Break(()),
+        }));
     }
 
     /// Opens a gate call, or refuses it when `max_in_flight` are open already. The
