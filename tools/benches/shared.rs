@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 
 use std::io::Write as _;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant as StdInstant};
 
 use ridegate::App;
@@ -24,7 +23,7 @@ use ridegate_core::credential::{CardMedium, CardNumber, Credential};
 use ridegate_core::decision::{GateContext, GateRequest};
 use ridegate_core::model::{Direction, UnixMillis, Verdict};
 use ridegate_proto::pb;
-use support::{Callers, Redis, metric};
+use support::{Callers, Redis, Ridegate, metric};
 use tokio::time::Instant;
 
 mod support;
@@ -35,7 +34,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const RIDERS: u64 = 30_000;
 const ROUNDS: usize = 9;
 const PER_ROUND: u64 = 1_000;
-const SECRET: &str = "shared-benchmark-secret";
+/// The identity secret `support::Ridegate` starts instances with.
+const SECRET: &str = "benchmark-secret";
 
 fn card_number(i: u64) -> String {
     format!("1000{i:012}")
@@ -164,75 +164,36 @@ async fn latency(dir: &std::path::Path, redis: &Redis) {
     );
 }
 
-/// A ridegate process, killed when dropped (a failed assertion included).
-struct Instance(Child);
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts an instance on `redis`; the copy offline gates follow is kept unless
 /// `RIDEGATE_BENCH_NO_COPY` is set (to measure what the copy costs).
-fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &Callers) -> (Instance, String) {
-    let ready = dir.join(format!("{name}.ready"));
+async fn spawn_ridegate(dir: &std::path::Path, name: &str, redis: u16, callers: &Callers) -> Ridegate {
+    let copy = std::env::var_os("RIDEGATE_BENCH_NO_COPY").is_none();
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[identity]\nsecret = \"{SECRET}\"\n{}[health]\nfeed_enabled = true\n\
-             [redis]\nurl = \"redis://127.0.0.1:{redis}\"\n[audit]\npath = \"/dev/null\"\n[log]\nfilter = \"warn\"\n\
-             [gate_state]\nshared = {}\n",
+            "{}[health]\nfeed_enabled = true\n[redis]\nurl = \"redis://127.0.0.1:{redis}\"\n\
+             [gate_state]\nshared = {copy}\n",
             callers.config_line(),
-            std::env::var_os("RIDEGATE_BENCH_NO_COPY").is_none()
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ridegate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .spawn()
-        .unwrap();
-    let started = StdInstant::now();
-    while !ready.exists() {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let addr: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
-    let admin = addr["admin"].as_str().unwrap().to_owned();
+    let ridegate = Ridegate::start(dir, name, &config, &[]).await;
     // Measured once the copy for offline gates is loaded and has caught up (its
     // start-up replay would be measured otherwise).
-    let copy = std::env::var_os("RIDEGATE_BENCH_NO_COPY").is_none();
-    while copy && metric(&admin, "ridegate_gate_state_live") != Some(1) {
+    let started = StdInstant::now();
+    while copy && metric(&ridegate.admin, "ridegate_gate_state_live") != Some(1) {
         assert!(started.elapsed() < Duration::from_secs(120), "the copy never caught up");
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (Instance(child), format!("http://{}", addr["addr"].as_str().unwrap()))
+    ridegate
 }
 
 async fn propagation(dir: &std::path::Path, redis: &Redis) {
     let callers = Callers::new(dir);
-    let (_a, a_url) = spawn_ridegate(dir, "a", redis.1, &callers);
-    let (_b, b_url) = spawn_ridegate(dir, "b", redis.1, &callers);
-    let connect = |url: String| async move {
-        tonic::transport::Channel::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let (a_channel, b_channel) = (connect(a_url).await, connect(b_url).await);
+    let a = spawn_ridegate(dir, "a", redis.1, &callers).await;
+    let b = spawn_ridegate(dir, "b", redis.1, &callers).await;
+    let (a_channel, b_channel) = (a.channel().await, b.channel().await);
     let mut feed = pb::health_feed_client::HealthFeedClient::new(a_channel);
     let mut gate_b = pb::gate_client::GateClient::new(b_channel);
     let token = callers.token(CallerKind::HealthPlatform);
