@@ -152,7 +152,8 @@ impl Load {
         Duration::from_nanos(self.lag_ns.load(Ordering::Relaxed))
     }
 
-    /// Counts one call admitted or refused, and adapts the retry hint once a period.
+    /// Counts one call admitted or refused `at` (the caller's clock reading, so the hot
+    /// path reads the clock once), and adapts the retry hint once a period.
     ///
     /// A refused gate comes back after the hint, so refusals per second are about the
     /// gates held back divided by the hint: under a herd many times what the server
@@ -165,10 +166,10 @@ impl Load {
     /// refusals look rare only because the gates are still away), or at once when a
     /// period had no refusal and ended with the queue cleared ([`QUEUE_CLEARED`]).
     /// Otherwise — a herd held at the aim — it holds.
-    fn tally(&self, refused: bool) {
+    fn tally(&self, refused: bool, at: Instant) {
         let counter = if refused { &self.refused } else { &self.admitted };
         counter.fetch_add(1, Ordering::Relaxed);
-        let now = nanos(self.epoch.elapsed());
+        let now = nanos(at.saturating_duration_since(self.epoch));
         let began = self.period_ns.load(Ordering::Relaxed);
         if now.saturating_sub(began) < nanos(HINT_PERIOD) {
             return;
@@ -280,7 +281,7 @@ impl Admission {
         let open = self.load.open_calls.fetch_add(1, Ordering::AcqRel);
         if open >= self.config.max_in_flight {
             self.load.open_calls.fetch_sub(1, Ordering::AcqRel);
-            self.load.tally(true);
+            self.load.tally(true, Instant::now());
             self.metrics.record_shed_at_capacity();
             let overloaded = Overloaded {
                 retry_after: self.pushback(),
@@ -300,7 +301,8 @@ impl Admission {
         arrived: Instant,
         answer_by: Instant,
     ) -> Result<(), Overloaded> {
-        let waited = Instant::now().saturating_duration_since(arrived);
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(arrived);
         // Its answer waits about as long to leave as it waited to be looked at: twice
         // the wait is its time queued (whether or not its client reads the answer).
         self.load.note_queued(waited * 2);
@@ -308,10 +310,10 @@ impl Admission {
         let judged = if predicted <= NO_QUEUE {
             Ok(())
         } else {
-            self.judge(urgency(), predicted, answer_by.saturating_duration_since(arrived))
+            self.judge(urgency(), predicted, answer_by.saturating_duration_since(arrived), now)
         };
         if judged.is_ok() {
-            self.load.tally(false);
+            self.load.tally(false, now);
         }
         judged
     }
@@ -336,20 +338,20 @@ impl Admission {
         let tap = peek_tap(request.body_mut().peek()?)?;
         let now = Instant::now();
         let answer_by = self.deadlines.answer_by(now, timeout, tap.budget);
-        let refused = self.judge(tap.urgency, lag + p95, answer_by.saturating_duration_since(now));
+        let refused = self.judge(tap.urgency, lag + p95, answer_by.saturating_duration_since(now), now);
         refused.err().map(|overloaded| Status::from(overloaded).into_http())
     }
 
     /// Refuses a tap of kind `urgency` predicted to take `predicted` when its kind may
-    /// use its share of `budget`.
-    fn judge(&self, urgency: Urgency, predicted: Duration, budget: Duration) -> Result<(), Overloaded> {
+    /// use its share of `budget`; `now` is when it is judged.
+    fn judge(&self, urgency: Urgency, predicted: Duration, budget: Duration, now: Instant) -> Result<(), Overloaded> {
         let share = match urgency {
             Urgency::Exit | Urgency::Retry => 1.0,
             Urgency::CardEntry => self.config.card_share,
             Urgency::CodeEntry => self.config.code_share,
         };
         if predicted > NO_QUEUE && predicted > budget.mul_f64(share) {
-            self.load.tally(true);
+            self.load.tally(true, now);
             self.metrics.record_shed(urgency);
             let overloaded = Overloaded {
                 retry_after: self.pushback(),
@@ -636,10 +638,10 @@ mod tests {
         let period = |refused: u32, admitted: u32, queued_ms: u64| {
             a.load.note_queued(Duration::from_millis(queued_ms));
             for _ in 0..refused {
-                a.load.tally(true);
+                a.load.tally(true, Instant::now());
             }
             for _ in 0..admitted {
-                a.load.tally(false);
+                a.load.tally(false, Instant::now());
             }
         };
         let mut hints = vec![a.load.hint()];
@@ -705,7 +707,7 @@ mod tests {
         for _ in 0..20 {
             tokio::time::advance(HINT_PERIOD).await;
             for _ in 0..10 {
-                a.load.tally(true);
+                a.load.tally(true, Instant::now());
             }
         }
         assert_eq!(a.load.hint(), PUSHBACK.0);
