@@ -1,27 +1,108 @@
 //! A sharded map whose entries expire: the embedded store behind single-use and
-//! idempotency records. Expired entries are invisible at once. Each shard also keeps its
-//! entries in insertion order, and every write removes a few expired ones from the
-//! front: expiry costs O(1) per write, with no sweep of a whole shard under its lock
-//! (at 30 k taps/s a two-minute retry window holds millions of records, and such a
-//! sweep stalled every tap behind it).
+//! idempotency records. Expired entries are invisible at once. Each shard keeps its
+//! records in one ring, oldest write first, and an index of where each key's record is;
+//! every write removes a few expired records from the front: expiry costs O(1) per
+//! write, with no sweep of a whole shard under its lock (at 30 k taps/s a two-minute
+//! retry window holds millions of records, and such a sweep stalled every tap behind it).
+//!
+//! A herd held at full speed for the retry window leaves millions of records, so their
+//! memory is what the window costs: each record is held once, flat, in fixed-size chunks
+//! (no doubling to grow into, no copy of the key in the index), and the index holds a
+//! 4-byte position per key. BENCHMARKS.md has the bytes per record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::ids::IdHasher;
 use ridegate_core::model::UnixMillis;
 
 const SHARDS: usize = 32;
+
+/// Records per chunk of a shard's ring: a chunk is allocated whole and freed whole once
+/// every record in it has expired. (Tests use tiny chunks, so that they cross chunks.)
+#[cfg(not(test))]
+const CHUNK: usize = 4096;
+#[cfg(test)]
+const CHUNK: usize = 3;
 
 /// Expired entries a write removes at most: more than one, so a backlog (after an idle
 /// spell) drains while writes go on, and few enough to keep each write short.
 const EXPIRE_PER_WRITE: usize = 8;
 
+/// One write: its key, its expiry and its value.
+#[derive(Clone, Copy)]
+struct Record<V> {
+    key: [u8; 16],
+    until: UnixMillis,
+    value: V,
+}
+
+/// A shard's records, oldest write first, in chunks of [`CHUNK`]; each has a sequence
+/// number (wrapping: a shard holds far fewer than 2³² records).
+struct Ring<V> {
+    chunks: VecDeque<Vec<Record<V>>>,
+    /// Where the oldest record held is in the first chunk (those before it expired).
+    head: usize,
+    /// The sequence number of the oldest record held.
+    first: u32,
+    /// How many records are held.
+    len: usize,
+}
+
+impl<V: Copy> Ring<V> {
+    fn new() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            head: 0,
+            first: 0,
+            len: 0,
+        }
+    }
+
+    /// The record with sequence number `seq`, which must be held.
+    fn get(&self, seq: u32) -> &Record<V> {
+        let at = self.head + seq.wrapping_sub(self.first) as usize;
+        &self.chunks[at / CHUNK][at % CHUNK]
+    }
+
+    /// The oldest record held.
+    fn front(&self) -> Option<&Record<V>> {
+        (self.len > 0).then(|| &self.chunks[0][self.head])
+    }
+
+    /// Appends `record`; returns its sequence number.
+    fn push(&mut self, record: Record<V>) -> u32 {
+        if self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK) {
+            self.chunks.push_back(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.back_mut() {
+            chunk.push(record);
+        }
+        let seq = self.first.wrapping_add(self.len as u32);
+        self.len += 1;
+        seq
+    }
+
+    /// Lets go of the oldest record (its chunk goes when all of its records have).
+    fn pop_front(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        self.len -= 1;
+        self.first = self.first.wrapping_add(1);
+        self.head += 1;
+        if self.head == CHUNK {
+            self.chunks.pop_front();
+            self.head = 0;
+        }
+    }
+}
+
 struct Shard<V> {
-    entries: HashMap<[u8; 16], (V, UnixMillis), IdHasher>,
-    /// Keys with their expiry, oldest write first.
-    order: VecDeque<([u8; 16], UnixMillis)>,
+    ring: Ring<V>,
+    /// For each key held, the sequence number of its latest record.
+    index: HashTable<u32>,
 }
 
 /// Maps 16-byte ids to values until each value's expiry time.
@@ -29,13 +110,18 @@ pub(crate) struct ExpiringMap<V> {
     shards: Box<[Mutex<Shard<V>>]>,
 }
 
-impl<V: Clone> ExpiringMap<V> {
+/// Keys are keyed hashes already: their first eight bytes are a good hash.
+fn hash(key: &[u8; 16]) -> u64 {
+    u64::from_le_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]])
+}
+
+impl<V: Copy> ExpiringMap<V> {
     pub(crate) fn new() -> Self {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    entries: HashMap::with_hasher(IdHasher),
-                    order: VecDeque::new(),
+                    ring: Ring::new(),
+                    index: HashTable::new(),
                 })
             })
             .collect();
@@ -49,48 +135,56 @@ impl<V: Clone> ExpiringMap<V> {
     /// The live value for `key`.
     pub(crate) fn get(&self, key: &[u8; 16], now: UnixMillis) -> Option<V> {
         let shard = self.shard(key).lock();
-        shard
-            .entries
-            .get(key)
-            .filter(|(_, until)| *until > now)
-            .map(|(v, _)| v.clone())
+        let seq = shard.index.find(hash(key), |&seq| shard.ring.get(seq).key == *key)?;
+        let record = shard.ring.get(*seq);
+        (record.until > now).then_some(record.value)
     }
 
     /// Stores `value` unless a live value is already there; returns that value if so.
     pub(crate) fn insert_if_absent(&self, key: [u8; 16], value: V, until: UnixMillis, now: UnixMillis) -> Option<V> {
-        let mut shard = self.shard(&key).lock();
-        shard.expire(now);
-        match shard.entries.get(&key) {
-            Some((existing, existing_until)) if *existing_until > now => Some(existing.clone()),
-            _ => {
-                shard.entries.insert(key, (value, until));
-                shard.order.push_back((key, until));
-                None
+        let mut guard = self.shard(&key).lock();
+        guard.expire(now);
+        let Shard { ring, index } = &mut *guard;
+        let record = Record { key, until, value };
+        let next = ring.first.wrapping_add(ring.len as u32);
+        match index.find_mut(hash(&key), |&seq| ring.get(seq).key == key) {
+            Some(held) => {
+                let latest = ring.get(*held);
+                if latest.until > now {
+                    return Some(latest.value);
+                }
+                // Expired: the new record takes its key's slot; the old one stays in
+                // the ring until it reaches the front.
+                *held = next;
+                ring.push(record);
+            }
+            None => {
+                ring.push(record);
+                index.insert_unique(hash(&key), next, |&seq| hash(&ring.get(seq).key));
             }
         }
+        None
     }
 
-    /// How many entries are held, expired or not (for metrics and tests).
+    /// How many keys are held, expired or not (for metrics and tests).
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().entries.len()).sum()
+        self.shards.iter().map(|s| s.lock().index.len()).sum()
     }
 }
 
-impl<V> Shard<V> {
-    /// Removes up to [`EXPIRE_PER_WRITE`] expired entries from the front of the order.
-    /// An entry written again after it expired has a later place (and expiry) in the
-    /// order; its earlier place then no longer matches and only leaves the queue.
+impl<V: Copy> Shard<V> {
+    /// Removes up to [`EXPIRE_PER_WRITE`] expired records from the front of the ring,
+    /// and the index slot of each that is still its key's latest.
     fn expire(&mut self, now: UnixMillis) {
         for _ in 0..EXPIRE_PER_WRITE {
-            match self.order.front() {
-                Some(&(key, until)) if until <= now => {
-                    self.order.pop_front();
-                    if self.entries.get(&key).is_some_and(|(_, current)| *current == until) {
-                        self.entries.remove(&key);
-                    }
-                }
-                _ => return,
+            let Some(front) = self.ring.front().filter(|record| record.until <= now) else {
+                return;
+            };
+            let oldest = self.ring.first;
+            if let Ok(slot) = self.index.find_entry(hash(&front.key), |&seq| seq == oldest) {
+                slot.remove();
             }
+            self.ring.pop_front();
         }
     }
 }
@@ -162,5 +256,58 @@ mod tests {
         map.insert_if_absent(key(2), 3, UnixMillis(1_000), UnixMillis(30));
         assert_eq!(map.get(&key(1), UnixMillis(30)), Some(2));
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_without_losing_a_record() {
+        let map = ExpiringMap::new();
+        for shard in map.shards.iter() {
+            shard.lock().ring.first = u32::MAX - 3;
+        }
+        let key = |i: u8| [i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        for i in 0..10 {
+            let until = UnixMillis(if i < 6 { 10 } else { 1_000 });
+            assert_eq!(map.insert_if_absent(key(i), i, until, UnixMillis(0)), None);
+        }
+        // Past the wrap: the expired six leave, the live four stay findable.
+        map.insert_if_absent(key(50), 50, UnixMillis(1_000), UnixMillis(20));
+        for i in 0..10 {
+            let held = map.get(&key(i), UnixMillis(20));
+            assert_eq!(held, (i >= 6).then_some(i), "key {i}");
+        }
+        assert_eq!(map.len(), 5);
+        assert_eq!(
+            map.insert_if_absent(key(7), 70, UnixMillis(2_000), UnixMillis(30)),
+            Some(7)
+        );
+    }
+
+    proptest::proptest! {
+        /// Against a plain map of the latest live write per key, over writes and reads
+        /// with a clock that moves on: the same answers, whatever has been expired.
+        #[test]
+        fn answers_as_a_plain_map_of_live_entries_would(
+            ops in proptest::collection::vec((0u8..6, 0u8..2, 0i64..30, 1i64..60), 1..400)
+        ) {
+            let map = ExpiringMap::new();
+            let mut model: std::collections::HashMap<u8, (u32, i64)> = std::collections::HashMap::new();
+            let mut now = 0i64;
+            for (n, (id, shard, step, life)) in ops.into_iter().enumerate() {
+                now += step;
+                let key = [id, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, shard];
+                let model_key = id * 2 + shard;
+                let value = n as u32;
+                let live = model.get(&model_key).filter(|(_, until)| *until > now).map(|(v, _)| *v);
+                if n % 3 == 0 {
+                    proptest::prop_assert_eq!(map.get(&key, UnixMillis(now)), live);
+                } else {
+                    let got = map.insert_if_absent(key, value, UnixMillis(now + life), UnixMillis(now));
+                    proptest::prop_assert_eq!(got, live);
+                    if live.is_none() {
+                        model.insert(model_key, (value, now + life));
+                    }
+                }
+            }
+        }
     }
 }

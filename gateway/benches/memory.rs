@@ -3,14 +3,20 @@
 //! - `cache`: N statuses in the health cache (moka) — what each instance holds per
 //!   cached status when statuses come from Redis or the health platform;
 //! - `embedded`: N linked credentials and N statuses in the embedded stores — the whole
-//!   embedded population (decisions read the embedded statuses directly: no cache).
+//!   embedded population (decisions read the embedded statuses directly: no cache);
+//! - `retries`: what decisions leave for the retry window (`deadline.retry_window`) at
+//!   steady state, N decisions per window: N kept, then N more written as the first N
+//!   expire, as a herd held at full speed leaves them (5.2 M is two minutes at 43 k
+//!   decisions a second). A decision with a request id leaves two records: its tap
+//!   under the request id (to notice reuse) and its answer (for retries).
 //!
-//! Each measurement runs in a process of its own (allocators keep freed memory), and
-//! `cache` also measures, in the same run, a bare moka cache with the same key and value
-//! sizes — the floor moka itself sets.
+//! Each measurement runs in a process of its own (allocators keep freed memory). `cache`
+//! also measures, in the same run, a bare moka cache with the same key and value sizes —
+//! the floor moka itself sets; `retries` measures the same records in one flat vector
+//! (key, answer, expiry: the bytes themselves) and the time to push them, as its floor.
 //!
-//! `cargo bench -p ridegate --bench memory -- cache 1000000` (default) or
-//! `-- embedded 10000000`.
+//! `cargo bench -p ridegate --bench memory -- cache 1000000` (default),
+//! `-- embedded 10000000` or `-- retries 5200000`.
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set itself up should stop loudly
 
@@ -20,10 +26,11 @@ use std::time::Duration;
 use ridegate::cache::{CacheSettings, HealthCache};
 use ridegate_adapters::caller::CallerKind;
 use ridegate_adapters::health::MemoryHealth;
-use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer};
+use ridegate_adapters::idempotency::{Kept, MemoryIdempotency, RequestIds};
+use ridegate_adapters::ids::{CredentialId, IdentityId, Pseudonymizer, RequestKey, TapFingerprint};
 use ridegate_adapters::link::{Consent, CredentialClass, LinkRecord, MemoryLinks};
 use ridegate_core::clock::Clock;
-use ridegate_core::model::{Colour, HealthStatus};
+use ridegate_core::model::{Answer, Colour, DecisionId, HealthStatus, Mode, Reason, UnixMillis, Verdict};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -44,17 +51,27 @@ fn id(p: &Pseudonymizer, i: u64) -> [u8; 16] {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let modes = ["cache", "embedded", "measure-cache", "measure-moka", "measure-embedded"];
+    let modes = [
+        "cache",
+        "embedded",
+        "retries",
+        "measure-cache",
+        "measure-moka",
+        "measure-embedded",
+        "measure-retries",
+        "measure-flat",
+    ];
     let mode = args
         .iter()
         .find(|a| modes.contains(&a.as_str()))
         .cloned()
         .unwrap_or_else(|| "cache".into());
-    let n: u64 =
-        args.iter()
-            .find_map(|a| a.parse().ok())
-            .unwrap_or(if mode == "cache" { 1_000_000 } else { 10_000_000 });
-    if let Some(measured) = ["cache", "embedded"].iter().find(|m| **m == mode) {
+    let n: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(match mode.as_str() {
+        "cache" => 1_000_000,
+        "retries" | "measure-retries" | "measure-flat" => 5_200_000,
+        _ => 10_000_000,
+    });
+    if let Some(measured) = ["cache", "embedded", "retries"].iter().find(|m| **m == mode) {
         let run = |what: &str| {
             let output = std::process::Command::new(std::env::current_exe().unwrap())
                 .arg(format!("measure-{what}"))
@@ -65,8 +82,10 @@ fn main() {
             print!("{}", String::from_utf8_lossy(&output.stdout));
         };
         run(measured);
-        if *measured == "cache" {
-            run("moka");
+        match *measured {
+            "cache" => run("moka"),
+            "retries" => run("flat"),
+            _ => {}
         }
         return;
     }
@@ -92,6 +111,7 @@ fn main() {
     };
     let before = resident_bytes();
     match mode.as_str() {
+        "measure-retries" | "measure-flat" => kept_answers(&p, n, mode == "measure-flat"),
         "measure-moka" => {
             // moka alone, with ridegate's key (16 bytes) and value (40 bytes) sizes.
             let moka: moka::sync::Cache<[u8; 16], [u8; 40]> = moka::sync::Cache::builder()
@@ -155,4 +175,63 @@ fn main() {
             std::hint::black_box((links, source));
         }
     }
+}
+
+/// `n` decisions a window, kept for retries as the server keeps them (or, with `flat`,
+/// the same records in two vectors): the resident set at steady state and the time per
+/// decision.
+fn kept_answers(p: &Pseudonymizer, n: u64, flat: bool) {
+    const WINDOW_MS: i64 = 120_000;
+    let tap = |i: u64| TapFingerprint(i.to_le_bytes());
+    let kept = |i: u64| Kept {
+        answer: Answer {
+            verdict: Verdict::Allow,
+            reason: Reason::HealthGreen,
+            decision_id: DecisionId(i),
+            degraded: false,
+            status_age_ms: Some(1_000),
+            mode: Mode::Enforce,
+            shadow: None,
+        },
+        tap: tap(i),
+    };
+    // Decision i at i × window / n, kept for one window.
+    let at = |i: u64| UnixMillis(i as i64 * WINDOW_MS / n as i64);
+    let writes = if flat { n } else { 2 * n };
+    let requests: Vec<RequestKey> = (0..writes).map(|i| RequestKey(id(p, i))).collect();
+    let owners: Vec<RequestKey> = (0..writes).map(|i| RequestKey(id(p, u64::MAX - i))).collect();
+    let before = resident_bytes();
+    let started = std::time::Instant::now();
+    let (what, grown) = if flat {
+        let mut taps = Vec::with_capacity(n as usize);
+        let mut answers = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let until = UnixMillis(at(i).0 + WINDOW_MS);
+            taps.push((requests[i as usize], tap(i), until));
+            answers.push((owners[i as usize], kept(i), until));
+        }
+        let grown = resident_bytes() - before;
+        std::hint::black_box((&taps, &answers));
+        ("floor: the same records in two flat vectors", grown)
+    } else {
+        let (request_ids, answers) = (RequestIds::default(), MemoryIdempotency::default());
+        for i in 0..writes {
+            let (now, k) = (at(i), i as usize);
+            let until = UnixMillis(now.0 + WINDOW_MS);
+            assert!(request_ids.note(requests[k], tap(i), until, now).is_none());
+            assert!(answers.record_now(owners[k], kept(i), until, now).is_none());
+        }
+        let grown = resident_bytes() - before;
+        std::hint::black_box((&request_ids, &answers));
+        (
+            "kept for retries (RequestIds and MemoryIdempotency), steady state",
+            grown,
+        )
+    };
+    println!(
+        "{what}: {n} decisions a window hold {:.0} MB = {:.0} bytes per decision; {:.0} ns per decision",
+        grown as f64 / 1e6,
+        grown as f64 / n as f64,
+        started.elapsed().as_nanos() as f64 / writes as f64
+    );
 }

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 
 use ridegate_adapters::audit::{AuditEvent, AuditSink};
 use ridegate_adapters::credential::ride_code::{RideCodeVerifier, VerifiedCode};
-use ridegate_adapters::idempotency::{Kept, MemoryIdempotency};
+use ridegate_adapters::idempotency::{Kept, RequestIds};
 use ridegate_adapters::ids::{
     CodeKey, CredentialId, IdentityId, Pseudonymizer, RequestKey, TapFingerprint, random_bytes,
 };
@@ -121,7 +121,7 @@ pub struct Authorizer {
     replay: ReplayBackend,
     idempotency: IdempotencyBackend,
     /// The first tap this instance saw under each request id, to notice reuse.
-    request_ids: MemoryIdempotency,
+    request_ids: RequestIds,
     links: LinkBackend,
     health: StatusReader,
     shared: Option<Arc<SharedTier>>,
@@ -171,7 +171,7 @@ impl Authorizer {
             verifier: ArcSwap::from_pointee(parts.verifier),
             replay: parts.replay,
             idempotency: parts.idempotency,
-            request_ids: MemoryIdempotency::default(),
+            request_ids: RequestIds::default(),
             links: parts.links,
             health: parts.health,
             shared: parts.shared,
@@ -220,11 +220,10 @@ impl Authorizer {
             let until = now
                 .plus_ms(millis(self.retry_window))
                 .max(trace.code_valid_until.unwrap_or_default());
-            let kept = Kept { answer, tap };
             if self
                 .request_ids
-                .record_now(key, kept, until, now)
-                .is_some_and(|seen| seen.tap != tap)
+                .note(key, tap, until, now)
+                .is_some_and(|seen| seen != tap)
             {
                 self.metrics.record_request_id_conflict();
                 self.conflict_log.note(|taps| {
@@ -236,6 +235,7 @@ impl Authorizer {
                 });
             }
             let owner = self.pseudonymizer.owner(key, tap);
+            let kept = Kept { answer, tap };
             if let Some(first) = self.idempotency.record_by(owner, kept, until, now, deadline).await
                 && first.tap == tap
             {
@@ -259,20 +259,9 @@ impl Authorizer {
         let key = self
             .pseudonymizer
             .request(&record.gate.gate_id, &RequestKey(record.decision_id).to_string());
-        let kept = Kept {
-            answer: Answer {
-                verdict: record.verdict,
-                reason: record.reason,
-                decision_id: DecisionId(0),
-                degraded: record.degraded,
-                status_age_ms: None,
-                mode: record.mode,
-                shadow: None,
-            },
-            tap: TapFingerprint([0; 8]),
-        };
         let until = now.plus_ms(millis(self.retry_window));
-        if self.request_ids.record_now(key, kept, until, now).is_some() {
+        // An uploaded decision has no tap of its own here: any fingerprint marks it seen.
+        if self.request_ids.note(key, TapFingerprint([0; 8]), until, now).is_some() {
             return OfflineRecorded::Duplicate;
         }
         let code_first_use = match record.code {

@@ -17,7 +17,7 @@ mod redis;
 
 use std::future::Future;
 
-pub use memory::MemoryIdempotency;
+pub use memory::{MemoryIdempotency, RequestIds};
 pub use redis::RedisIdempotency;
 
 use crate::ids::{RequestKey, TapFingerprint};
