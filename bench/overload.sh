@@ -4,7 +4,9 @@
 # heals. ridegate (embedded default, pinned to one core) with `ridegate load` on the
 # other core, card taps with 10% exits, every call with a 200 ms deadline. The load tool
 # waits the server's grpc-retry-pushback-ms plus jitter after a refusal, as a gate
-# should (PUSHBACK=0: it sends again at once, as ghz does).
+# should (PUSHBACK=0: it sends again at once, as ghz does). Then the same levels from
+# h2load, a client far cheaper per call than the load tool that never waits: the
+# server's goodput, refusals and CPU per refusal from its own counters.
 #
 #   bench/overload.sh                               # part of bench/run.sh, or alone
 #   BEFORE=/path/to/older/ridegate bench/overload.sh  # and an older build, same run
@@ -31,6 +33,11 @@ BEFORE=${BEFORE:-}
 OUT=${OUT:-BENCHMARKS.md}
 
 [ "$SECS" -ge 4 ] || { echo "bench/overload.sh: SECS must be at least 4 (the probe gate runs SECS-2)" >&2; exit 2; }
+for n in $INFLIGHT; do
+  [ "$n" -le "$MAX_CONNS" ] || [ $(( n % MAX_CONNS )) -eq 0 ] ||
+    { echo "bench/overload.sh: each of INFLIGHT must be at most MAX_CONNS ($MAX_CONNS) or a multiple of it (h2load's -m)" >&2; exit 2; }
+done
+[[ "$TIMEOUT" =~ ^[0-9]+ms$ ]] || { echo "bench/overload.sh: TIMEOUT must be in milliseconds, as 200ms" >&2; exit 2; }
 need() { command -v "$1" >/dev/null || { echo "bench/overload.sh needs $1: $2" >&2; exit 2; }; }
 need h2load "apt-get install -y nghttp2-client"
 need jq "apt-get install -y jq"
@@ -68,6 +75,33 @@ shed() {
   [ -n "$1" ] || return 0
   curl -s "http://$1/metrics" | awk -F'[{}"= ]+' '/^ridegate_shed_calls_total\{/ { printf "%s=%s ", $3, $4 }
     /^ridegate_answers_late_total / { printf "late=%s ", $2 }'
+}
+
+# counters ADMIN: "decisions refusals late" summed from the server's metrics
+counters() {
+  curl -s "http://$1/metrics" | awk '/^ridegate_decisions_total\{/ { d += $NF } /^ridegate_shed_calls_total\{/ { s += $NF }
+    /^ridegate_answers_late_total / { l = $NF } END { printf "%d %d %d\n", d, s, l }'
+}
+
+# cpu_ticks PID: the process's user + system CPU, in clock ticks
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# herd NAME N : h2load at N in flight against ridegate; the server's counters around it
+herd() {
+  local name=$1 n=$2
+  local conns=$(( n < MAX_CONNS ? n : MAX_CONNS ))
+  echo "$(counters "$RG_ADMIN") $(cpu_ticks "$RG_PID")" >"$WORK/$name.before"
+  taskset -c "$LOAD_CORE" h2load -D "$SECS" -c "$conns" -m $(( n / conns )) -t 1 -d "$WORK/body.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' -H "grpc-timeout: ${TIMEOUT%ms}m" \
+    "http://$RG_ADDR/ridegate.v1.Gate/Authorize" >"$WORK/$name.txt" 2>&1
+  echo "$(counters "$RG_ADMIN") $(cpu_ticks "$RG_PID")" >"$WORK/$name.after"
+  sleep 1
+}
+
+# herd_fields NAME: ok_per_s refused_per_s late cpu_us_per_s
+herd_fields() {
+  paste -d' ' "$WORK/$1.before" "$WORK/$1.after" | awk -v secs="$SECS" -v hz="$(getconf CLK_TCK)" \
+    '{ printf "%.1f %.1f %d %.1f\n", ($5 - $1) / secs, ($6 - $2) / secs, $7 - $3, ($8 - $4) * 1e6 / hz / secs }'
 }
 
 # run NAME ADDR PID ADMIN N : one timed run at N in flight
@@ -157,6 +191,7 @@ for r in $(seq 1 "$ROUNDS"); do
       esac
     done
   done
+  for n in $INFLIGHT; do herd "herd-$n-$r" "$n"; done
 done
 
 first=${INFLIGHT%% *}
@@ -209,6 +244,28 @@ probe_table() {
   done
 }
 
+# herd_table: h2load's levels, medians over rounds. A refusal's CPU: the server's CPU
+# per second beyond what its decisions cost at the first level (no refusals there),
+# over the refusals per second.
+herd_table() {
+  for n in $INFLIGHT; do
+    local ok ratio refused late busy cost
+    ok=$(for r in $(seq 1 "$ROUNDS"); do herd_fields "herd-$n-$r" | cut -d' ' -f1; done | median)
+    ratio=$(for r in $(seq 1 "$ROUNDS"); do
+      paste -d' ' <(herd_fields "herd-$n-$r") <(herd_fields "herd-$first-$r") | awk '{ print ($5 > 0 ? $1 / $5 : 0) }'
+    done | median)
+    refused=$(for r in $(seq 1 "$ROUNDS"); do herd_fields "herd-$n-$r" | cut -d' ' -f2; done | median)
+    late=$(for r in $(seq 1 "$ROUNDS"); do herd_fields "herd-$n-$r" | cut -d' ' -f3; done | awk '{s+=$1} END {print s+0}')
+    busy=$(for r in $(seq 1 "$ROUNDS"); do herd_fields "herd-$n-$r" | awk '{ print $4 / 1e4 }'; done | median)
+    cost=$(for r in $(seq 1 "$ROUNDS"); do
+      paste -d' ' <(herd_fields "herd-$n-$r") <(herd_fields "herd-$first-$r") |
+        awk '$2 > 0 && $5 > 0 { print ($4 - $1 * $8 / $5) / $2 }'
+    done | median)
+    printf '| %s | %.0f | %.2f | %.0f | %s | %.0f %% | %s |\n' "$n" "$ok" "$ratio" "$refused" "$late" "$busy" \
+      "$( [ "$cost" = nan ] && echo "—" || printf '%.1f µs' "$cost")"
+  done
+}
+
 H2_RPS=$(for r in $(seq 1 "$ROUNDS"); do awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt"; done | median)
 BASE_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
   awk -v a="$(fields "$WORK/rg-$first-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
@@ -249,6 +306,14 @@ done | median)
   echo "|---|---|---|---|---|---|---|---|---|---|"
   probe_table rg "this build"
   [ -n "$BEFORE" ] && probe_table old "before"
+  echo
+  echo "A herd that never waits: h2load (no request id, so every copy is decided afresh; the same card each time) at"
+  echo "the same levels against this build, from the server's own counters. *Refusal*: server CPU a refusal cost,"
+  echo "beyond what the decisions cost at $first in flight, per refusal."
+  echo
+  echo "| in flight | OK answers/s | ratio | refused/s | answered late (server) | server busy | CPU per refusal |"
+  echo "|---|---|---|---|---|---|---|"
+  herd_table
   echo
   printf -- "- card taps at %s in flight: %.0f OK/s, %.2f of the empty handler under h2load (%.0f req/s) in the same run.\n" \
     "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"

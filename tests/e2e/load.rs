@@ -207,6 +207,10 @@ async fn the_baseline_answers_a_constant_and_the_summary_reads_like_ghz() {
         request.credential,
         Some(pb::authorize_request::Credential::Card(_))
     ));
+    assert!(
+        request.request_id.is_empty(),
+        "sent again and again, a request id would make every copy a retry"
+    );
 }
 
 #[tokio::test]

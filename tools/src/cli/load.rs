@@ -118,8 +118,8 @@ pub(super) struct LoadArgs {
     /// Send every tap as this gate (a gate certificate speaks for one gate id only).
     #[arg(long)]
     gate_id: Option<String>,
-    /// Write one framed request (a card tap) to this file for other tools (h2load
-    /// `--data`), and exit.
+    /// Write one framed request (a card tap, with no request id so that every copy is
+    /// decided afresh) to this file for other tools (h2load `--data`), and exit.
     #[arg(long)]
     write_body: Option<PathBuf>,
     /// Mint the requests, print the bare signature check of each kind of code as JSON,
@@ -228,7 +228,7 @@ pub(super) fn run_load(args: LoadArgs) -> Result<(), Failure> {
         templates = templates.from_gate(gate).map_err(Failure::runtime)?;
     }
     if let Some(path) = &args.write_body {
-        let body = templates.request(0).context("no request").map_err(Failure::runtime)?;
+        let body = templates.repeatable().context("no request").map_err(Failure::runtime)?;
         std::fs::write(path, &body)
             .with_context(|| format!("cannot write {}", path.display()))
             .map_err(Failure::runtime)?;

@@ -389,6 +389,16 @@ impl Templates {
         })
     }
 
+    /// The first request with no request id, for tools that send one body again and
+    /// again (h2load `--data`): each copy is then decided afresh, where a shared request
+    /// id would make every copy after the first a retry, answered from memory.
+    pub fn repeatable(&self) -> Option<Bytes> {
+        let template = self.frames.first()?;
+        let mut request = pb::AuthorizeRequest::decode(template.get(5..)?).ok()?;
+        request.request_id.clear();
+        Some(frame(&request))
+    }
+
     /// The framed request for the `k`-th call, with request id the run's tag and `k` in
     /// hex; `None` once the requests carry ride codes and all were sent (a code can be
     /// used once).
