@@ -262,7 +262,7 @@ herd_table() {
         awk '$2 > 0 && $5 > 0 { print ($4 - $1 * $8 / $5) / $2 }'
     done | median)
     printf '| %s | %.0f | %.2f | %.0f | %s | %.0f %% | %s |\n' "$n" "$ok" "$ratio" "$refused" "$late" "$busy" \
-      "$( [ "$cost" = nan ] && echo "—" || printf '%.1f µs' "$cost")"
+      "$(awk -v c="$cost" 'BEGIN { if (c == "nan") print "—"; else if (c < 0) print "< 0 (noise)"; else printf "%.1f µs", c }')"
   done
 }
 
