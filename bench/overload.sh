@@ -10,7 +10,7 @@
 #
 #   bench/overload.sh                               # part of bench/run.sh, or alone
 #   BEFORE=/path/to/older/ridegate bench/overload.sh  # and an older build, same run
-#   INFLIGHT="64 640 6400" ROUNDS=5 bench/overload.sh
+#   INFLIGHT="64 600 6000" ROUNDS=5 bench/overload.sh
 #
 # Writes its table into BENCHMARKS.md between the "bench/overload.sh" markers.
 # Needs: cargo, h2load (nghttp2-client), jq, taskset, curl.
@@ -79,7 +79,7 @@ shed() {
 
 # counters ADMIN: "decisions refusals late" summed from the server's metrics
 counters() {
-  curl -s "http://$1/metrics" | awk '/^ridegate_decisions_total\{/ { d += $NF } /^ridegate_shed_calls_total\{/ { s += $NF }
+  curl -fsS "http://$1/metrics" | awk '/^ridegate_decisions_total\{/ { d += $NF } /^ridegate_shed_calls_total\{/ { s += $NF }
     /^ridegate_answers_late_total / { l = $NF } END { printf "%d %d %d\n", d, s, l }'
 }
 
@@ -90,18 +90,26 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 herd() {
   local name=$1 n=$2
   local conns=$(( n < MAX_CONNS ? n : MAX_CONNS ))
-  echo "$(counters "$RG_ADMIN") $(cpu_ticks "$RG_PID")" >"$WORK/$name.before"
+  snapshot >"$WORK/$name.before"
   taskset -c "$LOAD_CORE" h2load -D "$SECS" -c "$conns" -m $(( n / conns )) -t 1 -d "$WORK/body.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' -H "grpc-timeout: ${TIMEOUT%ms}m" \
     "http://$RG_ADDR/ridegate.v1.Gate/Authorize" >"$WORK/$name.txt" 2>&1
-  echo "$(counters "$RG_ADMIN") $(cpu_ticks "$RG_PID")" >"$WORK/$name.after"
+  snapshot >"$WORK/$name.after"
   sleep 1
 }
 
-# herd_fields NAME: ok_per_s refused_per_s late cpu_us_per_s
+# snapshot: ridegate's counters, its CPU ticks and the time, on one line
+snapshot() {
+  local c
+  c=$(counters "$RG_ADMIN") && [ -n "$c" ] || { echo "bench/overload.sh: cannot read ridegate's metrics" >&2; exit 1; }
+  echo "$c $(cpu_ticks "$RG_PID") $(date +%s.%N)"
+}
+
+# herd_fields NAME: ok_per_s refused_per_s late cpu_us_per_s, over the time between the
+# two snapshots (fields: decisions refusals late ticks time, before then after)
 herd_fields() {
-  paste -d' ' "$WORK/$1.before" "$WORK/$1.after" | awk -v secs="$SECS" -v hz="$(getconf CLK_TCK)" \
-    '{ printf "%.1f %.1f %d %.1f\n", ($5 - $1) / secs, ($6 - $2) / secs, $7 - $3, ($8 - $4) * 1e6 / hz / secs }'
+  paste -d' ' "$WORK/$1.before" "$WORK/$1.after" | awk -v hz="$(getconf CLK_TCK)" \
+    '{ secs = $10 - $5; printf "%.1f %.1f %d %.1f\n", ($6 - $1) / secs, ($7 - $2) / secs, $8 - $3, ($9 - $4) * 1e6 / hz / secs }'
 }
 
 # run NAME ADDR PID ADMIN N : one timed run at N in flight

@@ -20,7 +20,8 @@ use ridegate_core::model::UnixMillis;
 const SHARDS: usize = 32;
 
 /// Records per chunk of a shard's ring: a chunk is allocated whole and freed whole once
-/// every record in it has expired. (Tests use tiny chunks, so that they cross chunks.)
+/// every record in it has expired, except the one a shard is writing into. (Tests use
+/// tiny chunks, so that they cross chunks.)
 #[cfg(not(test))]
 const CHUNK: usize = 4096;
 #[cfg(test)]
@@ -146,7 +147,6 @@ impl<V: Copy> ExpiringMap<V> {
         guard.expire(now);
         let Shard { ring, index } = &mut *guard;
         let record = Record { key, until, value };
-        let next = ring.first.wrapping_add(ring.len as u32);
         match index.find_mut(hash(&key), |&seq| ring.get(seq).key == key) {
             Some(held) => {
                 let latest = ring.get(*held);
@@ -155,12 +155,11 @@ impl<V: Copy> ExpiringMap<V> {
                 }
                 // Expired: the new record takes its key's slot; the old one stays in
                 // the ring until it reaches the front.
-                *held = next;
-                ring.push(record);
+                *held = ring.push(record);
             }
             None => {
-                ring.push(record);
-                index.insert_unique(hash(&key), next, |&seq| hash(&ring.get(seq).key));
+                let seq = ring.push(record);
+                index.insert_unique(hash(&key), seq, |&seq| hash(&ring.get(seq).key));
             }
         }
         None

@@ -120,7 +120,9 @@ pub struct Authorizer {
     verifier: ArcSwap<RideCodeVerifier>,
     replay: ReplayBackend,
     idempotency: IdempotencyBackend,
-    /// The first tap this instance saw under each request id, to notice reuse.
+    /// The first tap this instance saw under each request id: to notice a request id
+    /// reused for another tap, to tell a retry (`is_retry`), and to record an uploaded
+    /// offline decision once.
     request_ids: RequestIds,
     links: LinkBackend,
     health: StatusReader,

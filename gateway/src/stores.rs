@@ -436,8 +436,16 @@ pub struct Claimed {
     pub confirmed: bool,
 }
 
+/// How long past its validity a used code is remembered. A decision checks the code
+/// against the clock as it starts and claims it with that reading; were the record gone
+/// the moment the code expired, a replay checked just before expiry but claimed just
+/// after (a decision that waited to be run, or a Redis clock a little ahead) would find
+/// no record and pass as a first use.
+pub const USED_CODE_GRACE_MS: i64 = 10_000;
+
 impl ReplayBackend {
-    /// Claims `code` for `request`, by `deadline`.
+    /// Claims `code` for `request`, by `deadline`; the record is kept until
+    /// [`USED_CODE_GRACE_MS`] past `valid_until`.
     pub async fn claim_by(
         &self,
         code: CodeKey,
@@ -446,6 +454,7 @@ impl ReplayBackend {
         now: UnixMillis,
         deadline: Instant,
     ) -> Claimed {
+        let valid_until = valid_until.plus_ms(USED_CODE_GRACE_MS);
         match self {
             Self::Memory(m) => Claimed {
                 claim: m.claim_now(code, request, valid_until, now),
@@ -590,5 +599,30 @@ mod tests {
         assert_eq!(restored.resolve_now(&second, NOW), Some(IdentityId([9; 16])));
         assert_eq!(restored.resolve_now(&other, NOW), None, "the unlinked card");
         assert_eq!(restored.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_code_claimed_with_a_reading_from_before_its_expiry_finds_its_use_after_it() {
+        let guard = ReplayBackend::Memory(MemoryReplayGuard::default());
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (code, first, replay) = (CodeKey([1; 16]), RequestKey([2; 16]), RequestKey([3; 16]));
+        let valid_until = NOW.plus_ms(1_000);
+        let claimed = guard.claim_by(code, first, valid_until, NOW, deadline).await;
+        assert_eq!(claimed.claim, Claim::First);
+        // Other codes of the same shard are claimed once the code has expired: each
+        // claim removes expired records from the front.
+        for i in 100..132u8 {
+            let mut other = [i; 16];
+            other[15] = 1;
+            let later = valid_until.plus_ms(USED_CODE_GRACE_MS / 2);
+            guard
+                .claim_by(CodeKey(other), first, later.plus_ms(60_000), later, deadline)
+                .await;
+        }
+        // A replay checked just before expiry, claimed with that reading.
+        let claimed = guard
+            .claim_by(code, replay, valid_until, valid_until.plus_ms(-1), deadline)
+            .await;
+        assert_eq!(claimed.claim, Claim::Replayed);
     }
 }

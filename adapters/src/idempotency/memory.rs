@@ -31,6 +31,7 @@ impl MemoryIdempotency {
     }
 
     /// Whether an answer is kept for `request`.
+    #[cfg(test)]
     pub fn holds(&self, request: RequestKey, now: UnixMillis) -> bool {
         self.answers.get(&request.0, now).is_some()
     }
