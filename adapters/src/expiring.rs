@@ -116,8 +116,8 @@ fn hash(key: &[u8; 16]) -> u64 {
     u64::from_le_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]])
 }
 
-impl<V: Copy> ExpiringMap<V> {
-    pub(crate) fn new() -> Self {
+impl<V: Copy> Default for ExpiringMap<V> {
+    fn default() -> Self {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -128,7 +128,9 @@ impl<V: Copy> ExpiringMap<V> {
             .collect();
         Self { shards }
     }
+}
 
+impl<V: Copy> ExpiringMap<V> {
     fn shard(&self, key: &[u8; 16]) -> &Mutex<Shard<V>> {
         &self.shards[usize::from(key[15]) % SHARDS]
     }
@@ -194,7 +196,7 @@ mod tests {
 
     #[test]
     fn entries_vanish_at_expiry_and_their_slot_is_free() {
-        let map = ExpiringMap::new();
+        let map = ExpiringMap::default();
         let key = [7u8; 16];
         assert_eq!(map.insert_if_absent(key, 1, UnixMillis(100), UnixMillis(0)), None);
         assert_eq!(map.insert_if_absent(key, 2, UnixMillis(100), UnixMillis(50)), Some(1));
@@ -216,7 +218,7 @@ mod tests {
 
     #[test]
     fn each_write_removes_a_few_expired_entries_and_a_backlog_drains() {
-        let map = ExpiringMap::new();
+        let map = ExpiringMap::default();
         let key = |i: u32| {
             let mut key = [0u8; 16];
             key[..4].copy_from_slice(&i.to_le_bytes());
@@ -238,7 +240,7 @@ mod tests {
 
     #[test]
     fn an_entry_written_again_after_expiry_is_not_removed_by_its_old_place() {
-        let map = ExpiringMap::new();
+        let map = ExpiringMap::default();
         let key = |i: u8| {
             let mut key = [3u8; 16];
             key[0] = i;
@@ -259,7 +261,7 @@ mod tests {
 
     #[test]
     fn sequence_numbers_wrap_without_losing_a_record() {
-        let map = ExpiringMap::new();
+        let map = ExpiringMap::default();
         for shard in map.shards.iter() {
             shard.lock().ring.first = u32::MAX - 3;
         }
@@ -288,7 +290,7 @@ mod tests {
         fn answers_as_a_plain_map_of_live_entries_would(
             ops in proptest::collection::vec((0u8..6, 0u8..2, 0i64..30, 1i64..60), 1..400)
         ) {
-            let map = ExpiringMap::new();
+            let map = ExpiringMap::default();
             let mut model: std::collections::HashMap<u8, (u32, i64)> = std::collections::HashMap::new();
             let mut now = 0i64;
             for (n, (id, shard, step, life)) in ops.into_iter().enumerate() {

@@ -6,16 +6,9 @@ use crate::ids::{RequestKey, TapFingerprint};
 use ridegate_core::model::UnixMillis;
 
 /// Answers kept in this process until they expire.
+#[derive(Default)]
 pub struct MemoryIdempotency {
     answers: ExpiringMap<Kept>,
-}
-
-impl Default for MemoryIdempotency {
-    fn default() -> Self {
-        Self {
-            answers: ExpiringMap::new(),
-        }
-    }
 }
 
 impl std::fmt::Debug for MemoryIdempotency {
@@ -39,16 +32,9 @@ impl MemoryIdempotency {
 
 /// The tap this process first saw under each request id, kept until it expires: enough
 /// to notice a request id reused for another tap, at half the memory of a kept answer.
+#[derive(Default)]
 pub struct RequestIds {
     taps: ExpiringMap<TapFingerprint>,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            taps: ExpiringMap::new(),
-        }
-    }
 }
 
 impl std::fmt::Debug for RequestIds {

@@ -6,16 +6,9 @@ use crate::ids::{CodeKey, RequestKey};
 use ridegate_core::model::UnixMillis;
 
 /// Used codes, kept in this process until they expire.
+#[derive(Default)]
 pub struct MemoryReplayGuard {
     used: ExpiringMap<RequestKey>,
-}
-
-impl Default for MemoryReplayGuard {
-    fn default() -> Self {
-        Self {
-            used: ExpiringMap::new(),
-        }
-    }
 }
 
 impl std::fmt::Debug for MemoryReplayGuard {
