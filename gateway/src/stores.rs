@@ -436,16 +436,8 @@ pub struct Claimed {
     pub confirmed: bool,
 }
 
-/// How long past its validity a used code is remembered. A decision checks the code
-/// against the clock as it starts and claims it with that reading; were the record gone
-/// the moment the code expired, a replay checked just before expiry but claimed just
-/// after (a decision that waited to be run, or a Redis clock a little ahead) would find
-/// no record and pass as a first use.
-pub const USED_CODE_GRACE_MS: i64 = 10_000;
-
 impl ReplayBackend {
-    /// Claims `code` for `request`, by `deadline`; the record is kept until
-    /// [`USED_CODE_GRACE_MS`] past `valid_until`.
+    /// Claims `code` for `request`, by `deadline`.
     pub async fn claim_by(
         &self,
         code: CodeKey,
@@ -454,7 +446,6 @@ impl ReplayBackend {
         now: UnixMillis,
         deadline: Instant,
     ) -> Claimed {
-        let valid_until = valid_until.plus_ms(USED_CODE_GRACE_MS);
         match self {
             Self::Memory(m) => Claimed {
                 claim: m.claim_now(code, request, valid_until, now),
@@ -536,6 +527,7 @@ mod tests {
 
     use ridegate_adapters::caller::CallerKind;
     use ridegate_adapters::link::{Consent, CredentialClass};
+    use ridegate_adapters::replay::USED_CODE_GRACE_MS;
     use ridegate_adapters::storage::StorageSettings;
 
     use super::*;

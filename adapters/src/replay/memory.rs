@@ -1,6 +1,6 @@
 //! The embedded single-use guard: one process's memory.
 
-use super::{Claim, ReplayError, ReplayGuard};
+use super::{Claim, ReplayError, ReplayGuard, USED_CODE_GRACE_MS};
 use crate::expiring::ExpiringMap;
 use crate::ids::{CodeKey, RequestKey};
 use ridegate_core::model::UnixMillis;
@@ -20,7 +20,8 @@ impl std::fmt::Debug for MemoryReplayGuard {
 impl MemoryReplayGuard {
     /// The same claim as [`ReplayGuard::claim`], without the future.
     pub fn claim_now(&self, code: CodeKey, request: RequestKey, valid_until: UnixMillis, now: UnixMillis) -> Claim {
-        match self.used.insert_if_absent(code.0, request, valid_until, now) {
+        let until = valid_until.plus_ms(USED_CODE_GRACE_MS);
+        match self.used.insert_if_absent(code.0, request, until, now) {
             None => Claim::First,
             Some(owner) if owner == request => Claim::Retry,
             Some(_) => Claim::Replayed,
@@ -53,8 +54,14 @@ mod tests {
         assert_eq!(guard.claim_now(code, gate_a, until, UnixMillis(10)), Claim::Retry);
         assert_eq!(guard.claim_now(code, gate_b, until, UnixMillis(20)), Claim::Replayed);
         assert_eq!(guard.claim_now(code, gate_b, until, UnixMillis(999)), Claim::Replayed);
+        // Remembered for the grace past its validity, then free.
+        let ended = 1_000 + USED_CODE_GRACE_MS;
         assert_eq!(
-            guard.claim_now(code, gate_b, UnixMillis(2_000), UnixMillis(1_000)),
+            guard.claim_now(code, gate_b, until, UnixMillis(ended - 1)),
+            Claim::Replayed
+        );
+        assert_eq!(
+            guard.claim_now(code, gate_b, UnixMillis(ended + 1_000), UnixMillis(ended)),
             Claim::First
         );
     }

@@ -14,6 +14,14 @@ use crate::ids::{CodeKey, RequestKey};
 use crate::shared::SharedError;
 use ridegate_core::model::UnixMillis;
 
+/// How long past its validity a used code is remembered, by every guard. A decision
+/// checks the code against the clock as it starts and claims it with that reading; were
+/// the record gone the moment the code expired, a replay checked just before expiry but
+/// claimed just after (a decision that waited to be run while another claim expired the
+/// record, or a Redis whose clock is a little ahead) would find none and pass as a first
+/// use.
+pub const USED_CODE_GRACE_MS: i64 = 10_000;
+
 /// What claiming a code found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -32,7 +40,8 @@ pub struct ReplayError(#[from] pub SharedError);
 
 /// Remembers used ride codes.
 pub trait ReplayGuard: Send + Sync + 'static {
-    /// Marks `code` as used by `request` until `valid_until`, unless it already is.
+    /// Marks `code` as used by `request` until [`USED_CODE_GRACE_MS`] past
+    /// `valid_until`, unless it already is.
     fn claim(
         &self,
         code: CodeKey,

@@ -1,10 +1,10 @@
 //! The single-use guard in the shared tier: `SET <code key> <request key> NX PXAT
-//! <valid until> GET`. The first claim stores the request that used the code; a later
+//! <valid until + grace> GET`. The first claim stores the request that used the code; a later
 //! claim gets that request back and is a retry if it is the same one, a replay if not.
 
 use std::sync::Arc;
 
-use super::{Claim, ReplayError, ReplayGuard};
+use super::{Claim, ReplayError, ReplayGuard, USED_CODE_GRACE_MS};
 use crate::ids::{CodeKey, RequestKey};
 use crate::shared::SharedTier;
 use ridegate_core::model::UnixMillis;
@@ -36,7 +36,7 @@ impl ReplayGuard for RedisReplayGuard {
             .arg(&owner)
             .arg("NX")
             .arg("PXAT")
-            .arg(valid_until.0)
+            .arg(valid_until.plus_ms(USED_CODE_GRACE_MS).0)
             .arg("GET");
         let earlier: Option<String> = self.tier.query(&cmd, None).await?;
         Ok(match earlier {
