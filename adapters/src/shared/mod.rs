@@ -37,7 +37,7 @@ pub mod changes;
 pub(crate) mod encoding;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -74,7 +74,10 @@ pub struct SharedSettings {
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
     /// Timeouts in a row before Redis is marked down. One slow reply under a CPU spike
-    /// is not an outage; a refused or dropped connection marks it down at once.
+    /// is not an outage; a refused or dropped connection marks it down at once. Commands
+    /// that were waiting together when one timed out count once (one stall seen by a
+    /// herd of taps is one timeout), so this is about how many operation timeouts long
+    /// a stall must be.
     pub down_after_timeouts: u32,
     /// Longest wait to connect.
     #[serde(with = "humantime_serde")]
@@ -250,8 +253,32 @@ pub struct SharedTier {
     /// Set while this instance's start-up import is still writing into the tier.
     importing: AtomicBool,
     /// Timeouts since the last success.
-    timeouts_in_a_row: AtomicU32,
+    stall: parking_lot::Mutex<Stall>,
+    /// Set while `stall` counts any timeout (successes then clear it).
+    stalled: AtomicBool,
     stats: SharedStats,
+}
+
+/// The timeouts counted since the last success.
+#[derive(Debug, Default)]
+struct Stall {
+    /// Timeouts counted.
+    counted: u32,
+    /// When the last counted one fired: a command already waiting then is part of the
+    /// same stall and is not counted again.
+    last_counted_at: Option<Instant>,
+}
+
+impl Stall {
+    /// Counts a timeout of a command sent at `started` that fired at `now`, unless the
+    /// command was already waiting when the last counted one fired; returns the count.
+    fn count(&mut self, started: Instant, now: Instant) -> u32 {
+        if self.last_counted_at.is_none_or(|at| started >= at) {
+            self.counted = self.counted.saturating_add(1);
+            self.last_counted_at = Some(now);
+        }
+        self.counted
+    }
 }
 
 impl std::fmt::Debug for SharedTier {
@@ -273,7 +300,8 @@ impl SharedTier {
             epoch: parking_lot::Mutex::new(None),
             data_lost: AtomicBool::new(false),
             importing: AtomicBool::new(false),
-            timeouts_in_a_row: AtomicU32::new(0),
+            stall: parking_lot::Mutex::new(Stall::default()),
+            stalled: AtomicBool::new(false),
             stats: SharedStats::default(),
         }))
     }
@@ -348,7 +376,8 @@ impl SharedTier {
     /// down: the new server may be an empty one, and only a probe, which checks the
     /// epoch marker, brings the tier back.
     pub async fn send<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Option<Instant>) -> Result<T, SharedError> {
-        let limit = Instant::now() + self.settings.operation_timeout;
+        let started = Instant::now();
+        let limit = started + self.settings.operation_timeout;
         let deadline = deadline.map_or(limit, |d| d.min(limit));
         let mut connection = self.connection.clone();
         let attempt = async {
@@ -370,7 +399,7 @@ impl SharedTier {
             Ok((Ok(value), false)) => Ok(value),
             Ok((Err(e), _)) if is_reply_error(&e) => Err(SharedError::Rejected(e)),
             Ok((Err(e), _)) if e.is_timeout() => {
-                self.note_timeout();
+                self.note_timeout(started);
                 Err(SharedError::Connection(e))
             }
             Ok((Err(e), _)) => {
@@ -378,14 +407,15 @@ impl SharedTier {
                 Err(SharedError::Connection(e))
             }
             Err(_) => {
-                self.note_timeout();
+                self.note_timeout(started);
                 Err(SharedError::Timeout)
             }
         };
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        } else if self.stalled.load(Ordering::Relaxed) {
+            *self.stall.lock() = Stall::default();
+            self.stalled.store(false, Ordering::Relaxed);
         }
         result
     }
@@ -451,9 +481,12 @@ impl SharedTier {
     }
 
     /// One more timeout in a row; enough of them mark the tier down.
-    fn note_timeout(&self) {
-        let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        if in_a_row >= self.settings.down_after_timeouts {
+    /// Counts a timeout of a command sent at `started` (see [`Stall::count`]); marks the
+    /// tier down at `down_after_timeouts`.
+    fn note_timeout(&self, started: Instant) {
+        let counted = self.stall.lock().count(started, Instant::now());
+        self.stalled.store(true, Ordering::Relaxed);
+        if counted >= self.settings.down_after_timeouts {
             self.mark_down();
         }
     }
@@ -543,4 +576,25 @@ fn open(settings: &SharedSettings, response_timeout: Duration) -> Result<Connect
     Ok(Connection::Cluster(
         client.get_pending_async_connection_with_config(config),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_seen_by_many_commands_at_once_counts_once() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut stall = Stall::default();
+        // A herd of 500 commands sent in the first 10 ms, timing out 50 ms later.
+        for i in 0..500 {
+            let sent = ms(i % 10);
+            assert_eq!(stall.count(sent, sent + Duration::from_millis(50)), 1);
+        }
+        // Commands sent after the first timeout fired start a new count each time.
+        assert_eq!(stall.count(ms(55), ms(105)), 2);
+        assert_eq!(stall.count(ms(60), ms(110)), 2, "waiting when the second fired");
+        assert_eq!(stall.count(ms(106), ms(156)), 3);
+    }
 }
