@@ -183,8 +183,9 @@ enum Who {
 const CODE_LIFETIME: Duration = Duration::from_secs(60);
 /// Phones per issuer and role for the offline form.
 const PHONES_PER_ROLE: usize = 32;
-/// Riders taken from each role for the draw (enough to spread taps).
-const RIDERS_PER_ROLE: usize = 200_000;
+/// Riders taken from each role for the draw: enough to spread taps over millions of
+/// riders, so a run can fill a shared-tier instance's caches (32 MB of list at most).
+const RIDERS_PER_ROLE: usize = 4_000_000;
 
 /// One issuer's keys: the real one, a forger's with the same key id, and the public key
 /// for the bare-check measurement.
