@@ -14,6 +14,8 @@
 # the memory read is the instance's worst case: caches full, then the drill on top.
 # MIRROR=0 turns off the instance's copy of the whole tier for offline gates
 # (`[gate_state] shared`, on by default), to read what the caches alone cost.
+# LINKS=cards imports only the riders' cards (one link and one status a rider: RIDERS=
+# 10000000 is 10 M links and 10 M statuses).
 #
 # 1. idle:    1,100 TCP connections that never send a byte, the server under a
 #             1,024 open-file limit (prlimit);
@@ -34,6 +36,8 @@ TIER=${TIER:-embedded}
 CACHE=${CACHE:-500000}
 FILL=${FILL:-$(( 2 * RIDERS ))}
 MIRROR=${MIRROR:-1}
+LINKS=${LINKS:-all}
+case "$LINKS" in all|cards) ;; *) echo "bench/drills.sh: LINKS must be all or cards" >&2; exit 2;; esac
 case "$TIER" in embedded|shared) ;; *) echo "bench/drills.sh: TIER must be embedded or shared" >&2; exit 2;; esac
 [ "$TIER" = embedded ] || command -v redis-server >/dev/null ||
   { echo "bench/drills.sh needs redis-server for TIER=shared: apt-get install -y redis-server" >&2; exit 2; }
@@ -52,6 +56,11 @@ log "population: $RIDERS riders"
 CONFIG=$WORK/pop/ridegate.toml
 SERVE_ARGS=(--data-dir "$WORK/data")
 WARM=20000
+if [ "$LINKS" = cards ]; then
+  grep '^{"card"' "$WORK/pop/links.jsonl" >"$WORK/pop/cards.jsonl"
+  mv "$WORK/pop/cards.jsonl" "$WORK/pop/links.jsonl"
+fi
+log "links: $(wc -l <"$WORK/pop/links.jsonl"), statuses: $(wc -l <"$WORK/pop/health.jsonl")"
 if [ "$TIER" = shared ]; then
   REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
@@ -104,10 +113,11 @@ row() {
       "\(.probesAnswered)/\(.probes)", (.probeMaxMs | floor), (.serverRssBeforeMib | floor),
       (.serverRssPeakMib | floor), (.serverRssAfterMib | floor)] | "| " + (map(tostring) | join(" | ")) + " |"' "$WORK/$1.json"
 }
+LINKS_HELD=$(wc -l <"$WORK/pop/links.jsonl"); STATUSES_HELD=$(wc -l <"$WORK/pop/health.jsonl")
 if [ "$TIER" = shared ]; then
   SECTION=drills.sh-shared
   TITLE="Transport drills on the shared tier (\`TIER=shared bench/drills.sh\`)"
-  SETUP="a shared-tier instance over Redis holding $RIDERS riders' links and statuses, its link and status caches at most $CACHE entries each, filled by $FILL card taps before each drill, $( [ "$MIRROR" = 1 ] && echo "with" || echo "without" ) its copy of the tier for offline gates"
+  SETUP="a shared-tier instance over Redis holding $LINKS_HELD links and $STATUSES_HELD statuses, its link and status caches at most $CACHE entries each, filled by $FILL card taps before each drill, $( [ "$MIRROR" = 1 ] && echo "with" || echo "without" ) its copy of the tier for offline gates"
 else
   SECTION=drills.sh
   TITLE="Transport drills (\`bench/drills.sh\`)"
