@@ -254,7 +254,8 @@ pub struct SharedTier {
     importing: AtomicBool,
     /// Timeouts since the last success.
     stall: parking_lot::Mutex<Stall>,
-    /// Set while `stall` counts any timeout (successes then clear it).
+    /// Set while `stall` holds a count (successes then clear it): a success need not
+    /// take the lock otherwise.
     stalled: AtomicBool,
     stats: SharedStats,
 }
@@ -414,7 +415,9 @@ impl SharedTier {
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         } else if self.stalled.load(Ordering::Relaxed) {
-            *self.stall.lock() = Stall::default();
+            // Set and cleared under the lock, so it is set whenever a count is held.
+            let mut stall = self.stall.lock();
+            *stall = Stall::default();
             self.stalled.store(false, Ordering::Relaxed);
         }
         result
@@ -480,12 +483,14 @@ impl SharedTier {
         format!("{}:{name}", self.settings.prefix)
     }
 
-    /// One more timeout in a row; enough of them mark the tier down.
     /// Counts a timeout of a command sent at `started` (see [`Stall::count`]); marks the
     /// tier down at `down_after_timeouts`.
     fn note_timeout(&self, started: Instant) {
-        let counted = self.stall.lock().count(started, Instant::now());
-        self.stalled.store(true, Ordering::Relaxed);
+        let counted = {
+            let mut stall = self.stall.lock();
+            self.stalled.store(true, Ordering::Relaxed);
+            stall.count(started, Instant::now())
+        };
         if counted >= self.settings.down_after_timeouts {
             self.mark_down();
         }
