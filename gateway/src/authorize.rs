@@ -268,6 +268,9 @@ impl Authorizer {
         }
         let code_first_use = match record.code {
             Some((code, until)) => {
+                // The gate's word for how long the code lives, held to what any code can:
+                // a record kept far into the future would pin the guard's memory.
+                let until = until.min(self.verifier.load().latest_valid_until(now));
                 let claimed = self.replay.claim_by(code, key, until, now, deadline).await;
                 let first = claimed.claim != Claim::Replayed;
                 if !first {

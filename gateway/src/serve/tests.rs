@@ -888,3 +888,63 @@ mod sequences {
         }
     }
 }
+
+/// An offline upload whose gate claims its ride code lives for ever: the guard keeps it
+/// only as long as any code can live (60 s, 5 s of skew either side), plus its grace.
+#[tokio::test]
+async fn a_gate_cannot_make_the_guard_keep_a_code_for_ever() {
+    use ridegate_adapters::ids::CodeKey;
+    use ridegate_adapters::replay::USED_CODE_GRACE_MS;
+    use ridegate_core::credential::CredentialKind;
+    use ridegate_core::model::Mode;
+
+    use crate::authorize::{OfflineRecord, OfflineRecorded};
+
+    let f = Fixture::new().await;
+    let upload = |decision: u8| OfflineRecord {
+        gate: GateContext {
+            gate_id: "L10-S07-G03".into(),
+            station_id: "S07".into(),
+            line_id: "L10".into(),
+            direction: Direction::Entry,
+            tapped_at: f.clock.now(),
+            budget: None,
+        },
+        credential_kind: CredentialKind::RideCode,
+        issuer: Some("alipay".into()),
+        code: Some((CodeKey([5; 16]), UnixMillis(i64::MAX))),
+        verdict: Verdict::Allow,
+        reason: Reason::HealthGreen,
+        mode: Mode::Enforce,
+        degraded: true,
+        state_age_ms: 0,
+        decision_id: [decision; 16],
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let authorizer = f.app.authorizer();
+    let first = authorizer.record_offline(upload(1), deadline).await;
+    assert_eq!(
+        first,
+        OfflineRecorded::Recorded {
+            code_first_use: Some(true)
+        }
+    );
+    let longest = 60_000 + 2 * 5_000 + USED_CODE_GRACE_MS;
+    f.clock
+        .advance(Duration::from_millis(u64::try_from(longest - 1_000).expect("positive")));
+    let within = authorizer.record_offline(upload(2), deadline).await;
+    assert_eq!(
+        within,
+        OfflineRecorded::Recorded {
+            code_first_use: Some(false)
+        }
+    );
+    f.clock.advance(Duration::from_millis(2_000));
+    let after = authorizer.record_offline(upload(3), deadline).await;
+    assert_eq!(
+        after,
+        OfflineRecorded::Recorded {
+            code_first_use: Some(true)
+        }
+    );
+}

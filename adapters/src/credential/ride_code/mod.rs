@@ -471,6 +471,19 @@ impl RideCodeVerifier {
         self.issuers.iter().map(|i| &*i.id)
     }
 
+    /// The latest a code that verifies at `now` can still verify: issued up to the skew
+    /// ahead, living at most its issuer's longest lifetime, accepted up to the skew after.
+    /// What a gate reports of a code's validity is held to it.
+    pub fn latest_valid_until(&self, now: UnixMillis) -> UnixMillis {
+        let longest = self
+            .issuers
+            .iter()
+            .map(|i| i.max_lifetime_ms.saturating_add(i.skew_ms.saturating_mul(2)))
+            .max()
+            .unwrap_or(0);
+        now.plus_ms(longest)
+    }
+
     /// Verifies a scanned code at time `now`.
     pub fn verify(&self, qr_text: &str, now: UnixMillis) -> Result<VerifiedCode, CodeError> {
         if qr_text.len() > self.max_code_bytes {
