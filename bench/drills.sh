@@ -10,8 +10,10 @@
 # TIER=shared: the population lives in a Redis of the script's own (imported once, by a
 # first server) and each drill's server is a shared-tier instance whose link and status
 # caches hold at most CACHE entries each and keep them an hour. Before each drill a
-# load tapping every rider's card (FILL taps, default 2 × RIDERS) fills both caches, so
-# the memory read is the instance's worst case: caches full, then the drill on top.
+# load of FILL card taps (default 2 × RIDERS, at most 1 M: the load tool sends at most
+# 1 M distinct taps, riders drawn at random) fills both caches, so the memory read is
+# the instance's worst case: caches full (the status cache's count is in the table),
+# then the drill on top. Keep CACHE under about 0.8 M, or the caches cannot fill.
 # MIRROR=0 turns off the instance's copy of the whole tier for offline gates
 # (`[gate_state] shared`, on by default), to read what the caches alone cost.
 # LINKS=cards imports only the riders' cards (one link and one status a rider: RIDERS=
@@ -23,7 +25,7 @@
 # 3. partial: 100 connections × 1,000 calls that declare a 1.9 MB message and send 64 KiB.
 #
 # Writes its table into BENCHMARKS.md between the "bench/drills.sh" markers.
-# Needs: cargo, jq, prlimit (util-linux); redis-server for TIER=shared.
+# Needs: cargo, jq, prlimit (util-linux); for TIER=shared redis-server, redis-cli, python3.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -34,13 +36,18 @@ RIDERS=${RIDERS:-100000}
 OUT=${OUT:-BENCHMARKS.md}
 TIER=${TIER:-embedded}
 CACHE=${CACHE:-500000}
-FILL=${FILL:-$(( 2 * RIDERS ))}
+FILL=${FILL:-$(( 2 * RIDERS < 1000000 ? 2 * RIDERS : 1000000 ))}
 MIRROR=${MIRROR:-1}
 LINKS=${LINKS:-all}
 case "$LINKS" in all|cards) ;; *) echo "bench/drills.sh: LINKS must be all or cards" >&2; exit 2;; esac
 case "$TIER" in embedded|shared) ;; *) echo "bench/drills.sh: TIER must be embedded or shared" >&2; exit 2;; esac
-[ "$TIER" = embedded ] || command -v redis-server >/dev/null ||
-  { echo "bench/drills.sh needs redis-server for TIER=shared: apt-get install -y redis-server" >&2; exit 2; }
+case "$MIRROR" in 0|1) ;; *) echo "bench/drills.sh: MIRROR must be 0 or 1" >&2; exit 2;; esac
+if [ "$TIER" = shared ]; then
+  for tool in redis-server redis-cli python3; do
+    command -v "$tool" >/dev/null ||
+      { echo "bench/drills.sh needs $tool for TIER=shared: apt-get install -y redis-server python3" >&2; exit 2; }
+  done
+fi
 command -v prlimit >/dev/null || { echo "bench/drills.sh needs prlimit: apt-get install -y util-linux" >&2; exit 2; }
 command -v jq >/dev/null || { echo "bench/drills.sh needs jq: apt-get install -y jq" >&2; exit 2; }
 
@@ -71,7 +78,11 @@ if [ "$TIER" = shared ]; then
   "$B" serve --config "$CONFIG" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "${SERVE_ARGS[@]}" \
     --log info 2>"$WORK/import.log" &
   PID=$!
-  for _ in $(seq 1 24000); do grep -q "import landed" "$WORK/import.log" && break; sleep 0.05; done
+  for _ in $(seq 1 24000); do
+    grep -q "import landed" "$WORK/import.log" && break
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.05
+  done
   grep -q "import landed" "$WORK/import.log" || { echo "bench/drills.sh: the import did not land (see $WORK/import.log)" >&2; exit 1; }
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
   log "imported: $(redis-cli -p "$REDIS_PORT" dbsize) keys, $(redis-cli -p "$REDIS_PORT" info memory | grep '^used_memory_human' | tr -d '\r')"
@@ -98,6 +109,7 @@ drill() {
   # The population's links and statuses in memory first, as in service (shared tier:
   # the caches filled).
   "$B" load "$addr" --population "$WORK/pop" --mix cards -n "$WARM" -c 32 >/dev/null 2>&1
+  curl -s "http://$admin/metrics" | awk '$1 == "ridegate_health_cache_entries" { print $2 }' >"$WORK/$name.cached"
   log "drill $name"
   "$B" drill "$@" "$addr" --hold "$HOLD" --server-pid "$PID" -o "$WORK/$name.json"
   curl -s "http://$admin/metrics" | grep -E '^ridegate_(connections|shed)' >"$WORK/$name.metrics" || true
@@ -136,6 +148,9 @@ fi
   row unread "100 × 1,000 calls never read"
   row partial "100 × 1,000 calls declaring 1.9 MB, sending 64 KiB"
   echo
+  if [ "$TIER" = shared ]; then
+    echo "- statuses cached when each drill began (idle, unread, partial): $(cat "$WORK/idle.cached"), $(cat "$WORK/unread.cached"), $(cat "$WORK/partial.cached")"
+  fi
   for d in idle unread partial; do echo "- $d: $(tr '\n' ' ' <"$WORK/$d.metrics")"; done
   echo
   echo "<!-- bench/$SECTION: end -->"

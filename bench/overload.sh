@@ -319,7 +319,9 @@ done | median)
   echo "the same levels against this build, from the server's own counters. *Refusal*: server CPU a refusal cost,"
   echo "beyond what the decisions cost at $first in flight, per refusal."
   echo
-  echo "| in flight | OK answers/s | ratio | refused/s | answered late (server) | server busy | CPU per refusal |"
+  echo "*Decided/s*: the server's decisions, each an OK answer to the client unless answered late (the card is a green rider's)."
+  echo
+  echo "| in flight | decided/s | ratio | refused/s | answered late (server) | server busy | CPU per refusal |"
   echo "|---|---|---|---|---|---|---|"
   herd_table
   echo

@@ -10,7 +10,7 @@
 //! | `rg:l:<credential id>` | a link record: identity pseudonym, class, consent, who, when, until |
 //! | `rg:i:<identity id>` | hash of the identity's credentials and its card slots |
 //! | `rg:h:<identity id>` | a health status: colour, set-at, negative-test time |
-//! | `rg:c:<code key>` | a used ride code: the request that used it, expiring with the code |
+//! | `rg:c:<code key>` | a used ride code: the request that used it, expiring 10 s after the code |
 //! | `rg:r:<request key>` | an answer, for retries, expiring after the retry window |
 //! | `rg:changes` | the change stream (status changes, link changes), trimmed |
 //! | `rg:epoch` | this deployment's epoch marker, written once, checked on every probe |

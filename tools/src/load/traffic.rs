@@ -184,7 +184,8 @@ const CODE_LIFETIME: Duration = Duration::from_secs(60);
 /// Phones per issuer and role for the offline form.
 const PHONES_PER_ROLE: usize = 32;
 /// Riders taken from each role for the draw: enough to spread taps over millions of
-/// riders, so a run can fill a shared-tier instance's caches (32 MB of list at most).
+/// riders, so a run can fill a shared-tier instance's caches (up to 32 MB of list a role;
+/// a role that never fills its list makes the draw scan the whole population once).
 const RIDERS_PER_ROLE: usize = 4_000_000;
 
 /// One issuer's keys: the real one, a forger's with the same key id, and the public key
