@@ -11,6 +11,12 @@
 #   bench/overload.sh                               # part of bench/run.sh, or alone
 #   BEFORE=/path/to/older/ridegate bench/overload.sh  # and an older build, same run
 #   INFLIGHT="64 600 6000" ROUNDS=5 bench/overload.sh
+#   SERVER_QUOTA=0.5 bench/overload.sh              # servers get half a core (a cgroup)
+#
+# SERVER_QUOTA gives every server a share of its core (CFS quota, 10 ms periods), so
+# the load tool has more CPU than the server it loads: a herd that can outrun the
+# server, as thousands of real gates can. Without it, at 10,000 in flight the load tool
+# saturates its own core and lags, and its own slowness throttles the herd.
 #
 # Writes its table into BENCHMARKS.md between the "bench/overload.sh" markers.
 # Needs: cargo, h2load (nghttp2-client), jq, taskset, curl.
@@ -30,6 +36,7 @@ PROBE_RPS=${PROBE_RPS:-200}   # taps/s of the one gate measured amid the herd
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BEFORE=${BEFORE:-}
+SERVER_QUOTA=${SERVER_QUOTA:-}
 OUT=${OUT:-BENCHMARKS.md}
 
 [ "$SECS" -ge 4 ] || { echo "bench/overload.sh: SECS must be at least 4 (the probe gate runs SECS-2)" >&2; exit 2; }
@@ -38,6 +45,8 @@ for n in $INFLIGHT; do
     { echo "bench/overload.sh: each of INFLIGHT must be at most MAX_CONNS ($MAX_CONNS) or a multiple of it (h2load's -m)" >&2; exit 2; }
 done
 [[ "$TIMEOUT" =~ ^[0-9]+ms$ ]] || { echo "bench/overload.sh: TIMEOUT must be in milliseconds, as 200ms" >&2; exit 2; }
+[ -z "$SERVER_QUOTA" ] || [[ "$SERVER_QUOTA" =~ ^(0\.[0-9]*[1-9][0-9]*|1(\.0*)?)$ ]] ||
+  { echo "bench/overload.sh: SERVER_QUOTA must be a share of a core, above 0 and at most 1, as 0.5" >&2; exit 2; }
 need() { command -v "$1" >/dev/null || { echo "bench/overload.sh needs $1: $2" >&2; exit 2; }; }
 need h2load "apt-get install -y nghttp2-client"
 need jq "apt-get install -y jq"
@@ -48,11 +57,30 @@ cargo build --release --quiet
 B=$PWD/target/release/ridegate
 WORK=$(mktemp -d /tmp/ridegate-overload.XXXXXX)
 PIDS=()
-cleanup() { for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done; }
+CGROUP=
+cleanup() {
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
+  if [ -n "$CGROUP" ]; then sleep 0.5; rmdir "$CGROUP" 2>/dev/null || true; fi
+}
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 trap cleanup EXIT
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 median() { sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+# With SERVER_QUOTA: a cgroup whose CPU quota is that share of a core, in 10 ms periods
+# (cgroup v2's cpu.max, or v1's cpu controller); every server is moved into it.
+if [ -n "$SERVER_QUOTA" ]; then
+  quota_us=$(awk -v q="$SERVER_QUOTA" 'BEGIN { printf "%d", q * 10000 }')
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CGROUP=/sys/fs/cgroup/ridegate-overload.$$
+    mkdir "$CGROUP" && echo "$quota_us 10000" >"$CGROUP/cpu.max"
+  elif [ -d /sys/fs/cgroup/cpu ]; then
+    CGROUP=/sys/fs/cgroup/cpu/ridegate-overload.$$
+    mkdir "$CGROUP" && echo 10000 >"$CGROUP/cpu.cfs_period_us" && echo "$quota_us" >"$CGROUP/cpu.cfs_quota_us"
+  fi
+  [ -n "$CGROUP" ] && [ -d "$CGROUP" ] ||
+    { echo "bench/overload.sh: SERVER_QUOTA needs a writable cgroup CPU controller under /sys/fs/cgroup" >&2; exit 2; }
+fi
 
 # start NAME BINARY ARGS... : a server on the server core; sets ADDR, ADMIN and PID.
 start() {
@@ -61,6 +89,7 @@ start() {
   taskset -c "$SERVER_CORE" "$@" --ready-file "$WORK/$name.ready" 2>"$WORK/$name.log" &
   PID=$!
   PIDS+=("$PID")
+  [ -z "$CGROUP" ] || echo "$PID" >"$CGROUP/cgroup.procs"
   for _ in $(seq 1 1200); do
     [ -s "$WORK/$name.ready" ] && break
     kill -0 "$PID" 2>/dev/null || { cat "$WORK/$name.log" >&2; exit 1; }
@@ -291,7 +320,7 @@ done | median)
   echo "<!-- bench/overload.sh: begin -->"
   echo "### Overload (\`bench/overload.sh\`)"
   echo
-  echo "Run $(date -u +%Y-%m-%dT%H:%MZ): server on core $SERVER_CORE, \`ridegate load\` on core $LOAD_CORE; card taps (10% exits),"
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ): server on core $SERVER_CORE${SERVER_QUOTA:+ with a CPU quota of $SERVER_QUOTA of it}, \`ridegate load\` on core $LOAD_CORE; card taps (10% exits),"
   echo "deadline $TIMEOUT, up to $MAX_CONNS connections; $ROUNDS rounds of ${SECS} s, servers alternating; medians over rounds."
   echo "Pushback honoured by the load tool: $([ "$PUSHBACK" = 1 ] && echo yes || echo 'no (ghz-like)'). *Ratio*: OK answers/s over the"
   echo "same server's at $first in flight, per round, median. p99 and slowest are of OK answers (decided calls)."

@@ -387,6 +387,13 @@ fn encode_decisions(m: &Metrics, out: &mut DescriptorEncoder<'_>) -> fmt::Result
         MetricType::Gauge,
     )?
     .encode_gauge(&(load(&m.retry_hint_ns) as f64 / 1e9))?;
+    out.encode_descriptor(
+        names::RUNTIME_LAG,
+        "How late the runtime wakes a task, recent mean: about how long a call's bytes wait to be read.",
+        None,
+        MetricType::Gauge,
+    )?
+    .encode_gauge(&(load(&m.runtime_lag_ns) as f64 / 1e9))?;
     gauge(
         out,
         names::CONNECTIONS_OPEN,
@@ -508,6 +515,7 @@ mod tests {
             Duration::from_micros(70),
         );
         metrics.record_invalid();
+        metrics.set_runtime_lag(Duration::from_millis(3));
         let page = embedded(metrics).render().expect("renders");
         let types = types(&page);
         for (name, kind) in &types {
@@ -526,6 +534,7 @@ mod tests {
             (names::LINKED_CREDENTIALS, "gauge"),
             (names::HEALTH_STATUSES, "gauge"),
             (names::LATENCY, "histogram"),
+            (names::RUNTIME_LAG, "gauge"),
         ] {
             assert!(types.contains(&(name, kind)), "{name} is not a {kind}:\n{page}");
         }
@@ -540,6 +549,7 @@ mod tests {
         assert_eq!(value(&page, names::RETRIES), Some("1"));
         assert_eq!(value(&page, names::INVALID), Some("1"));
         assert_eq!(value(&page, names::LINKED_CREDENTIALS), Some("0"));
+        assert_eq!(value(&page, names::RUNTIME_LAG), Some("0.003"), "{page}");
     }
 
     #[test]

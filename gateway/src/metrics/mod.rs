@@ -134,6 +134,9 @@ pub mod names {
     /// Gauge: the retry hint (`grpc-retry-pushback-ms`) the latest refusal carried, in
     /// seconds.
     pub const RETRY_HINT: &str = "ridegate_retry_hint_seconds";
+    /// Gauge: how late the runtime wakes a task, recent mean, in seconds: about how
+    /// long a call's bytes wait before ridegate reads them. Near 0 unless overloaded.
+    pub const RUNTIME_LAG: &str = "ridegate_runtime_lag_seconds";
     /// Gauge: connections open on the gate port.
     pub const CONNECTIONS_OPEN: &str = "ridegate_connections_open";
     /// Counter: connections closed at once, `server.max_connections` open.
@@ -209,6 +212,7 @@ pub struct Metrics {
     shed_at_capacity: AtomicU64,
     answers_late: AtomicU64,
     retry_hint_ns: AtomicU64,
+    runtime_lag_ns: AtomicU64,
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     connections_closed: [AtomicU64; ConnectionClosed::ALL.len()],
@@ -233,6 +237,7 @@ impl Default for Metrics {
             shed_at_capacity: AtomicU64::new(0),
             answers_late: AtomicU64::new(0),
             retry_hint_ns: AtomicU64::new(0),
+            runtime_lag_ns: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_closed: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -301,6 +306,18 @@ impl Metrics {
     pub fn set_retry_hint(&self, hint: std::time::Duration) {
         let ns = u64::try_from(hint.as_nanos()).unwrap_or(u64::MAX);
         self.retry_hint_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Sets how late the runtime wakes a task, as admission last measured it.
+    pub fn set_runtime_lag(&self, lag: std::time::Duration) {
+        let ns = u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX);
+        self.runtime_lag_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// How late the runtime wakes a task, as last set.
+    #[cfg(test)]
+    pub(crate) fn runtime_lag(&self) -> Duration {
+        Duration::from_nanos(self.runtime_lag_ns.load(Ordering::Relaxed))
     }
 
     /// Counts one gate call refused before its tap was read, at `max_in_flight`.

@@ -261,14 +261,17 @@ impl Admission {
         }
     }
 
-    /// Starts measuring the runtime's lag, counted in every prediction, for as long as
-    /// this admission lives: a call's bytes wait about as long for its connection's
-    /// task to read them, a wait the transport's stamp cannot see.
+    /// Starts measuring the runtime's lag, counted in every prediction and shown as
+    /// `ridegate_runtime_lag_seconds`, for as long as this admission lives: a call's
+    /// bytes wait about as long for its connection's task to read them, a wait the
+    /// transport's stamp cannot see.
     pub fn spawn_lag_probe(&self) {
         let load = Arc::downgrade(&self.load);
+        let metrics = self.metrics.clone();
         tokio::spawn(watch_wake_lag(LAG_TICK, move |late| match load.upgrade() {
             Some(load) => {
                 ewma(&load.lag_ns, nanos(late));
+                metrics.set_runtime_lag(load.lag());
                 ControlFlow::Continue(())
             }
             None => ControlFlow::Break(()),
@@ -561,6 +564,19 @@ mod tests {
         compressed[0] = 1;
         assert_eq!(peek_tap(&compressed), None);
         assert_eq!(peek_tap(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[tokio::test]
+    async fn operators_see_how_late_the_runtime_wakes_tasks() {
+        let a = admission(10);
+        a.spawn_lag_probe();
+        tokio::time::sleep(LAG_TICK * 5).await;
+        // The one worker thread is kept busy for 200 ms: the probe's next wake is late.
+        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(LAG_TICK * 3).await;
+        let shown = a.metrics.runtime_lag();
+        assert!(shown >= Duration::from_millis(5), "{shown:?}");
+        assert_eq!(shown, a.load.lag(), "the gauge shows what admission counts");
     }
 
     #[test]
