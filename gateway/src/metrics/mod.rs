@@ -135,7 +135,8 @@ pub mod names {
     /// seconds.
     pub const RETRY_HINT: &str = "ridegate_retry_hint_seconds";
     /// Gauge: how late the runtime wakes a task, recent mean, in seconds: about how
-    /// long a call's bytes wait before ridegate reads them. Near 0 unless overloaded.
+    /// long a call's bytes wait before ridegate reads them. Milliseconds that persist
+    /// mean the instance is short of CPU.
     pub const RUNTIME_LAG: &str = "ridegate_runtime_lag_seconds";
     /// Gauge: connections open on the gate port.
     pub const CONNECTIONS_OPEN: &str = "ridegate_connections_open";
@@ -309,7 +310,7 @@ impl Metrics {
     }
 
     /// Sets how late the runtime wakes a task, as admission last measured it.
-    pub fn set_runtime_lag(&self, lag: std::time::Duration) {
+    pub fn set_runtime_lag(&self, lag: Duration) {
         let ns = u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX);
         self.runtime_lag_ns.store(ns, Ordering::Relaxed);
     }
