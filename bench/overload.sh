@@ -2,7 +2,9 @@
 # Overload: goodput and deadline misses as the requests in flight grow from what
 # saturates the server to 100× that — a thundering herd of gates after a partition
 # heals. ridegate (embedded default, pinned to one core) with `ridegate load` on the
-# other core, card taps with 10% exits, every call with a 200 ms deadline. The load tool
+# other core, card taps with 10% exits, every call with a 200 ms deadline; then the same
+# levels in memory (`--ephemeral`), whose rate at 64 in flight is bound by CPU alone,
+# not by the durable default's commit wait. The load tool
 # waits the server's grpc-retry-pushback-ms plus jitter after a refusal, as a gate
 # should (PUSHBACK=0: it sends again at once, as ghz does). Then the same levels from
 # h2load, a client far cheaper per call than the load tool that never waits: the
@@ -205,7 +207,7 @@ taskset -c "$LOAD_CORE" "$B" load "$RG_ADDR" --population "$WORK/pop" --mix card
 start mem "$B" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ephemeral
 MEM_ADDR=$ADDR MEM_PID=$PID MEM_ADMIN=$ADMIN
 taskset -c "$LOAD_CORE" "$B" load "$MEM_ADDR" --population "$WORK/pop" --mix cards -n 100000 -c 64 >/dev/null 2>>"$WORK/load.log"
-SERVERS=(rg)
+SERVERS=(rg mem)
 if [ -n "$BEFORE" ]; then
   start before "$BEFORE" serve --config "$WORK/pop/ridegate.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --data-dir "$WORK/data-before"
@@ -214,52 +216,76 @@ if [ -n "$BEFORE" ]; then
   SERVERS+=(old)
 fi
 
+first=${INFLIGHT%% *}
+PAIRED=$(echo ${INFLIGHT#"$first"}); PAIRED=${PAIRED:-$first}   # the levels judged against the first
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r"
   # The empty handler at 64 in flight with h2load: the stack's own ceiling.
   taskset -c "$LOAD_CORE" h2load -D "$SECS" -c 64 -m 1 -t 1 -d "$WORK/body.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' "http://$BASE_ADDR/ridegate.v1.Gate/Authorize" \
     >"$WORK/h2load-$r.txt" 2>&1
-  run "mem-$r" "$MEM_ADDR" "$MEM_PID" "$MEM_ADMIN" "${INFLIGHT%% *}"
   run "base-$r" "$BASE_ADDR" "$BASE_PID" "" "${INFLIGHT%% *}"
-  for n in $INFLIGHT; do
-    # Alternate which server goes first, round by round.
+  # Each level beside a run at the first level on the same server, the pair's order and
+  # the servers' alternating round by round: this machine's speed drifts by minutes, so
+  # a level is judged against the run next to it.
+  for n in $PAIRED; do
     order=("${SERVERS[@]}"); [ $((r % 2)) -eq 0 ] && order=($(printf '%s\n' "${SERVERS[@]}" | tac))
     for s in "${order[@]}"; do
-      case $s in
-        rg) run "rg-$n-$r" "$RG_ADDR" "$RG_PID" "$RG_ADMIN" "$n" ;;
-        old) run "old-$n-$r" "$OLD_ADDR" "$OLD_PID" "$OLD_ADMIN" "$n" ;;
-      esac
+      pair=("$s-$first-$r-$n $first")
+      if [ "$n" != "$first" ]; then
+        if [ $((r % 2)) -eq 0 ]; then pair=("$s-$n-$r $n" "${pair[0]}"); else pair+=("$s-$n-$r $n"); fi
+      fi
+      for one in "${pair[@]}"; do
+        set -- $one
+        case $s in
+          rg) run "$1" "$RG_ADDR" "$RG_PID" "$RG_ADMIN" "$2" ;;
+          mem) run "$1" "$MEM_ADDR" "$MEM_PID" "$MEM_ADMIN" "$2" ;;
+          old) run "$1" "$OLD_ADDR" "$OLD_PID" "$OLD_ADMIN" "$2" ;;
+        esac
+      done
     done
   done
   for n in $INFLIGHT; do herd "herd-$n-$r" "$n"; done
 done
 
-first=${INFLIGHT%% *}
+# runs SERVER N: the runs at level N (at the first level: every run beside another level)
+runs() {
+  local r m
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ "$2" = "$first" ]; then for m in $PAIRED; do echo "$1-$first-$r-$m"; done; else echo "$1-$2-$r"; fi
+  done
+}
+# ok_per_cpu RUN: OK answers per second of the server's CPU
+ok_per_cpu() { jq -r '(.statusCodeDistribution.OK // 0) / ((.serverCpuPerRequestMicros // 0) * .count / 1e6 + 1e-9)' "$WORK/$1.json"; }
 table() { # SERVER LABEL
   local s=$1 label=$2
   for n in $INFLIGHT; do
-    local ok ratio p99 slowest lag dl late re other exits_shed entries_shed
-    ok=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f1; done | median)
-    ratio=$(for r in $(seq 1 "$ROUNDS"); do
-      awk -v a="$(fields "$WORK/$s-$n-$r.json" | cut -f1)" -v b="$(fields "$WORK/$s-$first-$r.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
-    done | median)
-    p99=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f2; done | median)
-    slowest=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f6; done | sort -g | tail -1)
-    lag=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f7; done | sort -g | tail -1)
-    dl=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f3; done | awk '{s+=$1} END {print s+0}')
-    re=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f4; done | awk '{s+=$1} END {print s+0}')
-    other=$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/$s-$n-$r.json" | cut -f5; done | awk '{s+=$1} END {print s+0}')
-    exits_shed=0; entries_shed=0
-    for r in $(seq 1 "$ROUNDS"); do
-      exits_shed=$(( exits_shed + $(shed_delta "$s-$n-$r" exit) ))
-      entries_shed=$(( entries_shed + $(shed_delta "$s-$n-$r" card_entry) + $(shed_delta "$s-$n-$r" at_capacity) ))
+    local ok ratio cpu_ratio p99 slowest lag dl late re other exits_shed entries_shed run
+    ok=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f1; done | median)
+    ratio=1; cpu_ratio=1
+    if [ "$n" != "$first" ]; then
+      ratio=$(for r in $(seq 1 "$ROUNDS"); do
+        awk -v a="$(fields "$WORK/$s-$n-$r.json" | cut -f1)" -v b="$(fields "$WORK/$s-$first-$r-$n.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
+      done | median)
+      cpu_ratio=$(for r in $(seq 1 "$ROUNDS"); do
+        awk -v a="$(ok_per_cpu "$s-$n-$r")" -v b="$(ok_per_cpu "$s-$first-$r-$n")" 'BEGIN{print (b > 0 ? a/b : 0)}'
+      done | median)
+    fi
+    p99=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f2; done | median)
+    slowest=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f6; done | sort -g | tail -1)
+    lag=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f7; done | sort -g | tail -1)
+    dl=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f3; done | awk '{s+=$1} END {print s+0}')
+    re=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f4; done | awk '{s+=$1} END {print s+0}')
+    other=$(for run in $(runs "$s" "$n"); do fields "$WORK/$run.json" | cut -f5; done | awk '{s+=$1} END {print s+0}')
+    exits_shed=0; entries_shed=0; late=0
+    for run in $(runs "$s" "$n"); do
+      exits_shed=$(( exits_shed + $(shed_delta "$run" exit) ))
+      entries_shed=$(( entries_shed + $(shed_delta "$run" card_entry) + $(shed_delta "$run" at_capacity) ))
+      late=$(( late + $(shed_delta "$run" late) ))
     done
-    late=0
-    for r in $(seq 1 "$ROUNDS"); do late=$(( late + $(shed_delta "$s-$n-$r" late) )); done
-    grep -q "late=" "$WORK/$s-$n-1.shed-after" || late="n/a"   # a build without the counter
-    printf '| %s | %s | %.0f | %.2f | %.1f ms | %.0f ms | %s | %s | %.0f ms | %s | %s | %s / %s |\n' \
-      "$label" "$n" "$ok" "$ratio" "$p99" "$slowest" "$dl" "$late" "$lag" "$re" "$other" "$exits_shed" "$entries_shed"
+    grep -q "late=" "$WORK/$(runs "$s" "$n" | head -1).shed-after" || late="n/a"   # a build without the counter
+    printf '| %s | %s | %.0f | %.2f | %.2f | %.1f ms | %.0f ms | %s | %s | %.0f ms | %s | %s | %s / %s |\n' \
+      "$label" "$n" "$ok" "$ratio" "$cpu_ratio" "$p99" "$slowest" "$dl" "$late" "$lag" "$re" "$other" "$exits_shed" "$entries_shed"
   done
 }
 
@@ -267,13 +293,13 @@ table() { # SERVER LABEL
 probe_table() {
   local s=$1 label=$2
   for n in $INFLIGHT; do
-    local files=() r f
-    for r in $(seq 1 "$ROUNDS"); do
-      f="$WORK/$s-$n-$r.probe.json"
+    local files=() run f
+    for run in $(runs "$s" "$n"); do
+      f="$WORK/$run.probe.json"
       [ -s "$f" ] && files+=("$f")
     done
     [ "${#files[@]}" -gt 0 ] || { echo "| $label | $n | (the probe gate wrote no report) |"; continue; }
-    jq -rs --arg build "$label" --arg n "$n" --arg asked "$(( PROBE_RPS * (SECS - 2) * ${#files[@]} ))" '
+    jq -rs --arg build "$label" --arg n "$n" --arg asked "$(( PROBE_RPS * (SECS - 2) * $(runs "$s" "$n" | wc -l) ))" '
       (map(.statusCodeDistribution.OK // 0) | add) as $ok
       | (map(.count) | add) as $count
       | (map(.statusCodeDistribution.ResourceExhausted // 0) | add) as $refused
@@ -309,16 +335,16 @@ herd_table() {
 
 H2_RPS=$(for r in $(seq 1 "$ROUNDS"); do awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt"; done | median)
 BASE_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
-  awk -v a="$(fields "$WORK/rg-$first-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+  awk -v a="$(fields "$WORK/rg-$first-$r-${PAIRED%% *}.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
 done | median)
-# ratio_to_base NAME: NAME's OK/s over the empty handler's under the same load tool, per round, median
+# ratio_to_base NAME SUFFIX: NAME-r-SUFFIX's OK/s over the empty handler's under the same load tool, per round, median
 ratio_to_base() {
   for r in $(seq 1 "$ROUNDS"); do
-    awk -v a="$(fields "$WORK/$1-$r.json" | cut -f1)" -v b="$(fields "$WORK/base-$r.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
+    awk -v a="$(fields "$WORK/$1-$r$2.json" | cut -f1)" -v b="$(fields "$WORK/base-$r.json" | cut -f1)" 'BEGIN{print (b > 0 ? a/b : 0)}'
   done | median
 }
 MEM_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
-  awk -v a="$(fields "$WORK/mem-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+  awk -v a="$(fields "$WORK/mem-$first-$r-${PAIRED%% *}.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
 done | median)
 {
   echo "<!-- bench/overload.sh: begin -->"
@@ -327,15 +353,18 @@ done | median)
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ): server on core $SERVER_CORE${SERVER_QUOTA:+ with a CPU quota of $SERVER_QUOTA of it}, \`ridegate load\` on core $LOAD_CORE; card taps (10% exits),"
   echo "deadline $TIMEOUT, up to $MAX_CONNS connections; $ROUNDS rounds of ${SECS} s, servers alternating; medians over rounds."
   echo "Pushback honoured by the load tool: $([ "$PUSHBACK" = 1 ] && echo yes || echo 'no (ghz-like)'). *Ratio*: OK answers/s over the"
-  echo "same server's at $first in flight, per round, median. p99 and slowest are of OK answers (decided calls)."
+  echo "same server's in a run at $first in flight beside it (the pair's order alternating), median over rounds. *OK per"
+  echo "server CPU*: the same ratio for OK answers per second of the server's CPU time, which the load tool's own lag does"
+  echo "not move (the machine's speed still does). p99 and slowest are of OK answers (decided calls)."
   echo "Deadline misses: calls the client gave up on at its deadline. Answered late: answers the server had ready only after"
   echo "the caller's deadline, timed from when the call came off its connection (ridegate_answers_late_total). Load tool's"
   echo "lag: how late its own tasks were woken, worst of the rounds (its core busy; a call it timed late may not have been)."
   echo "Shed: exits / entries the server refused."
   echo
-  echo "| build | in flight | OK answers/s | ratio | p99 | slowest | deadline misses | answered late (server) | load tool's lag (max) | RESOURCE_EXHAUSTED | other errors | shed exits / entries |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| build | in flight | OK answers/s | ratio | OK per server CPU, ratio | p99 | slowest | deadline misses | answered late (server) | load tool's lag (max) | RESOURCE_EXHAUSTED | other errors | shed exits / entries |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   table rg "this build"
+  table mem "this build, in memory"
   [ -n "$BEFORE" ] && table old "before ($(basename "$(dirname "$BEFORE")")/$(basename "$BEFORE"))"
   echo
   echo "One gate amid the herd: a second \`ridegate load\` process on the load core (4 workers, $PROBE_RPS taps/s, the"
@@ -346,6 +375,7 @@ done | median)
   echo "| build | herd in flight | asked | sent | OK | refused (RESOURCE_EXHAUSTED) | deadline misses | other | slowest | lag |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
   probe_table rg "this build"
+  probe_table mem "this build, in memory"
   [ -n "$BEFORE" ] && probe_table old "before"
   echo
   echo "A herd that never waits: h2load (no request id, so every copy is decided afresh; the same card each time) at"
@@ -359,13 +389,13 @@ done | median)
   herd_table
   echo
   printf -- "- card taps at %s in flight: %.0f OK/s, %.2f of the empty handler under h2load (%.0f req/s) in the same run.\n" \
-    "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"
+    "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r-${PAIRED%% *}.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"
   printf -- "- the same in memory (\`--ephemeral\`): %.0f OK/s, %.2f of the empty handler.\n" \
-    "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/mem-$r.json" | cut -f1; done | median)" "$MEM_RATIO"
+    "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/mem-$first-$r-${PAIRED%% *}.json" | cut -f1; done | median)" "$MEM_RATIO"
   printf -- "- with the same client on both sides (\`ridegate load\` at %s in flight against the empty handler: %.0f OK/s):\n" \
     "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/base-$r.json" | cut -f1; done | median)"
   printf -- "  card taps %.2f of it on the durable default, %.2f in memory; the load tool reaches %.2f of h2load on the empty handler.\n" \
-    "$(ratio_to_base "rg-$first")" "$(ratio_to_base mem)" \
+    "$(ratio_to_base "rg-$first" "-${PAIRED%% *}")" "$(ratio_to_base "mem-$first" "-${PAIRED%% *}")" \
     "$(for r in $(seq 1 "$ROUNDS"); do
          awk -v a="$(fields "$WORK/base-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
        done | median)"
