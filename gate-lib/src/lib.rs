@@ -15,6 +15,10 @@
 //! answer for an unavailable status (`HEALTH_UNAVAILABLE`, ASSIST by default): a guess
 //! is never answered as fact.
 //!
+//! Online, a gate asks [`Backoff`] how long to wait after a call that brought no
+//! decision — refused with a retry hint, timed out, or lost with its connection — and
+//! decides offline until then, rather than resending at once with every other gate.
+//!
 //! A mass change — more riders turning from green to non-green within a window than a
 //! share of all entries — is held, not applied, until [`OfflineGate::confirm_held`].
 //!
@@ -26,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backoff;
 mod disk;
 mod state;
 
@@ -47,6 +52,7 @@ use ridegate_proto::pb::gate_state_client::GateStateClient;
 use ridegate_proto::pb::state_update::Kind;
 use tonic::transport::{Channel, Endpoint};
 
+pub use backoff::Backoff;
 pub use state::BrakeSettings;
 
 use disk::{COMPACT_AT_BYTES, Disk, Stored};

@@ -60,8 +60,10 @@ pub(super) struct LoadArgs {
     /// Each call's deadline (sent as grpc-timeout).
     #[arg(short = 't', long, value_parser = humantime::parse_duration, default_value = "20s")]
     timeout: Duration,
-    /// Send the next request at once after a refusal, as ghz does, instead of waiting
-    /// the server's grpc-retry-pushback-ms plus jitter first, as a gate should.
+    /// Send the next request at once after a refusal or a timeout, as ghz does, instead
+    /// of backing off first as a gate should (ridegate-gate's Backoff: the server's
+    /// grpc-retry-pushback-ms plus jitter after a refusal; after timeouts or a lost
+    /// connection, a random pause whose ceiling doubles from 200 ms up to 5 s).
     #[arg(long)]
     ignore_pushback: bool,
     /// The method: ridegate.v1.Gate/Authorize (also written ridegate.v1.Gate.Authorize).

@@ -3,8 +3,9 @@
 //! Requests are encoded (and their ride codes minted) before the timed phase. Then
 //! `concurrency` workers share `connections` HTTP/2 connections; each takes the next
 //! request number, waits for its slot when a rate is set, sends the request and records
-//! the answer. Like a gate, a worker whose call was refused under overload waits the
-//! server's `grpc-retry-pushback-ms` plus jitter before its next request (unless
+//! the answer. Like a gate, a worker backs off before its next request after a call
+//! that brought no decision ([`Backoff`]: the server's `grpc-retry-pushback-ms` plus
+//! jitter after a refusal, a growing random pause after timeouts; unless
 //! `--ignore-pushback`), and a broken connection is reopened. The run ends after
 //! `total` requests, after `duration`, or when the single-use ride codes are used up,
 //! whichever comes first.
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use ridegate_gate::Backoff;
 use tokio::time::Instant;
 
 pub use client::Tls;
@@ -50,7 +52,9 @@ pub struct Options {
     /// Each call's deadline, sent as `grpc-timeout` and enforced by the tool.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// After a refusal with a retry hint, wait that long plus jitter (as a gate does).
+    /// Back off as a gate does ([`Backoff`]): after a refusal, the retry hint plus
+    /// jitter; after a timeout or a lost connection, a pause that grows with each in a
+    /// row. Without it the next call goes at once, as ghz sends.
     pub honor_pushback: bool,
     /// A process whose CPU time is reported per request (the server under test).
     pub server_pid: Option<u32>,
@@ -106,7 +110,7 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
                 tallies.clone(),
             );
             let (rps, timeout) = (options.rps, options.timeout);
-            let mut jitter = Jitter::new(w as u64);
+            let mut backoff = Backoff::new(w as u64);
             tokio::spawn(async move {
                 let (mut generation, mut connection) = connections[slot].lock().await.clone();
                 loop {
@@ -133,15 +137,22 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
                         Err(_) => client::Reply::error(4, "deadline exceeded (the load tool's timeout)"),
                     };
                     tallies[slot].lock().record(sent.elapsed(), &reply);
-                    // Back off as a gate would: after the server's hint, or a broken
-                    // connection (reopened by the first worker that finds it broken).
+                    let broken = reply.code == 14 && reply.message.starts_with(client::TRANSPORT);
+                    if broken {
+                        // Reopened by the first worker that finds it broken.
+                        (generation, connection) = reopen(&connections[slot], generation, &options).await;
+                    }
+                    // Back off as a gate would (ridegate_gate::Backoff), or, ghz-like,
+                    // send again at once (after a pause to reconnect).
                     let pause = match (reply.code, reply.pushback) {
-                        (8, Some(pushback)) if options.honor_pushback => Some(pushback + jitter.up_to(pushback)),
-                        (14, _) if reply.message.starts_with(client::TRANSPORT) => {
-                            (generation, connection) = reopen(&connections[slot], generation, &options).await;
-                            Some(RECONNECT_PAUSE)
+                        _ if !options.honor_pushback => broken.then_some(RECONNECT_PAUSE),
+                        (8, Some(hint)) => Some(backoff.refused(hint)),
+                        (4, _) => Some(backoff.failed()),
+                        _ if broken => Some(backoff.failed()),
+                        _ => {
+                            backoff.answered();
+                            None
                         }
-                        _ => None,
                     };
                     if let Some(pause) = pause {
                         let until = Instant::now() + pause;
@@ -235,23 +246,6 @@ async fn reopen(
         *held = (generation + 1, fresh);
     }
     held.clone()
-}
-
-/// Jitter for a worker's pauses (xorshift: spread, not secrecy).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// A pause between 0 and `max`.
-    fn up_to(&mut self, max: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        max.mul_f64((self.0 >> 11) as f64 / (1u64 << 53) as f64)
-    }
 }
 
 /// The lowest rate `--rps` accepts: one request in about 17 minutes.
