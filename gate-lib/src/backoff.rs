@@ -7,8 +7,10 @@
 //!
 //! - **refused with a hint** (RESOURCE_EXHAUSTED and `grpc-retry-pushback-ms`): wait the
 //!   hint plus a random share of it up to as much again, so the gates held back together
-//!   do not return together;
-//! - **no answer in time, or the connection lost**: wait a random time up to a ceiling
+//!   do not return together (a hint above [`Backoff::MAX_CEILING`] is taken as that:
+//!   a confused or hostile server cannot park a gate's online path);
+//! - **no answer in time, the connection lost, UNAVAILABLE, or a refusal without a
+//!   hint**: wait a random time up to a ceiling
 //!   that starts at [`Backoff::FIRST_CEILING`] and doubles with each such failure in a
 //!   row, up to [`Backoff::MAX_CEILING`] ("full jitter"): an instance too slow for the
 //!   herd sees it thin out until what comes back is what it can answer;
@@ -42,14 +44,16 @@ impl Backoff {
         }
     }
 
-    /// The call was refused with ridegate's retry hint: the pause before the next.
+    /// The call was refused with ridegate's retry hint: the pause before the next
+    /// (the hint held to [`Self::MAX_CEILING`]).
     pub fn refused(&mut self, hint: Duration) -> Duration {
         self.failures = 0;
+        let hint = hint.min(Self::MAX_CEILING);
         hint + self.up_to(hint)
     }
 
-    /// The call brought no answer in time, or its connection was lost: the pause
-    /// before the next.
+    /// The call brought no answer in time, its connection was lost, or it was refused
+    /// without a hint: the pause before the next.
     pub fn failed(&mut self) -> Duration {
         let ceiling = Self::FIRST_CEILING
             .saturating_mul(1 << self.failures.min(16))
@@ -85,6 +89,18 @@ mod tests {
         // Spread over the range, so the gates held back together come back apart.
         assert!(pauses.iter().any(|p| *p < hint + hint / 4));
         assert!(pauses.iter().any(|p| *p > hint * 2 - hint / 4));
+    }
+
+    #[test]
+    fn a_hint_beyond_the_highest_ceiling_is_held_to_it() {
+        let mut backoff = Backoff::new(5);
+        for hint in [Duration::from_secs(3600), Duration::MAX] {
+            let pause = backoff.refused(hint);
+            assert!(
+                (Backoff::MAX_CEILING..=Backoff::MAX_CEILING * 2).contains(&pause),
+                "{pause:?}"
+            );
+        }
     }
 
     #[test]

@@ -147,8 +147,8 @@ pub async fn run(options: &Options, templates: Arc<Templates>) -> anyhow::Result
                     let pause = match (reply.code, reply.pushback) {
                         _ if !options.honor_pushback => broken.then_some(RECONNECT_PAUSE),
                         (8, Some(hint)) => Some(backoff.refused(hint)),
-                        (4, _) => Some(backoff.failed()),
-                        _ if broken => Some(backoff.failed()),
+                        // No answer in time, unavailable, or refused without a hint.
+                        (4 | 8 | 14, _) => Some(backoff.failed()),
                         _ => {
                             backoff.answered();
                             None
