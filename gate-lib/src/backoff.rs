@@ -62,6 +62,12 @@ impl Backoff {
         self.up_to(ceiling)
     }
 
+    /// A pause of `every` on average, drawn between half and one and a half times it:
+    /// gates that lost ridegate at the same moment do not all try it again together.
+    pub fn around(&mut self, every: Duration) -> Duration {
+        every / 2 + self.up_to(every)
+    }
+
     /// The call was answered: the next goes at once.
     pub fn answered(&mut self) {
         self.failures = 0;
@@ -144,6 +150,19 @@ mod tests {
         }
         backoff.refused(Duration::from_millis(10));
         assert!(backoff.failed() <= Backoff::FIRST_CEILING);
+    }
+
+    #[test]
+    fn a_pause_around_an_interval_spreads_over_half_to_one_and_a_half_of_it() {
+        let mut backoff = Backoff::new(13);
+        let every = Duration::from_millis(500);
+        let pauses: Vec<_> = (0..1000).map(|_| backoff.around(every)).collect();
+        assert!(
+            pauses.iter().all(|p| (every / 2..=every * 3 / 2).contains(p)),
+            "{pauses:?}"
+        );
+        assert!(pauses.iter().any(|p| *p < every * 3 / 5));
+        assert!(pauses.iter().any(|p| *p > every * 7 / 5));
     }
 
     #[test]

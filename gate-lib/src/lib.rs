@@ -86,7 +86,9 @@ pub struct GateSettings {
     pub max_state_age: Duration,
     /// The mass-deny brake.
     pub brake: BrakeSettings,
-    /// How long to wait between attempts to reach ridegate.
+    /// How long to wait between attempts to reach ridegate, on average: each pause is
+    /// drawn between half and one and a half times it ([`Backoff::around`]), so gates
+    /// that lost ridegate together do not come back together.
     pub retry_every: Duration,
 }
 
@@ -387,16 +389,17 @@ impl OfflineGate {
     }
 
     /// Follows ridegate's feed for as long as the returned task runs: reconnects after
-    /// every failure (every `retry_every`), resumes from the version held, and uploads
-    /// offline decisions each time it connects.
+    /// every failure (about every `retry_every`, jittered), resumes from the version
+    /// held, and uploads offline decisions each time it connects.
     pub fn follow(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
+        let mut jitter = Backoff::new(u64::from_le_bytes(random_bytes()));
         tokio::spawn(async move {
             loop {
                 if let Err(e) = this.follow_once().await {
                     tracing::debug!(error = %e, "gate: ridegate unreachable; deciding offline until it answers");
                 }
-                tokio::time::sleep(this.0.settings.retry_every).await;
+                tokio::time::sleep(jitter.around(this.0.settings.retry_every)).await;
             }
         })
     }
