@@ -299,13 +299,17 @@ async fn a_flapping_platform_gets_every_tap_answered_in_time_with_the_right_verd
     for n in &riders {
         tap_rider(&mut gate.clone(), *n).await;
     }
+    // Down for longer than the cache's 300 ms freshness, up for less: a status confirmed
+    // just before an outage goes stale within it, so the outages must show as degraded
+    // answers (with shorter outages, refresh-ahead in the up windows can hide them all).
     let flapper = {
         let control = sim.control().await;
         tokio::spawn(async move {
             let mut control = control;
-            for i in 0..20 {
-                control.set_faults(down(i % 2 == 0)).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(150)).await;
+            for i in 0..12 {
+                let is_down = i % 2 == 0;
+                control.set_faults(down(is_down)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(if is_down { 400 } else { 150 })).await;
             }
             control.set_faults(down(false)).await.unwrap();
         })
