@@ -65,7 +65,7 @@ impl Backoff {
     /// A pause of `every` on average, drawn between half and one and a half times it:
     /// gates that lost ridegate at the same moment do not all try it again together.
     pub fn around(&mut self, every: Duration) -> Duration {
-        every / 2 + self.up_to(every)
+        (every / 2).saturating_add(self.up_to(every))
     }
 
     /// The call was answered: the next goes at once.
@@ -163,6 +163,8 @@ mod tests {
         );
         assert!(pauses.iter().any(|p| *p < every * 3 / 5));
         assert!(pauses.iter().any(|p| *p > every * 7 / 5));
+        // However long an integrator sets it, the pause is drawn, not a panic.
+        assert!(backoff.around(Duration::MAX) >= Duration::MAX / 2);
     }
 
     #[test]
