@@ -4,9 +4,10 @@
 # heals. ridegate (embedded default, pinned to one core) with `ridegate load` on the
 # other core, card taps with 10% exits, every call with a 200 ms deadline; then the same
 # levels in memory (`--ephemeral`), whose rate at 64 in flight is bound by CPU alone,
-# not by the durable default's commit wait. The load tool
-# waits the server's grpc-retry-pushback-ms plus jitter after a refusal, as a gate
-# should (PUSHBACK=0: it sends again at once, as ghz does). Then the same levels from
+# not by the durable default's commit wait. The load tool backs off as a gate should
+# (ridegate_gate::Backoff: the server's grpc-retry-pushback-ms plus jitter after a
+# refusal, a growing random pause after timeouts; PUSHBACK=0: it sends again at once,
+# as ghz does). Then the same levels from
 # h2load, a client far cheaper per call than the load tool that never waits: the
 # server's goodput, refusals and CPU per refusal from its own counters.
 #
@@ -218,6 +219,7 @@ fi
 
 first=${INFLIGHT%% *}
 PAIRED=$(echo ${INFLIGHT#"$first"}); PAIRED=${PAIRED:-$first}   # the levels judged against the first
+BESIDE=${PAIRED%% *}   # the first-level run of each round that the whole-run figures use
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r"
   # The empty handler at 64 in flight with h2load: the stack's own ceiling.
@@ -236,11 +238,11 @@ for r in $(seq 1 "$ROUNDS"); do
         if [ $((r % 2)) -eq 0 ]; then pair=("$s-$n-$r $n" "${pair[0]}"); else pair+=("$s-$n-$r $n"); fi
       fi
       for one in "${pair[@]}"; do
-        set -- $one
+        read -r name level <<<"$one"
         case $s in
-          rg) run "$1" "$RG_ADDR" "$RG_PID" "$RG_ADMIN" "$2" ;;
-          mem) run "$1" "$MEM_ADDR" "$MEM_PID" "$MEM_ADMIN" "$2" ;;
-          old) run "$1" "$OLD_ADDR" "$OLD_PID" "$OLD_ADMIN" "$2" ;;
+          rg) run "$name" "$RG_ADDR" "$RG_PID" "$RG_ADMIN" "$level" ;;
+          mem) run "$name" "$MEM_ADDR" "$MEM_PID" "$MEM_ADMIN" "$level" ;;
+          old) run "$name" "$OLD_ADDR" "$OLD_PID" "$OLD_ADMIN" "$level" ;;
         esac
       done
     done
@@ -335,7 +337,7 @@ herd_table() {
 
 H2_RPS=$(for r in $(seq 1 "$ROUNDS"); do awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt"; done | median)
 BASE_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
-  awk -v a="$(fields "$WORK/rg-$first-$r-${PAIRED%% *}.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+  awk -v a="$(fields "$WORK/rg-$first-$r-$BESIDE.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
 done | median)
 # ratio_to_base NAME SUFFIX: NAME-r-SUFFIX's OK/s over the empty handler's under the same load tool, per round, median
 ratio_to_base() {
@@ -344,7 +346,7 @@ ratio_to_base() {
   done | median
 }
 MEM_RATIO=$(for r in $(seq 1 "$ROUNDS"); do
-  awk -v a="$(fields "$WORK/mem-$first-$r-${PAIRED%% *}.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
+  awk -v a="$(fields "$WORK/mem-$first-$r-$BESIDE.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
 done | median)
 {
   echo "<!-- bench/overload.sh: begin -->"
@@ -352,7 +354,7 @@ done | median)
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ): server on core $SERVER_CORE${SERVER_QUOTA:+ with a CPU quota of $SERVER_QUOTA of it}, \`ridegate load\` on core $LOAD_CORE; card taps (10% exits),"
   echo "deadline $TIMEOUT, up to $MAX_CONNS connections; $ROUNDS rounds of ${SECS} s, servers alternating; medians over rounds."
-  echo "Pushback honoured by the load tool: $([ "$PUSHBACK" = 1 ] && echo yes || echo 'no (ghz-like)'). *Ratio*: OK answers/s over the"
+  echo "The load tool backs off as a gate should: $([ "$PUSHBACK" = 1 ] && echo 'yes (ridegate_gate::Backoff)' || echo 'no (ghz-like)'). *Ratio*: OK answers/s over the"
   echo "same server's in a run at $first in flight beside it (the pair's order alternating), median over rounds. *OK per"
   echo "server CPU*: the same ratio for OK answers per second of the server's CPU time, which the load tool's own lag does"
   echo "not move (the machine's speed still does). p99 and slowest are of OK answers (decided calls)."
@@ -368,8 +370,8 @@ done | median)
   [ -n "$BEFORE" ] && table old "before ($(basename "$(dirname "$BEFORE")")/$(basename "$BEFORE"))"
   echo
   echo "One gate amid the herd: a second \`ridegate load\` process on the load core (4 workers, $PROBE_RPS taps/s, the"
-  echo "same deadline, $([ "$PUSHBACK" = 1 ] && echo "waiting out the retry hint as the herd does" || echo "resending at once as the herd does")), summed over rounds."
-  echo "*Asked*: taps it would have sent unrefused; *sent*: taps it sent (a refused worker waits out the hint,"
+  echo "same deadline, $([ "$PUSHBACK" = 1 ] && echo "backing off as the herd does" || echo "resending at once as the herd does")), summed over rounds."
+  echo "*Asked*: taps it would have sent unrefused; *sent*: taps it sent (a refused worker backs off,"
   echo "and stops if the hint runs past the end). *Slowest*: its slowest OK answer; *lag*: how late its own tasks were woken."
   echo
   echo "| build | herd in flight | asked | sent | OK | refused (RESOURCE_EXHAUSTED) | deadline misses | other | slowest | lag |"
@@ -389,13 +391,13 @@ done | median)
   herd_table
   echo
   printf -- "- card taps at %s in flight: %.0f OK/s, %.2f of the empty handler under h2load (%.0f req/s) in the same run.\n" \
-    "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r-${PAIRED%% *}.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"
+    "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/rg-$first-$r-$BESIDE.json" | cut -f1; done | median)" "$BASE_RATIO" "$H2_RPS"
   printf -- "- the same in memory (\`--ephemeral\`): %.0f OK/s, %.2f of the empty handler.\n" \
-    "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/mem-$first-$r-${PAIRED%% *}.json" | cut -f1; done | median)" "$MEM_RATIO"
+    "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/mem-$first-$r-$BESIDE.json" | cut -f1; done | median)" "$MEM_RATIO"
   printf -- "- with the same client on both sides (\`ridegate load\` at %s in flight against the empty handler: %.0f OK/s):\n" \
     "$first" "$(for r in $(seq 1 "$ROUNDS"); do fields "$WORK/base-$r.json" | cut -f1; done | median)"
   printf -- "  card taps %.2f of it on the durable default, %.2f in memory; the load tool reaches %.2f of h2load on the empty handler.\n" \
-    "$(ratio_to_base "rg-$first" "-${PAIRED%% *}")" "$(ratio_to_base "mem-$first" "-${PAIRED%% *}")" \
+    "$(ratio_to_base "rg-$first" "-$BESIDE")" "$(ratio_to_base "mem-$first" "-$BESIDE")" \
     "$(for r in $(seq 1 "$ROUNDS"); do
          awk -v a="$(fields "$WORK/base-$r.json" | cut -f1)" -v b="$(awk '/finished in/ {print $4}' "$WORK/h2load-$r.txt")" 'BEGIN{print a/b}'
        done | median)"
